@@ -1,0 +1,163 @@
+"""The embedded demo: synthetic benchmark + tokenizer + a Llama teacher trained from scratch.
+
+``build_demo`` is what ``make demo`` runs. It is deliberately over-sized for the task (>= 10M
+parameters) so that the compression pipeline has room to work. Each artefact is reused when it
+already exists, so a second run costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from compression.train import TrainConfig, train
+from ranking.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from ranking.dataset import encode_groups
+from ranking.evaluation import evaluate
+from ranking.scorer import TorchScorer
+from ranking.synthetic import BenchmarkConfig, corpus, read_meta, read_split, write_benchmark
+from ranking.task import RankingTask
+from ranking.tokenizer import train_tokenizer
+
+
+@dataclass
+class ModelShape:
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    intermediate_size: int = 1152
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class DemoConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    model: ModelShape = field(default_factory=ModelShape)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1400, batch_queries=24, lr=1.5e-3))
+    vocab_size: int = 1024
+
+    @classmethod
+    def tiny(cls) -> DemoConfig:
+        """Same code, test-sized: trains in seconds."""
+        return cls(
+            benchmark=BenchmarkConfig(train_queries=600, val_queries=40, test_queries=60),
+            model=ModelShape(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024),
+            train=TrainConfig(steps=60, batch_queries=16, lr=3e-3, warmup_steps=10, eval_every=0),
+            vocab_size=512,
+        )
+
+
+def make_teacher_model(shape: ModelShape, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        **asdict(shape),
+    )
+    return LlamaForCausalLM(config)
+
+
+def build_data(cfg: DemoConfig, data_dir: Path) -> dict:
+    """Benchmark splits + tokenizer; reused if ``meta.json`` matches the config."""
+    meta_path = data_dir / "meta.json"
+    if meta_path.is_file() and read_meta(data_dir)["config"] == asdict(cfg.benchmark):
+        return read_meta(data_dir)
+    meta = write_benchmark(cfg.benchmark, data_dir)
+    task = RankingTask()
+    tok = train_tokenizer(
+        corpus(read_split(data_dir, "train")), cfg.vocab_size, must_have=[task.yes, task.no, task.question]
+    )
+    tok.save_pretrained(data_dir / "tokenizer")
+    return meta
+
+
+def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool = False) -> dict:
+    """Builds data and teacher under ``out_dir`` (``data/``, ``teacher/``); returns a summary."""
+    cfg = cfg or DemoConfig()
+    out = Path(out_dir)
+    data_dir, teacher_dir = out / "data", out / "teacher"
+    summary_path = teacher_dir / "training_summary.json"
+    t0 = time.time()
+    meta = build_data(cfg, data_dir)
+    if not force and summary_path.is_file():
+        try:
+            inspect_checkpoint(teacher_dir)
+            summary = json.loads(summary_path.read_text())
+            if summary.get("config") == _cfg_dict(cfg):
+                summary["reused"] = True
+                return summary
+        except Exception:  # noqa: BLE001 - anything wrong with the old one: rebuild it
+            pass
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    task = RankingTask()
+    train_groups = encode_groups(read_split(data_dir, "train"), tokenizer, task)
+    val_groups = encode_groups(read_split(data_dir, "validation"), tokenizer, task)
+    model = make_teacher_model(cfg.model, tokenizer, cfg.train.seed)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"[demo] teacher: Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries")
+    t_train = time.time()
+    curve = train(model, (tokenizer, task), train_groups, cfg.train, val_groups, desc="teacher")
+    train_seconds = time.time() - t_train
+
+    save_checkpoint(model, tokenizer, task, teacher_dir)
+    # Evaluate the SAVED checkpoint (bf16), exactly as it will be served.
+    model, tokenizer, task, info = load_checkpoint(teacher_dir)
+    test_groups = encode_groups(read_split(data_dir, "test"), tokenizer, task)
+    test = evaluate(TorchScorer(model, tokenizer, task), test_groups, progress=True)
+    summary = {
+        "config": _cfg_dict(cfg),
+        "params": params,
+        "format": info.format,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - t0, 1),
+        "test": test,
+        "bayes_auc_test": meta["splits"]["test"]["bayes_auc"],
+        "auc_gap": meta["splits"]["test"]["bayes_auc"] - test["auc"],
+        "curve": curve,
+        "reused": False,
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    if curve:
+        plot_curve(curve, teacher_dir / "learning_curve.png", meta["splits"]["validation"]["bayes_auc"])
+    return summary
+
+
+def _cfg_dict(cfg: DemoConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def plot_curve(curve: list[dict], path: Path, bayes: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [c["step"] for c in curve]
+    ax[0].plot(steps, [c["val_auc"] for c in curve], marker="o", label="validation AUC")
+    ax[0].axhline(bayes, color="gray", linestyle="--", label=f"Bayes-optimal {bayes:.3f}")
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("AUC")
+    ax[0].legend()
+    ax[1].plot(steps, [c["train_loss"] for c in curve], marker="o", label="train loss (EMA)")
+    ax[1].plot(steps, [c["val_logloss"] for c in curve], marker="o", label="validation log loss")
+    ax[1].set_xlabel("step")
+    ax[1].legend()
+    fig.suptitle("demo teacher learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Checkpoint I/O: a Hugging Face causal-LM folder + tokenizer + ``ranking_task.json``.
+
+Loads bf16/fp32 checkpoints and compressed-tensors ones (FP8 / INT8 / INT4 written by
+llmcompressor), the latter dequantized so that plain torch can run them anywhere. Writes are
+atomic (a temporary sibling folder renamed into place), so a crash never leaves a half-written
+checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ranking.task import TASK_FILE, RankingTask, TaskConfigError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing, incomplete or unreadable; the message says which."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    format: str  # bf16 | fp16 | fp32 | fp8 | int8 | int4 | quantized
+    architecture: str
+    params: int | None = None
+
+
+def quant_format(config: dict) -> str:
+    """bf16/fp32/... for plain checkpoints; fp8/int8/int4 for compressed-tensors ones."""
+    qc = config.get("quantization_config") or config.get("compression_config")
+    if not qc:
+        dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+        return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+    for group in (qc.get("config_groups") or {}).values():
+        w = group.get("weights") or {}
+        num_bits, kind = w.get("num_bits"), w.get("type")
+        if kind == "float" and num_bits == 8:
+            return "fp8"
+        if kind == "int" and num_bits in (4, 8):
+            return f"int{num_bits}"
+    return "quantized"
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Validates the folder layout and reads its format, without loading weights."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint folder {p} does not exist")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{p} has no config.json: not a Hugging Face checkpoint")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path} is corrupt: {exc}") from exc
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise CheckpointError(f"{p} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    if not (p / TASK_FILE).is_file():
+        raise CheckpointError(f"{p} has no {TASK_FILE}: it was not written by slimrank")
+    arch = (config.get("architectures") or ["?"])[0]
+    return CheckpointInfo(path=p, format=quant_format(config), architecture=arch)
+
+
+def load_checkpoint(
+    path: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"
+) -> tuple[torch.nn.Module, object, RankingTask, CheckpointInfo]:
+    """(model, tokenizer, task, info). Quantized checkpoints are dequantized to ``dtype``
+    (default bf16); plain ones load in ``dtype`` or their saved dtype."""
+    info = inspect_checkpoint(path)
+    kwargs: dict = {}
+    if info.format in ("fp8", "int8", "int4", "quantized"):
+        from transformers.utils.quantization_config import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+        kwargs["dtype"] = dtype or torch.bfloat16
+    else:
+        kwargs["dtype"] = dtype or "auto"
+    try:
+        task = RankingTask.load(info.path)
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+        model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs).to(device).eval()
+    except (TaskConfigError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot load checkpoint {info.path}: {exc}") from exc
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
+    task.label_token_ids(tokenizer)  # fail now, not on the first request
+    params = sum(p.numel() for p in model.parameters())
+    return model, tokenizer, task, CheckpointInfo(info.path, info.format, info.architecture, params)
+
+
+def save_checkpoint(
+    model, tokenizer, task: RankingTask, path: str | Path, dtype: torch.dtype | None = torch.bfloat16,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Writes model (safetensors), tokenizer and task config atomically into ``path``."""
+    final = Path(path)
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    to_save = model
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        import copy
+
+        to_save = copy.deepcopy(model).to(dtype)
+    to_save.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    task.save(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def checkpoint_bytes(path: str | Path) -> int:
+    """Bytes of the weight files (what a server downloads and holds)."""
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.glob("*.safetensors")) + sum(
+        f.stat().st_size for f in p.glob("*.bin")
+    )
