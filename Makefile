@@ -32,6 +32,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+ENGINE ?= torch
+PORT   ?= 8000
+serve: demo
+	$(PY) -m server --model $(DEMO)/teacher --engine $(ENGINE) --port $(PORT)
+
 bench-scorer: demo
 	$(PY) benchmarks/scorer_vs_naive.py --model $(DEMO)/teacher --json artifacts/bench/scorer_vs_naive.json
 

@@ -17,12 +17,20 @@ from pathlib import Path
 import torch
 
 from ranking.checkpoint import load_checkpoint
-from ranking.scorer import ScoreBatch, TorchScorer, label_logits, naive_label_logits, yes_probability
+from ranking.scorer import (
+    ScoreBatch,
+    TorchScorer,
+    label_logits,
+    naive_label_logits,
+    yes_probability,
+)
 from ranking.synthetic import BenchmarkConfig, standard_workload
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--query-tokens", type=int, default=250)
     ap.add_argument("--items", type=int, default=50)
@@ -73,18 +81,23 @@ def main() -> None:
             "tokens_computed_shared": batch.computed_tokens,
         },
         "results": [
-            {"engine": k, "median_s": med[k], "items_per_s": n / med[k], "runs_s": times[k]} for k in runs
+            {"engine": k, "median_s": med[k], "items_per_s": n / med[k], "runs_s": times[k]}
+            for k in runs
         ],
         "speedup": med["naive"] / med["shared_prefix"],
         "max_abs_score_diff": float((outputs["naive"] - outputs["shared_prefix"]).abs().max()),
     }
-    print(f"\nworkload: query {len(q_ids)} tokens, {n} items of ~{result['workload']['mean_item_tokens']:.1f} "
-          f"tokens; {args.dtype}, {torch.get_num_threads()} threads, {args.repeats} runs each")
+    print(
+        f"\nworkload: query {len(q_ids)} tokens, {n} items of ~{result['workload']['mean_item_tokens']:.1f} "
+        f"tokens; {args.dtype}, {torch.get_num_threads()} threads, {args.repeats} runs each"
+    )
     print(f"{'engine':<16}{'median ms':>12}{'items/s':>12}")
     for r in result["results"]:
         print(f"{r['engine']:<16}{r['median_s'] * 1000:>12.1f}{r['items_per_s']:>12.1f}")
-    print(f"speedup (shared_prefix / naive): {result['speedup']:.2f}x; "
-          f"max |score diff| {result['max_abs_score_diff']:.4f}")
+    print(
+        f"speedup (shared_prefix / naive): {result['speedup']:.2f}x; "
+        f"max |score diff| {result['max_abs_score_diff']:.4f}"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

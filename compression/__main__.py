@@ -51,9 +51,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         rows = rows[: args.limit]
     t0 = time.time()
-    metrics = evaluate(TorchScorer(model, tok, task), encode_groups(rows, tok, task), progress=not args.json)
-    metrics.update(model=str(info.path), format=info.format, params=info.params, split=args.split,
-                   seconds=round(time.time() - t0, 2))
+    metrics = evaluate(
+        TorchScorer(model, tok, task), encode_groups(rows, tok, task), progress=not args.json
+    )
+    metrics.update(
+        model=str(info.path),
+        format=info.format,
+        params=info.params,
+        split=args.split,
+        seconds=round(time.time() - t0, 2),
+    )
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -63,8 +70,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compression", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m compression",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="build the demo benchmark and teacher")

@@ -39,7 +39,9 @@ class ModelShape:
 class DemoConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelShape = field(default_factory=ModelShape)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1400, batch_queries=24, lr=1.5e-3))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1400, batch_queries=24, lr=1.5e-3)
+    )
     vocab_size: int = 1024
 
     @classmethod
@@ -47,8 +49,14 @@ class DemoConfig:
         """Same code, test-sized: trains in seconds."""
         return cls(
             benchmark=BenchmarkConfig(train_queries=600, val_queries=40, test_queries=60),
-            model=ModelShape(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024),
+            model=ModelShape(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                max_position_embeddings=1024,
+            ),
             train=TrainConfig(steps=60, batch_queries=16, lr=3e-3, warmup_steps=10, eval_every=0),
             vocab_size=512,
         )
@@ -76,7 +84,9 @@ def build_data(cfg: DemoConfig, data_dir: Path) -> dict:
     meta = write_benchmark(cfg.benchmark, data_dir)
     task = RankingTask()
     tok = train_tokenizer(
-        corpus(read_split(data_dir, "train")), cfg.vocab_size, must_have=[task.yes, task.no, task.question]
+        corpus(read_split(data_dir, "train")),
+        cfg.vocab_size,
+        must_have=[task.yes, task.no, task.question],
     )
     tok.save_pretrained(data_dir / "tokenizer")
     return meta
@@ -108,7 +118,9 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
     val_groups = encode_groups(read_split(data_dir, "validation"), tokenizer, task)
     model = make_teacher_model(cfg.model, tokenizer, cfg.train.seed)
     params = sum(p.numel() for p in model.parameters())
-    print(f"[demo] teacher: Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries")
+    print(
+        f"[demo] teacher: Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries"
+    )
     t_train = time.time()
     curve = train(model, (tokenizer, task), train_groups, cfg.train, val_groups, desc="teacher")
     train_seconds = time.time() - t_train
@@ -132,7 +144,9 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     if curve:
-        plot_curve(curve, teacher_dir / "learning_curve.png", meta["splits"]["validation"]["bayes_auc"])
+        plot_curve(
+            curve, teacher_dir / "learning_curve.png", meta["splits"]["validation"]["bayes_auc"]
+        )
     return summary
 
 

@@ -35,6 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     bf16_autocast: bool = True
+    lm_weight: float = 0.0  # auxiliary next-token loss on every prompt token (see lm_loss)
     eval_every: int = 250
     seed: int = 0
 
@@ -47,11 +48,30 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def hard_label_loss(model, hidden: torch.Tensor, labels: torch.Tensor, label_ids: tuple[int, int]) -> torch.Tensor:
+def hard_label_loss(
+    model, hidden: torch.Tensor, labels: torch.Tensor, label_ids: tuple[int, int]
+) -> torch.Tensor:
     """Cross-entropy of the full next-token distribution against the " yes"/" no" token."""
     logits = model.get_output_embeddings()(hidden).float()
     target = torch.where(labels > 0.5, label_ids[0], label_ids[1])
     return F.cross_entropy(logits, target)
+
+
+def lm_loss(model, taps: list) -> torch.Tensor:
+    """Next-token cross-entropy over all prompt tokens (queries and items).
+
+    Why: the answer position gives one noisy bit per item; predicting the prompt's own tokens
+    gives dense gradient and builds the circuits the ranking needs (e.g. a member's history is
+    drawn from their interests, so predicting it teaches attention from items to interests).
+    """
+    head = model.get_output_embeddings()
+    total, count = 0.0, 0
+    for ids, mask, hidden in taps:
+        valid = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+        logits = head(hidden[:, :-1][valid]).float()
+        total = total + F.cross_entropy(logits, ids[:, 1:][valid], reduction="sum")
+        count += int(valid.sum())
+    return total / max(count, 1)
 
 
 LossFn = Callable[[object, torch.Tensor, list[QueryGroup]], torch.Tensor]
@@ -81,7 +101,10 @@ def train(
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
@@ -98,8 +121,11 @@ def train(
             g["lr"] = lr_at(step, cfg)
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-            hidden = answer_hidden(model, to_batch(groups), pad_id)
+            taps = [] if cfg.lm_weight > 0 else None
+            hidden = answer_hidden(model, to_batch(groups), pad_id, taps=taps)
             loss = loss_fn(model, hidden, groups)
+            if taps:
+                loss = loss + cfg.lm_weight * lm_loss(model, taps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ranking.task import TASK_FILE, RankingTask, TaskConfigError
+from ranking.task import TASK_FILE, RankingTask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -87,7 +87,7 @@ def load_checkpoint(
         task = RankingTask.load(info.path)
         tokenizer = AutoTokenizer.from_pretrained(info.path)
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs).to(device).eval()
-    except (TaskConfigError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors, json, config errors: all mean "corrupt"
         raise CheckpointError(f"cannot load checkpoint {info.path}: {exc}") from exc
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
@@ -97,8 +97,13 @@ def load_checkpoint(
 
 
 def save_checkpoint(
-    model, tokenizer, task: RankingTask, path: str | Path, dtype: torch.dtype | None = torch.bfloat16,
+    model,
+    tokenizer,
+    task: RankingTask,
+    path: str | Path,
+    dtype: torch.dtype | None = torch.bfloat16,
     extra_files: dict[str, str] | None = None,
+    **save_kwargs,
 ) -> Path:
     """Writes model (safetensors), tokenizer and task config atomically into ``path``."""
     final = Path(path)
@@ -111,7 +116,7 @@ def save_checkpoint(
         import copy
 
         to_save = copy.deepcopy(model).to(dtype)
-    to_save.save_pretrained(tmp, safe_serialization=True)
+    to_save.save_pretrained(tmp, **save_kwargs)
     tokenizer.save_pretrained(tmp)
     task.save(tmp)
     for name, text in (extra_files or {}).items():

@@ -13,7 +13,9 @@ from ranking.dataset import QueryGroup, to_batch
 from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, roc_auc
 
 
-def score_groups(scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False) -> np.ndarray:
+def score_groups(
+    scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False
+) -> np.ndarray:
     """Flat scores for all items of ``groups`` in order, batched a few queries at a time."""
     out = []
     steps = range(0, len(groups), batch_queries)
@@ -40,5 +42,7 @@ def quality_metrics(groups: list[QueryGroup], scores: np.ndarray) -> dict:
     return metrics
 
 
-def evaluate(scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False) -> dict:
+def evaluate(
+    scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False
+) -> dict:
     return quality_metrics(groups, score_groups(scorer, groups, batch_queries, progress))

@@ -44,7 +44,9 @@ class ScoreBatch:
     @property
     def prompt_tokens(self) -> int:
         """Tokens in the prompts as a naive scorer would see them (query repeated per item)."""
-        return sum(len(self.queries[o]) + len(it) for o, it in zip(self.owner, self.items, strict=True))
+        return sum(
+            len(self.queries[o]) + len(it) for o, it in zip(self.owner, self.items, strict=True)
+        )
 
     @property
     def computed_tokens(self) -> int:
@@ -52,7 +54,9 @@ class ScoreBatch:
         return sum(len(q) for q in self.queries) + sum(len(it) for it in self.items)
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_right(
+    seqs: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
@@ -95,17 +99,23 @@ def answer_hidden(
     batch: ScoreBatch,
     pad_id: int = 0,
     max_item_tokens: int = 16384,
+    taps: list | None = None,
 ) -> torch.Tensor:
     """(n_items, hidden) final hidden state at the answer position of each item, query prefix
     shared: each query runs once into a KV cache that its items attend to.
 
     Differentiable (training uses it). ``max_item_tokens`` bounds the padded item tensor of one
-    forward, which bounds activation memory for very large requests.
+    forward, which bounds activation memory for very large requests. If ``taps`` is a list, the
+    (ids, mask, hidden) of every forward (queries, then item chunks) are appended to it, for
+    losses on all tokens.
     """
     device = model.device
     base = model.get_decoder()
     q_ids, q_mask = _pad_right(batch.queries, pad_id, device)
-    q_cache = base(input_ids=q_ids, attention_mask=q_mask, use_cache=True).past_key_values
+    q_out = base(input_ids=q_ids, attention_mask=q_mask, use_cache=True)
+    q_cache = q_out.past_key_values
+    if taps is not None:
+        taps.append((q_ids, q_mask, q_out.last_hidden_state))
     layers = [(layer.keys, layer.values) for layer in q_cache.layers]
     q_len = q_mask.sum(dim=1)
 
@@ -125,6 +135,8 @@ def answer_hidden(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
+        if taps is not None:
+            taps.append((i_ids, i_mask, hidden))
         parts.append(hidden[torch.arange(len(chunk), device=device), i_mask.sum(dim=1) - 1])
     stacked = torch.cat(parts, dim=0)
     order = torch.as_tensor([i for chunk in chunks for i in chunk], device=device)

@@ -3,7 +3,8 @@
 A hidden model gives each (member, item) pair a true engagement probability
 ``p = sigmoid(z)`` with
 
-    z = bias + quality(item) + interest(member, topic) + format match + level match
+    z = bias + quality(item) + popularity(topic) + format_bias(format)      (main effects)
+        + interest(member, topic) + format match + level match            (matches)
         + role . topic  (a latent-factor term: role and topic embeddings, rank ``LATENT_DIM``)
 
 Every input of ``z`` is written in the text (the member's role, ranked interests, preferred
@@ -51,8 +52,9 @@ TOPIC_WORDS = {
 }
 GENERIC_WORDS = ["guide", "basics", "secrets", "stories", "tips", "deep", "dive", "notes", "weekly", "masterclass"]  # fmt: skip
 FORMATS = ["video", "article", "podcast", "course"]
+FORMAT_BIAS = {"video": 0.4, "article": 0.0, "podcast": -0.2, "course": -0.4}
 LEVELS = ["beginner", "intermediate", "expert"]
-QUALITY = {"excellent": 1.4, "good": 0.5, "mediocre": -0.5, "poor": -1.4}
+QUALITY = {"excellent": 1.6, "good": 0.6, "mediocre": -0.6, "poor": -1.6}
 ROLES = ["student", "engineer", "teacher", "nurse", "artist", "manager", "retiree", "founder"]
 INTEREST_WEIGHTS = (1.8, 1.2, 0.7)  # first, second, third listed interest
 LATENT_DIM = 3
@@ -70,8 +72,9 @@ class BenchmarkConfig:
     history_len: int = 3
     bias: float = -1.0
     format_weight: float = 0.8
-    level_weight: float = 0.6
-    latent_weight: float = 0.9
+    level_weight: float = 0.5
+    latent_weight: float = 0.6
+    popularity_weight: float = 1.0
     interest_share: float = 0.5  # share of candidates drawn from the member's interests
 
 
@@ -101,6 +104,7 @@ class World:
         rng = np.random.default_rng([cfg.seed, 7919])
         self.role_vec = {r: rng.normal(size=LATENT_DIM) for r in ROLES}
         self.topic_vec = {t: rng.normal(size=LATENT_DIM) for t in TOPICS}
+        self.popularity = {t: float(rng.normal()) for t in TOPICS}
 
     # ---- sampling --------------------------------------------------------------------------
     def member(self, rng: np.random.Generator, history_len: int | None = None) -> Member:
@@ -132,20 +136,34 @@ class World:
 
     def candidates(self, rng: np.random.Generator, m: Member, n: int) -> list[Item]:
         return [
-            self.item(rng, topic=str(rng.choice(m.interests)) if rng.random() < self.cfg.interest_share else None)
+            self.item(
+                rng,
+                topic=str(rng.choice(m.interests))
+                if rng.random() < self.cfg.interest_share
+                else None,
+            )
             for _ in range(n)
         ]
 
     # ---- the hidden truth -----------------------------------------------------------------
     def logit(self, m: Member, it: Item) -> float:
         c = self.cfg
-        z = c.bias + QUALITY[it.quality]
+        z = (
+            c.bias
+            + QUALITY[it.quality]
+            + FORMAT_BIAS[it.fmt]
+            + c.popularity_weight * self.popularity[it.topic]
+        )
         if it.topic in m.interests:
             z += INTEREST_WEIGHTS[m.interests.index(it.topic)]
         z += c.format_weight * (1.0 if it.fmt == m.fmt else -0.25)
         gap = abs(LEVELS.index(it.level) - LEVELS.index(m.level))
         z += c.level_weight * (1.0 - gap)
-        z += c.latent_weight * float(self.role_vec[m.role] @ self.topic_vec[it.topic]) / math.sqrt(LATENT_DIM)
+        z += (
+            c.latent_weight
+            * float(self.role_vec[m.role] @ self.topic_vec[it.topic])
+            / math.sqrt(LATENT_DIM)
+        )
         return z
 
     def probability(self, m: Member, it: Item) -> float:
@@ -258,7 +276,12 @@ def corpus(rows: list[dict]) -> list[str]:
 
 
 def standard_workload(
-    cfg: BenchmarkConfig, tokenizer, task, query_tokens: int = 250, n_items: int = 50, seed: int = 12345
+    cfg: BenchmarkConfig,
+    tokenizer,
+    task,
+    query_tokens: int = 250,
+    n_items: int = 50,
+    seed: int = 12345,
 ) -> tuple[str, list[str]]:
     """One benchmark request: a member whose history is grown until the query is at least
     ``query_tokens`` tokens, and ``n_items`` candidates (~30 tokens each with the question)."""
@@ -273,7 +296,7 @@ def standard_workload(
             break
         history.append(world.item(rng, topic=str(rng.choice(base.interests))).title)
     items = [
-        render_item(it, tags=tuple(rng.choice(TOPIC_WORDS[it.topic], size=5, replace=False)))
+        render_item(it, tags=tuple(rng.choice(TOPIC_WORDS[it.topic], size=6, replace=False)))
         for it in world.candidates(rng, base, n_items)
     ]
     return query, items

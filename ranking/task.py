@@ -26,7 +26,7 @@ class TaskConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RankingTask:
-    question: str = "Will the member engage? Answer:"
+    question: str = "Engage?"
     separator: str = "\n"
     yes: str = " yes"
     no: str = " no"

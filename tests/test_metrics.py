@@ -11,8 +11,8 @@ from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, ndcg_at_k, r
 
 
 def brute_auc(y, s):
-    pos = [a for a, l in zip(s, y) if l == 1]
-    neg = [a for a, l in zip(s, y) if l == 0]
+    pos = [a for a, lab in zip(s, y, strict=True) if lab == 1]
+    neg = [a for a, lab in zip(s, y, strict=True) if lab == 0]
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
 
@@ -45,7 +45,7 @@ def test_expected_auc_equals_average_over_all_labelings():
     num = den = 0.0
     # exact expectation of the pairwise-count numerator and denominator over 2^6 labelings
     for labels in itertools.product([0, 1], repeat=6):
-        w = np.prod([pi if li else 1 - pi for pi, li in zip(p, labels)])
+        w = np.prod([pi if li else 1 - pi for pi, li in zip(p, labels, strict=True)])
         for i, j in itertools.permutations(range(6), 2):
             if labels[i] == 1 and labels[j] == 0:
                 den += w
@@ -67,7 +67,14 @@ def test_ndcg_matches_sklearn_and_hand_value():
     rel = [3, 2, 3, 0, 1, 2]
     s = [0.9, 0.8, 0.1, 0.7, 0.2, 0.3]
     # hand: gains 2^r-1 = [7,3,7,0,1,3]; order by score -> idx 0,1,3,5,4,2
-    dcg = 7 / np.log2(2) + 3 / np.log2(3) + 0 / np.log2(4) + 3 / np.log2(5) + 1 / np.log2(6) + 7 / np.log2(7)
+    dcg = (
+        7 / np.log2(2)
+        + 3 / np.log2(3)
+        + 0 / np.log2(4)
+        + 3 / np.log2(5)
+        + 1 / np.log2(6)
+        + 7 / np.log2(7)
+    )
     ideal = 7 / np.log2(2) + 7 / np.log2(3) + 3 / np.log2(4) + 3 / np.log2(5) + 1 / np.log2(6) + 0
     assert ndcg_at_k(rel, s, k=6) == pytest.approx(dcg / ideal)
     # sklearn uses linear gains; with binary relevance the two agree

@@ -1,0 +1,72 @@
+"""The engine interface: load a checkpoint, warm up, score batches of tokenized requests.
+
+Tokenization and the ranking contract (prompt layout, label tokens) are shared: every engine
+scores exactly the prompts ``ranking.task.RankingTask`` builds.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ranking.checkpoint import CheckpointInfo
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run this checkpoint on this hardware; the message names the way out."""
+
+
+@dataclass
+class EncodedRequest:
+    query_ids: list[int]
+    item_ids: list[list[int]]
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.query_ids) * self.n_items + sum(len(i) for i in self.item_ids)
+
+    @property
+    def computed_tokens(self) -> int:
+        return len(self.query_ids) + sum(len(i) for i in self.item_ids)
+
+
+class Engine(abc.ABC):
+    """Lifecycle: ``start()`` (load + warm-up, may take a while) -> ``score()`` ... -> ``stop()``."""
+
+    name: str = "?"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.tokenizer = None
+        self.task = None
+        self.info: CheckpointInfo | None = None
+        self.label_ids: tuple[int, int] | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.served_model_name or Path(self.settings.model).resolve().name
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model; raise ``EngineUnavailable`` or ``CheckpointError`` with a clear message."""
+
+    @abc.abstractmethod
+    async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
+        """P(yes)/(P(yes)+P(no)) for every item of every request (one engine batch)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def warmup(self) -> None:
+        """One real request through the whole path (first-call costs: allocation, kernels)."""
+        q = self.task.encode_query(self.tokenizer, "member profile: warm-up.")
+        items = self.task.encode_items(self.tokenizer, ["item: warm-up."] * 4)
+        await self.score([EncodedRequest(q, items)])

@@ -1,0 +1,47 @@
+"""The torch engine: ``ranking.scorer.TorchScorer`` (shared prefix, label rows) in a worker thread.
+
+Runs every checkpoint format on any torch device; quantized checkpoints are dequantized at load
+(FP8 included), so it is also the CPU path for FP8 checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ranking.checkpoint import load_checkpoint
+from ranking.scorer import TorchScorer
+from server.engines.base import EncodedRequest, Engine
+
+_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        # one thread: batches run one after another, each using all intra-op threads
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-engine")
+        self.scorer: TorchScorer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        model, tok, task, info = await loop.run_in_executor(
+            self._pool,
+            lambda: load_checkpoint(self.settings.model, dtype=_DTYPES[self.settings.dtype]),
+        )
+        self.tokenizer, self.task, self.info = tok, task, info
+        self.scorer = TorchScorer(model, tok, task, max_item_tokens=self.settings.max_batch_tokens)
+        self.label_ids = self.scorer.label_ids
+
+    async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
+        reqs = [(r.query_ids, r.item_ids) for r in requests]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.scorer.score_ids, reqs)
+
+    async def stop(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,121 @@
+"""The vLLM engine: vLLM's async engine in this process, as a two-way classifier.
+
+What makes scoring cheap in vLLM (measured in ``benchmarks/vllm_scoring_modes.py``):
+- the causal LM is loaded as a *pooling* model whose head is ``W[yes] - W[no]`` (vLLM's
+  ``from_2_way_softmax`` conversion): the last hidden state times one row, then a sigmoid,
+  which equals P(yes)/(P(yes)+P(no)). No full-vocabulary logits, no sampling, no decode step;
+- prefix caching: items of a request share the query's KV blocks. vLLM only reuses blocks that
+  are already computed, so the first item of a request goes alone and warms the cache, then the
+  other items go together and read it.
+
+FP8 checkpoints need vLLM's FP8 kernels, which the CPU build lacks (the first forward hangs);
+we refuse them at start-up on CPU and name the torch engine, which dequantizes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from ranking.checkpoint import inspect_checkpoint
+from ranking.task import RankingTask
+from server.engines.base import EncodedRequest, Engine, EngineUnavailable
+
+_ids = itertools.count()
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.llm = None
+
+    def engine_args(self):
+        from vllm import AsyncEngineArgs
+
+        s = self.settings
+        no_tok, yes_tok = self.tokenizer.convert_ids_to_tokens(
+            [self.label_ids[1], self.label_ids[0]]
+        )
+        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[s.dtype]
+        args = dict(
+            model=str(s.model),
+            runner="pooling",
+            convert="classify",
+            hf_overrides={
+                "method": "from_2_way_softmax",
+                "classifier_from_token": [no_tok, yes_tok],
+            },
+            enable_prefix_caching=True,
+            block_size=s.vllm_block_size,
+            max_model_len=s.vllm_max_model_len,
+            dtype=dtype,
+            enforce_eager=not has_cuda(),  # CPU: torch.compile costs minutes at start
+        )
+        if has_cuda():
+            args["gpu_memory_utilization"] = s.vllm_gpu_memory_utilization
+        return AsyncEngineArgs(**args)
+
+    async def start(self) -> None:
+        info = inspect_checkpoint(self.settings.model)
+        if info.format == "fp8" and not has_cuda():
+            raise EngineUnavailable(
+                f"{info.path} is an FP8 checkpoint: vLLM runs FP8 only on a CUDA GPU (this CPU "
+                "build has no FP8 kernel). Serve it with --engine torch, which dequantizes FP8, "
+                "or serve the INT8/INT4 checkpoint with vLLM."
+            )
+        os.environ.setdefault(
+            "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
+        )
+        self.task = RankingTask.load(info.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(info.path)
+        self.label_ids = self.task.label_token_ids(self.tokenizer)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.llm = AsyncLLM.from_engine_args(self.engine_args())
+        params = None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(info.path / "model.safetensors"), "pt") as f:
+                params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+        except Exception:  # noqa: BLE001 - parameter count is informational
+            pass
+        self.info = type(info)(info.path, info.format, info.architecture, params)
+
+    async def _one(self, prompt: list[int]) -> float:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self.llm.encode(
+            TokensPrompt(prompt_token_ids=prompt),
+            PoolingParams(task="classify"),
+            request_id=f"s{next(_ids)}",
+        ):
+            final = out
+        return float(final.outputs.data.reshape(-1)[0])
+
+    async def _request(self, r: EncodedRequest) -> np.ndarray:
+        prompts = [r.query_ids + it for it in r.item_ids]
+        first = await self._one(prompts[0])  # computes and caches the query's KV blocks
+        rest = await asyncio.gather(*(self._one(p) for p in prompts[1:]))
+        return np.array([first, *rest], dtype=np.float32)
+
+    async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(self._request(r) for r in requests)))
+
+    async def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None

@@ -1,0 +1,197 @@
+"""Admission control and dynamic batching in front of an engine.
+
+- Bounded queue (in items): a request that would overflow it is refused at once
+  (``Overloaded`` -> HTTP 429 with Retry-After), so overload costs the client a retry, not
+  every client a growing latency.
+- Batches: the worker takes queued requests in arrival order until the batch's computed tokens
+  reach ``max_batch_tokens``, waiting at most ``max_wait`` for company after the first arrives.
+- Deadlines and disconnects: a request whose deadline passed or whose client went away is
+  dropped before its batch starts, so it stops costing compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.engines.base import EncodedRequest, Engine
+from server.metrics import ServerMetrics
+
+
+class Overloaded(Exception):
+    def __init__(self, retry_after: float, message: str):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass
+class _Entry:
+    request: EncodedRequest
+    future: asyncio.Future
+    enqueued: float
+    deadline: float
+    abandoned: bool = False
+    started: float | None = field(default=None)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        max_queue_items: int,
+    ):
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue_items = max_queue_items
+        self._queue: deque[_Entry] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._items_per_s = 100.0  # updated from measured batches; only feeds Retry-After
+
+    # ---- client side ------------------------------------------------------------------------
+    async def submit(self, request: EncodedRequest, timeout_s: float) -> tuple[np.ndarray, dict]:
+        """Scores one request; returns (scores, timings). Raises Overloaded / DeadlineExceeded."""
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        n = request.n_items
+        if self._queued_items + n > self.max_queue_items:
+            retry = max(1, math.ceil(self._queued_items / max(self._items_per_s, 1e-3)))
+            raise Overloaded(
+                retry,
+                f"server overloaded: {self._queued_items} items queued, limit {self.max_queue_items}",
+            )
+        now = time.perf_counter()
+        entry = _Entry(request, asyncio.get_running_loop().create_future(), now, now + timeout_s)
+        self._queue.append(entry)
+        self._queued_items += n
+        self._update_gauges()
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.future), timeout=timeout_s)
+        except TimeoutError:
+            entry.abandoned = True
+            raise DeadlineExceeded(
+                f"request not finished within its {timeout_s:g}s deadline"
+            ) from None
+        except asyncio.CancelledError:  # client went away
+            entry.abandoned = True
+            raise
+
+    # ---- worker -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Stops admitting, lets queued and running batches finish."""
+        self._closing = True
+        deadline = time.perf_counter() + timeout_s
+        while (self._queue or not self._idle.is_set()) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+
+    def _update_gauges(self) -> None:
+        self.metrics.queued_requests.set(len(self._queue))
+        self.metrics.queued_items.set(self._queued_items)
+
+    def _pop_batch(self) -> list[_Entry]:
+        batch, tokens = [], 0
+        while self._queue:
+            e = self._queue[0]
+            cost = e.request.computed_tokens
+            if batch and tokens + cost > self.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._queued_items -= e.request.n_items
+            if e.abandoned or e.future.done():
+                continue  # deadline passed or client gone: never computed
+            batch.append(e)
+            tokens += cost
+        self._update_gauges()
+        return batch
+
+    def _queued_tokens(self) -> int:
+        return sum(e.request.computed_tokens for e in self._queue)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # let concurrent requests join, up to max_wait after the oldest arrived
+            first = self._queue[0].enqueued
+            while (
+                self._queued_tokens() < self.max_batch_tokens
+                and time.perf_counter() - first < self.max_wait_s
+            ):
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), self.max_wait_s - (time.perf_counter() - first)
+                    )
+                except TimeoutError:
+                    break
+            batch = self._pop_batch()
+            if not batch:
+                continue
+            self._idle.clear()
+            try:
+                await self._execute(batch)
+            finally:
+                self._idle.set()
+
+    async def _execute(self, batch: list[_Entry]) -> None:
+        start = time.perf_counter()
+        for e in batch:
+            e.started = start
+            self.metrics.queue_wait.observe(start - e.enqueued)
+        try:
+            results = await self.engine.score([e.request for e in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting request (-> 500)
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - start
+        items = sum(e.request.n_items for e in batch)
+        m = self.metrics
+        m.batch_prefill.observe(elapsed)
+        m.batch_items.observe(items)
+        m.batch_requests.observe(len(batch))
+        if elapsed > 0:
+            self._items_per_s = 0.8 * self._items_per_s + 0.2 * (items / elapsed)
+        for e, scores in zip(batch, results, strict=True):
+            m.request_prefill.observe(elapsed)
+            m.items.inc(e.request.n_items)
+            m.prompt_tokens.inc(e.request.prompt_tokens)
+            m.computed_tokens.inc(e.request.computed_tokens)
+            m.reused_tokens.inc(e.request.prompt_tokens - e.request.computed_tokens)
+            if not e.future.done():
+                e.future.set_result(
+                    (
+                        scores,
+                        {"queue_s": start - e.enqueued, "prefill_s": elapsed, "batch": len(batch)},
+                    )
+                )

@@ -1,0 +1,45 @@
+"""Shared, expensive fixtures: built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """The demo pipeline with the test-sized config: data, tokenizer and a trained teacher."""
+    from compression.teacher import DemoConfig, build_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out, DemoConfig.tiny())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_demo):
+    from ranking.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_demo / "teacher", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized(tiny_demo) -> dict[str, Path]:
+    """The tiny teacher quantized by llmcompressor: fp8, int8 (W8A8), int4 (W4A16)."""
+    from compression.quantize import quantize_checkpoint
+    from ranking.synthetic import read_split
+
+    rows = read_split(tiny_demo / "data", "train")
+    out = {}
+    for scheme in ("fp8", "int8", "int4"):
+        dst = tiny_demo / f"teacher-{scheme}"
+        # hidden size 64: int4 groups of 32 (the real pipeline uses 128)
+        quantize_checkpoint(tiny_demo / "teacher", dst, scheme, rows, num_samples=16, group_size=32)
+        out[scheme] = dst
+    return out

@@ -1,0 +1,61 @@
+"""The demo pipeline and the evaluation CLI, with the test-sized config of the same code."""
+
+import json
+import subprocess
+import sys
+
+from tests.serving import REPO
+
+
+def run(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "compression", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_tiny_teacher_learns_something(tiny_demo):
+    summary = json.loads((tiny_demo / "teacher" / "training_summary.json").read_text())
+    assert summary["params"] > 0 and summary["format"] == "bf16"
+    test = summary["test"]
+    # 60 steps of a 2-layer model: better than chance, below the ceiling
+    assert 0.55 < test["auc"] < summary["bayes_auc_test"]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "ranking_task.json"):
+        assert (tiny_demo / "teacher" / f).is_file(), f
+
+
+def test_evaluate_cli_json(tiny_demo):
+    p = run(
+        "evaluate",
+        "--model",
+        str(tiny_demo / "teacher"),
+        "--data",
+        str(tiny_demo / "data"),
+        "--split",
+        "test",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert {"auc", "logloss", "bayes_auc", "n"} <= set(out)
+    assert out["n"] == 600 and 0.5 < out["bayes_auc"] < 1 and out["auc"] < out["bayes_auc"]
+    summary = json.loads((tiny_demo / "teacher" / "training_summary.json").read_text())
+    assert abs(out["auc"] - summary["test"]["auc"]) < 1e-6  # same scorer, same split
+
+
+def test_evaluate_cli_errors(tiny_demo, tmp_path):
+    p = run(
+        "evaluate", "--model", str(tmp_path / "nope"), "--data", str(tiny_demo / "data"), "--json"
+    )
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = run("evaluate", "--model", str(tiny_demo / "teacher"), "--data", str(tmp_path), "--json")
+    assert p.returncode == 2 and "no test split" in p.stderr
+
+
+def test_demo_cli_reuses_existing_build(tiny_demo):
+    p = run("demo", "--tiny", "--out", str(tiny_demo), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "reused" in p.stdout and "Bayes AUC" in p.stdout

@@ -1,0 +1,358 @@
+"""The ranking server over real HTTP, with the real torch engine (tiny demo teacher)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from ranking.scorer import TorchScorer
+from tests.serving import ServerProcess, metric_value
+
+QUERY = (
+    "member profile: nurse, expert level. interests: music, travel, cooking. prefers video content."
+)
+ITEMS = [
+    "item: jazz guitar tips. excellent expert video about music.",
+    "item: budget stocks guide. poor beginner article about finance.",
+    "item: island journey notes. good expert video about travel.",
+    "item: bread pasta basics. mediocre intermediate course about cooking.",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_demo, tmp_path_factory):
+    s = ServerProcess(
+        tiny_demo / "teacher",
+        "torch",
+        tmp_path_factory.mktemp("logs"),
+        max_items=64,
+        max_query_tokens=200,
+        max_body_bytes=65536,
+    )
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_teacher):
+    return TorchScorer(*tiny_teacher[:3]).score(QUERY, ITEMS)
+
+
+def post(server, path, payload, **kw):
+    return httpx.post(server.url + path, json=payload, timeout=30, **kw)
+
+
+# ---- the three dialects ---------------------------------------------------------------------------
+def test_rank_sorted_with_usage(server, reference):
+    r = post(server, "/v1/rank", {"query": QUERY, "items": ITEMS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == list(np.argsort(-reference, kind="stable"))
+    got = {x["index"]: x["score"] for x in body["results"]}
+    assert [got[i] for i in range(4)] == pytest.approx(reference, abs=2e-3)
+    u = body["usage"]
+    assert u["items"] == 4 and u["prompt_tokens"] > u["computed_tokens"] > 0
+    assert body["model"] == "teacher"
+    top = post(server, "/v1/rank", {"query": QUERY, "items": ITEMS, "top_k": 2}).json()["results"]
+    assert top == body["results"][:2]
+
+
+def test_score_sglang_compatible(server, reference):
+    models = httpx.get(server.url + "/v1/models").json()["data"][0]
+    assert models["label_tokens"] == [" yes", " no"]
+    r = post(server, "/v1/rank", {"query": QUERY, "items": ITEMS[:1]})
+    assert r.status_code == 200
+    # the label ids as the model's tokenizer has them, in either order
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(server.args[server.args.index("--model") + 1])
+    yes, no = tok.convert_tokens_to_ids(["Ġyes", "Ġno"])
+    body = post(
+        server, "/v1/score", {"query": QUERY, "items": ITEMS, "label_token_ids": [no, yes]}
+    ).json()
+    scores = np.array(body["scores"])
+    assert scores.shape == (4, 2)
+    assert scores[:, 1] == pytest.approx(reference, abs=2e-3)
+    assert scores.sum(axis=1) == pytest.approx(np.ones(4))
+    default = post(server, "/v1/score", {"query": QUERY, "items": ITEMS}).json()
+    assert np.array(default["scores"])[:, 0] == pytest.approx(reference, abs=2e-3)
+
+
+def test_rerank_compatible(server, reference):
+    r = post(
+        server,
+        "/v1/rerank",
+        {
+            "model": "teacher",
+            "query": QUERY,
+            "documents": ITEMS,
+            "top_n": 3,
+            "return_documents": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert len(res) == 3
+    assert [x["index"] for x in res] == list(np.argsort(-reference, kind="stable")[:3])
+    assert res[0]["document"]["text"] == ITEMS[res[0]["index"]]
+    assert r.json()["usage"]["total_tokens"] > 0
+
+
+def test_info_endpoints(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/ready").status_code == 200
+    card = httpx.get(server.url + "/v1/models").json()["data"][0]
+    assert card["id"] == "teacher" and card["format"] == "bf16" and card["engine"] == "torch"
+    assert card["parameters"] > 0
+    spec = httpx.get(server.url + "/openapi.json").json()
+    for path in (
+        "/v1/rank",
+        "/v1/score",
+        "/v1/rerank",
+        "/v1/models",
+        "/health",
+        "/ready",
+        "/metrics",
+    ):
+        assert path in spec["paths"]
+
+
+# ---- bad input: 4xx with the error shape, never 500 --------------------------------------------------
+BAD = [
+    ("/v1/rank", {"query": QUERY, "items": []}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": QUERY, "items": "not a list"}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": QUERY, "items": [1, 2]}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": "", "items": ITEMS}, 422, "invalid_request", "query"),
+    ("/v1/rank", {"items": ITEMS}, 422, "invalid_request", "query"),
+    ("/v1/rank", {"query": QUERY, "items": ["ok", ""]}, 422, "invalid_request", "items[1]"),
+    ("/v1/rank", {"query": QUERY, "items": ITEMS, "top_k": 0}, 422, "invalid_request", "top_k"),
+    ("/v1/rank", {"query": QUERY, "items": ITEMS, "bogus": 1}, 422, "invalid_request", "bogus"),
+    ("/v1/rank", {"query": QUERY, "items": ["x"] * 65}, 422, "too_many_items", "max_items=64"),
+    (
+        "/v1/rank",
+        {"query": "music " * 300, "items": ITEMS},
+        422,
+        "query_too_long",
+        "max_query_tokens",
+    ),
+    (
+        "/v1/rank",
+        {"query": QUERY, "items": ITEMS, "model": "other"},
+        404,
+        "model_not_found",
+        "other",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "label_token_ids": [1, 2]},
+        422,
+        "unknown_label_tokens",
+        "[1, 2]",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "label_token_ids": [1]},
+        422,
+        "invalid_request",
+        "label_token_ids",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "apply_softmax": False},
+        422,
+        "unsupported",
+        "apply_softmax",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "item_first": True},
+        422,
+        "unsupported",
+        "item_first",
+    ),
+    (
+        "/v1/rerank",
+        {"query": QUERY, "documents": ITEMS, "top_n": -1},
+        422,
+        "invalid_request",
+        "top_n",
+    ),
+]
+
+
+@pytest.mark.parametrize("path, payload, status, kind, needle", BAD)
+def test_bad_input(server, path, payload, status, kind, needle):
+    r = post(server, path, payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["type"] == kind and needle in err["message"], err
+
+
+def test_malformed_json_and_big_body_and_unknown_path(server):
+    r = httpx.post(
+        server.url + "/v1/rank",
+        content=b'{"query": "x", "items": [',
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json"
+    r = post(server, "/v1/rank", {"query": QUERY, "items": ["x" * 1000] * 70})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+    r = httpx.get(server.url + "/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = httpx.get(server.url + "/v1/rank")
+    assert r.status_code == 405
+
+
+# ---- metrics after traffic ----------------------------------------------------------------------------
+def test_metrics_after_traffic(server):
+    before = httpx.get(server.url + "/metrics").text
+    n0 = metric_value(before, "slimrank_items_scored_total")
+    for _ in range(3):
+        assert post(server, "/v1/rank", {"query": QUERY, "items": ITEMS}).status_code == 200
+    post(server, "/v1/rank", {"query": QUERY, "items": []})
+    text = httpx.get(server.url + "/metrics").text
+    assert metric_value(text, "slimrank_items_scored_total") == n0 + 12
+    assert metric_value(text, "slimrank_request_prefill_seconds_count") >= 3
+    assert metric_value(text, "slimrank_batch_prefill_seconds_bucket", 'le="+Inf"') >= 3
+    for name in (
+        "slimrank_queue_wait_seconds_count",
+        "slimrank_batch_size_items_count",
+        "slimrank_prompt_tokens_total",
+        "slimrank_computed_tokens_total",
+        "slimrank_prefix_reused_tokens_total",
+    ):
+        assert metric_value(text, name) > 0, name
+    assert metric_value(text, "slimrank_requests_total", 'endpoint="/v1/rank",status="200"') >= 3
+    assert metric_value(text, "slimrank_requests_total", 'status="422"') >= 1
+    assert metric_value(text, "slimrank_request_duration_seconds_count", 'endpoint="/v1/rank"') >= 4
+    assert metric_value(text, "slimrank_requests_in_flight") == 0
+    assert metric_value(text, "slimrank_queue_items") == 0
+    assert metric_value(text, "slimrank_model_info", 'format="bf16"') == 1
+    assert 'engine="torch"' in text
+    assert "slimrank_model_parameters" in text
+
+
+def test_concurrent_requests_are_batched_and_correct(server, reference):
+    async def go():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            return await asyncio.gather(
+                *(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS}) for _ in range(16))
+            )
+
+    before = metric_value(
+        httpx.get(server.url + "/metrics").text, "slimrank_batch_size_requests_count"
+    )
+    rs = asyncio.run(go())
+    assert all(r.status_code == 200 for r in rs)
+    for r in rs:
+        got = {x["index"]: x["score"] for x in r.json()["results"]}
+        assert [got[i] for i in range(4)] == pytest.approx(reference, abs=2e-3)
+    after = metric_value(
+        httpx.get(server.url + "/metrics").text, "slimrank_batch_size_requests_count"
+    )
+    assert after - before < 16  # at least two requests shared a batch
+
+
+def test_structured_log_line(server):
+    post(server, "/v1/rank", {"query": QUERY, "items": ITEMS})
+    time.sleep(0.2)
+    lines = [
+        json.loads(x.split("slimrank.access: ", 1)[1])
+        for x in server.logs().splitlines()
+        if "slimrank.access: " in x
+    ]
+    ok = [x for x in lines if x["status"] == 200]
+    assert ok and {"endpoint", "latency_ms", "items", "queue_ms", "prefill_ms"} <= set(ok[-1])
+
+
+# ---- admission: overload, deadline, disconnect, shutdown ---------------------------------------------
+@pytest.fixture(scope="module")
+def slow_admission(tiny_demo, tmp_path_factory):
+    """Batches wait 400 ms for company, so the queue is easy to fill and deadlines easy to miss."""
+    s = ServerProcess(
+        tiny_demo / "teacher",
+        "torch",
+        tmp_path_factory.mktemp("logs"),
+        max_items=8,
+        max_queue_items=8,
+        max_wait_ms=400,
+        request_timeout_s=0.15,
+        max_batch_tokens=100000,
+    )
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_deadline_gives_504_and_is_not_computed(slow_admission):
+    m0 = metric_value(
+        httpx.get(slow_admission.url + "/metrics").text, "slimrank_items_scored_total"
+    )
+    r = post(slow_admission, "/v1/rank", {"query": QUERY, "items": ITEMS})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
+    time.sleep(0.6)
+    m1 = metric_value(
+        httpx.get(slow_admission.url + "/metrics").text, "slimrank_items_scored_total"
+    )
+    assert m1 == m0  # dropped from the queue, never computed
+
+
+def test_overload_gives_429_with_retry_after(slow_admission):
+    async def go():
+        async with httpx.AsyncClient(base_url=slow_admission.url, timeout=30) as c:
+            return await asyncio.gather(
+                *(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS * 2}) for _ in range(6))
+            )
+
+    rs = asyncio.run(go())
+    codes = [r.status_code for r in rs]
+    assert 429 in codes, codes
+    refused = [r for r in rs if r.status_code == 429]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert refused[0].json()["error"]["type"] == "overloaded"
+    assert set(codes) <= {429, 504}
+    text = httpx.get(slow_admission.url + "/metrics").text
+    assert metric_value(text, "slimrank_requests_total", 'status="429"') >= 1
+
+
+def test_disconnected_client_costs_no_compute(slow_admission):
+    m0 = metric_value(
+        httpx.get(slow_admission.url + "/metrics").text, "slimrank_items_scored_total"
+    )
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            slow_admission.url + "/v1/rank", json={"query": QUERY, "items": ITEMS}, timeout=0.05
+        )
+    time.sleep(0.8)
+    text = httpx.get(slow_admission.url + "/metrics").text
+    assert metric_value(text, "slimrank_items_scored_total") == m0
+    assert metric_value(text, "slimrank_queue_items") == 0
+
+
+def test_graceful_shutdown_finishes_in_flight(tiny_demo, tmp_path):
+    s = ServerProcess(
+        tiny_demo / "teacher", "torch", tmp_path, max_wait_ms=600, max_batch_tokens=100000
+    )
+    s.start()
+
+    async def go():
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+            pending = asyncio.ensure_future(
+                c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+            )
+            await asyncio.sleep(0.2)
+            s.proc.send_signal(15)  # SIGTERM while the request waits for its batch
+            return await pending
+
+    r = asyncio.run(go())
+    assert r.status_code == 200 and len(r.json()["results"]) == 4
+    assert s.stop() == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(s.url + "/health", timeout=1)
