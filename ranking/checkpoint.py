@@ -127,6 +127,19 @@ def save_checkpoint(
     return final
 
 
+def count_parameters(path: str | Path) -> int:
+    """Parameters of the (unquantized) architecture, from config.json alone (no weights loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def checkpoint_bytes(path: str | Path) -> int:
     """Bytes of the weight files (what a server downloads and holds)."""
     p = Path(path)

@@ -56,7 +56,7 @@ FORMAT_BIAS = {"video": 0.4, "article": 0.0, "podcast": -0.2, "course": -0.4}
 LEVELS = ["beginner", "intermediate", "expert"]
 QUALITY = {"excellent": 1.6, "good": 0.6, "mediocre": -0.6, "poor": -1.6}
 ROLES = ["student", "engineer", "teacher", "nurse", "artist", "manager", "retiree", "founder"]
-INTEREST_WEIGHTS = (1.8, 1.2, 0.7)  # first, second, third listed interest
+INTEREST_WEIGHTS = (2.0, 1.5, 1.0)  # first, second, third listed interest
 LATENT_DIM = 3
 GENERATOR_VERSION = 1
 
@@ -64,7 +64,7 @@ GENERATOR_VERSION = 1
 @dataclass(frozen=True)
 class BenchmarkConfig:
     seed: int = 0
-    train_queries: int = 24000
+    train_queries: int = 16000
     val_queries: int = 500
     test_queries: int = 1000
     items_per_query: int = 16

@@ -41,7 +41,7 @@ class ServerSettings(BaseSettings):
     vllm_block_size: int = Field(
         default=16, ge=1, description="KV block = prefix-cache granularity"
     )
-    vllm_max_model_len: int = Field(default=2048, ge=64)
+    vllm_max_model_len: int | None = Field(default=None, ge=64, description="default: the model's")
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
 
     log_level: str = "info"

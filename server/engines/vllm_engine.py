@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ranking.checkpoint import inspect_checkpoint
+from ranking.checkpoint import count_parameters, inspect_checkpoint
 from ranking.task import RankingTask
 from server.engines.base import EncodedRequest, Engine, EngineUnavailable
 
@@ -57,11 +58,13 @@ class VllmEngine(Engine):
                 "classifier_from_token": [no_tok, yes_tok],
             },
             enable_prefix_caching=True,
-            block_size=s.vllm_block_size,
-            max_model_len=s.vllm_max_model_len,
             dtype=dtype,
             enforce_eager=not has_cuda(),  # CPU: torch.compile costs minutes at start
         )
+        if s.vllm_block_size:
+            args["block_size"] = s.vllm_block_size
+        if s.vllm_max_model_len:
+            args["max_model_len"] = s.vllm_max_model_len
         if has_cuda():
             args["gpu_memory_utilization"] = s.vllm_gpu_memory_utilization
         return AsyncEngineArgs(**args)
@@ -83,15 +86,7 @@ class VllmEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
-        params = None
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(info.path / "model.safetensors"), "pt") as f:
-                params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
-        except Exception:  # noqa: BLE001 - parameter count is informational
-            pass
-        self.info = type(info)(info.path, info.format, info.architecture, params)
+        self.info = replace(info, params=count_parameters(info.path))
 
     async def _one(self, prompt: list[int]) -> float:
         from vllm import PoolingParams

@@ -1,0 +1,101 @@
+"""Both server engines side by side over real HTTP, on the standard workload.
+
+One request = a ~250-token query and 50 items of ~30 tokens (the demo teacher by default).
+For each engine: start ``python -m server``, warm up, send ``--requests`` requests one at a
+time (latency) and then ``--requests`` with ``--concurrency`` in flight (throughput). Engines run
+one after the other in this one process, on the same machine. Prints a table, writes JSON.
+
+    python benchmarks/server_engines.py --model artifacts/demo/teacher --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.serving import ServerProcess  # noqa: E402
+
+
+def workload(model: str, query_tokens: int, n_items: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from ranking.synthetic import BenchmarkConfig, standard_workload
+    from ranking.task import RankingTask
+
+    tok = AutoTokenizer.from_pretrained(model)
+    query, items = standard_workload(BenchmarkConfig(), tok, RankingTask.load(model), query_tokens, n_items)
+    return {"query": query, "items": items}
+
+
+async def measure(url: str, body: dict, n: int, concurrency: int) -> dict:
+    lat: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one():
+            async with sem:
+                t = time.perf_counter()
+                r = await c.post("/v1/rank", json=body)
+                r.raise_for_status()
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "items_per_s": n * len(body["items"]) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(statistics.mean(ms)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="artifacts/demo/teacher")
+    ap.add_argument("--engines", default="torch,vllm")
+    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--query-tokens", type=int, default=250)
+    ap.add_argument("--items", type=int, default=50)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    body = workload(args.model, args.query_tokens, args.items)
+    results = []
+    for engine in args.engines.split(","):
+        with ServerProcess(Path(args.model), engine, Path("/tmp")) as srv:
+            for _ in range(3):  # warm-up
+                httpx.post(srv.url + "/v1/rank", json=body, timeout=300).raise_for_status()
+            for conc in (1, args.concurrency):
+                r = asyncio.run(measure(srv.url, body, args.requests, conc))
+                results.append({"engine": engine, **r})
+    print(f"\nworkload: {args.items} items, query ~{args.query_tokens} tokens; model {args.model}")
+    print(f"{'engine':<8}{'conc':>6}{'items/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for r in results:
+        print(f"{r['engine']:<8}{r['concurrency']:>6}{r['items_per_s']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
+    base = {r["concurrency"]: r for r in results if r["engine"] == "torch"}
+    for r in results:
+        if r["engine"] != "torch" and r["concurrency"] in base:
+            ratio = base[r["concurrency"]]["items_per_s"] / r["items_per_s"]
+            print(f"torch / {r['engine']} items/s at concurrency {r['concurrency']}: {ratio:.2f}x")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"workload": {"items": args.items, "query_tokens":
+                                                            args.query_tokens}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
