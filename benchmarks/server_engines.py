@@ -32,7 +32,9 @@ def workload(model: str, query_tokens: int, n_items: int) -> dict:
     from ranking.task import RankingTask
 
     tok = AutoTokenizer.from_pretrained(model)
-    query, items = standard_workload(BenchmarkConfig(), tok, RankingTask.load(model), query_tokens, n_items)
+    query, items = standard_workload(
+        BenchmarkConfig(), tok, RankingTask.load(model), query_tokens, n_items
+    )
     return {"query": query, "items": items}
 
 
@@ -63,7 +65,9 @@ async def measure(url: str, body: dict, n: int, concurrency: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="artifacts/demo/teacher")
     ap.add_argument("--engines", default="torch,vllm")
     ap.add_argument("--requests", type=int, default=20)
@@ -85,7 +89,9 @@ def main() -> None:
     print(f"\nworkload: {args.items} items, query ~{args.query_tokens} tokens; model {args.model}")
     print(f"{'engine':<8}{'conc':>6}{'items/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for r in results:
-        print(f"{r['engine']:<8}{r['concurrency']:>6}{r['items_per_s']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
+        print(
+            f"{r['engine']:<8}{r['concurrency']:>6}{r['items_per_s']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
+        )
     base = {r["concurrency"]: r for r in results if r["engine"] == "torch"}
     for r in results:
         if r["engine"] != "torch" and r["concurrency"] in base:
@@ -93,8 +99,15 @@ def main() -> None:
             print(f"torch / {r['engine']} items/s at concurrency {r['concurrency']}: {ratio:.2f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"workload": {"items": args.items, "query_tokens":
-                                                            args.query_tokens}, "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "workload": {"items": args.items, "query_tokens": args.query_tokens},
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ from ranking.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpo
 from ranking.dataset import encode_groups
 from ranking.evaluation import evaluate
 from ranking.scorer import TorchScorer
-from ranking.synthetic import BenchmarkConfig, corpus, read_meta, read_split, write_benchmark
+from ranking.synthetic import (
+    GENERATOR_VERSION,
+    BenchmarkConfig,
+    corpus,
+    read_meta,
+    read_split,
+    write_benchmark,
+)
 from ranking.task import RankingTask
 from ranking.tokenizer import train_tokenizer
 
@@ -39,10 +46,10 @@ class ModelShape:
 class DemoConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelShape = field(default_factory=ModelShape)
-    # Sized for ~13 minutes on 2 CPU cores (about 1 s/step); see the learning curve it writes.
+    # Sized for ~13 minutes on 2 CPU cores (about 0.7 s/step); see the learning curve it writes.
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=780, batch_queries=16, lr=1.5e-3, warmup_steps=50, lm_weight=0.5, eval_every=195
+            steps=1100, batch_queries=12, lr=1.5e-3, warmup_steps=50, lm_weight=0.5, eval_every=275
         )
     )
     vocab_size: int = 1024
@@ -82,7 +89,7 @@ def make_teacher_model(shape: ModelShape, tokenizer, seed: int = 0) -> LlamaForC
 def build_data(cfg: DemoConfig, data_dir: Path) -> dict:
     """Benchmark splits + tokenizer; reused if ``meta.json`` matches the config."""
     meta_path = data_dir / "meta.json"
-    if meta_path.is_file() and read_meta(data_dir)["config"] == asdict(cfg.benchmark):
+    if meta_path.is_file() and _same_benchmark(read_meta(data_dir), cfg):
         return read_meta(data_dir)
     meta = write_benchmark(cfg.benchmark, data_dir)
     task = RankingTask()
@@ -93,6 +100,12 @@ def build_data(cfg: DemoConfig, data_dir: Path) -> dict:
     )
     tok.save_pretrained(data_dir / "tokenizer")
     return meta
+
+
+def _same_benchmark(meta: dict, cfg: DemoConfig) -> bool:
+    return meta.get("generator_version") == GENERATOR_VERSION and meta["config"] == asdict(
+        cfg.benchmark
+    )
 
 
 def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool = False) -> dict:

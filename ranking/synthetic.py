@@ -50,7 +50,6 @@ TOPIC_WORDS = {
     "design": ["typography", "layout", "color", "sketch", "interface", "branding"],
     "astronomy": ["telescope", "galaxy", "planets", "comet", "nebula", "orbit"],
 }
-GENERIC_WORDS = ["guide", "basics", "secrets", "stories", "tips", "deep", "dive", "notes", "weekly", "masterclass"]  # fmt: skip
 FORMATS = ["video", "article", "podcast", "course"]
 FORMAT_BIAS = {"video": 0.4, "article": 0.0, "podcast": -0.2, "course": -0.4}
 LEVELS = ["beginner", "intermediate", "expert"]
@@ -58,7 +57,7 @@ QUALITY = {"excellent": 1.6, "good": 0.6, "mediocre": -0.6, "poor": -1.6}
 ROLES = ["student", "engineer", "teacher", "nurse", "artist", "manager", "retiree", "founder"]
 INTEREST_WEIGHTS = (2.0, 1.5, 1.0)  # first, second, third listed interest
 LATENT_DIM = 3
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class World:
     def item(self, rng: np.random.Generator, topic: str | None = None) -> Item:
         topic = str(topic or rng.choice(TOPICS))
         words = list(rng.choice(TOPIC_WORDS[topic], size=2, replace=False))
-        title = f"{words[0]} {words[1]} {rng.choice(GENERIC_WORDS)}"
+        title = f"{words[0]} {words[1]}"
         return Item(
             topic=topic,
             fmt=str(rng.choice(FORMATS)),
@@ -182,7 +181,7 @@ def render_member(m: Member) -> str:
 def render_item(it: Item, tags: tuple[str, ...] = ()) -> str:
     """``tags`` only lengthen the text (the benchmark workload uses them); they carry no signal
     beyond the topic, which the text already names."""
-    text = f"item: {it.title}. {it.quality} {it.level} {it.fmt} about {it.topic}."
+    text = f"{it.title}: {it.quality} {it.level} {it.topic} {it.fmt}."
     return f"{text} tags: {' '.join(tags)}." if tags else text
 
 

@@ -31,9 +31,7 @@ def test_both_stacks_import_with_the_documented_pins():
 QUERY = (
     "member profile: nurse, expert level. interests: music, travel, cooking. prefers video content."
 )
-ITEMS = [
-    f"item: jazz guitar tips. {q} expert video about music." for q in ("excellent", "good", "poor")
-]
+ITEMS = [f"jazz guitar: {q} expert music video." for q in ("excellent", "good", "poor")]
 
 
 @pytest.mark.slow

@@ -17,10 +17,10 @@ QUERY = (
     "member profile: nurse, expert level. interests: music, travel, cooking. prefers video content."
 )
 ITEMS = [
-    "item: jazz guitar tips. excellent expert video about music.",
-    "item: budget stocks guide. poor beginner article about finance.",
-    "item: island journey notes. good expert video about travel.",
-    "item: bread pasta basics. mediocre intermediate course about cooking.",
+    "jazz guitar: excellent expert music video.",
+    "budget stocks: poor beginner finance article.",
+    "island journey: good expert travel video.",
+    "bread pasta: mediocre intermediate cooking course.",
 ]
 
 

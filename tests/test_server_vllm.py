@@ -86,14 +86,33 @@ def test_ready_is_503_while_loading(tiny_demo, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA GPU vLLM serves FP8")
 def test_fp8_on_cpu_vllm_fails_fast_naming_the_alternative(tiny_quantized):
-    p = subprocess.run([sys.executable, "-m", "server", "--model", str(tiny_quantized["fp8"]),
-                        "--engine", "vllm", "--port", "1"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--model",
+            str(tiny_quantized["fp8"]),
+            "--engine",
+            "vllm",
+            "--port",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert "FP8" in p.stderr and "--engine torch" in p.stderr
 
 
 def test_bad_checkpoint_fails_fast(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "server", "--model", str(tmp_path / "missing")],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "server", "--model", str(tmp_path / "missing")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "does not exist" in p.stderr

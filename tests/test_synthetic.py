@@ -40,7 +40,7 @@ def test_signal_is_in_the_text():
     for _ in range(300):
         m = w.member(rng)
         for it in w.candidates(rng, m, 5):
-            key = (render_member(m).split(" recently")[0], render_item(it).split(". ", 1)[1])
+            key = (render_member(m).split(" recently")[0], render_item(it).split(": ", 1)[1])
             p = w.probability(m, it)
             assert seen.setdefault(key, p) == p
 

