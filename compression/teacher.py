@@ -59,11 +59,12 @@ class DemoConfig:
         """Same code, test-sized: trains in seconds."""
         return cls(
             benchmark=BenchmarkConfig(train_queries=600, val_queries=40, test_queries=60),
+            # head_dim 32: the smallest that vLLM's CPU attention supports
             model=ModelShape(
                 hidden_size=64,
                 num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
                 intermediate_size=128,
                 max_position_embeddings=1024,
             ),

@@ -55,9 +55,9 @@ FORMAT_BIAS = {"video": 0.4, "article": 0.0, "podcast": -0.2, "course": -0.4}
 LEVELS = ["beginner", "intermediate", "expert"]
 QUALITY = {"excellent": 1.6, "good": 0.6, "mediocre": -0.6, "poor": -1.6}
 ROLES = ["student", "engineer", "teacher", "nurse", "artist", "manager", "retiree", "founder"]
-INTEREST_WEIGHTS = (2.0, 1.5, 1.0)  # first, second, third listed interest
+INTEREST_WEIGHTS = (1.3, 1.0, 0.7)  # first, second, third listed interest
 LATENT_DIM = 3
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ class BenchmarkConfig:
     eval_items_per_query: int = 10
     history_len: int = 3
     bias: float = -1.0
-    format_weight: float = 0.8
-    level_weight: float = 0.5
-    latent_weight: float = 0.6
+    format_weight: float = 0.6
+    level_weight: float = 0.35
+    latent_weight: float = 0.45
     popularity_weight: float = 1.0
     interest_share: float = 0.5  # share of candidates drawn from the member's interests
 
@@ -295,7 +295,7 @@ def standard_workload(
             break
         history.append(world.item(rng, topic=str(rng.choice(base.interests))).title)
     items = [
-        render_item(it, tags=tuple(rng.choice(TOPIC_WORDS[it.topic], size=6, replace=False)))
+        render_item(it, tags=tuple(rng.choice(TOPIC_WORDS[it.topic], size=12, replace=True)))
         for it in world.candidates(rng, base, n_items)
     ]
     return query, items

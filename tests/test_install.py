@@ -57,10 +57,9 @@ VLLM_PROBE = textwrap.dedent(
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     path, prompt, ids = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    llm = LLM(model=path, enforce_eager=True, max_model_len=512, dtype="bfloat16",
-              max_logprobs=1000, enable_prefix_caching=True)
+    llm = LLM(model=path, enforce_eager=True, dtype="bfloat16", enable_prefix_caching=True)
     out = llm.generate([TokensPrompt(prompt_token_ids=prompt)],
-                       SamplingParams(max_tokens=1, logprobs=1000, temperature=0.0))
+                       SamplingParams(max_tokens=1, logprobs=20, temperature=0.0))
     lp = out[0].outputs[0].logprobs[0]
     print("RESULT", json.dumps([lp[i].logprob for i in ids]))
     """
