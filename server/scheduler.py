@@ -91,13 +91,20 @@ class Scheduler:
         try:
             return await asyncio.wait_for(asyncio.shield(entry.future), timeout=timeout_s)
         except TimeoutError:
-            entry.abandoned = True
+            self._abandon(entry)
             raise DeadlineExceeded(
                 f"request not finished within its {timeout_s:g}s deadline"
             ) from None
         except asyncio.CancelledError:  # client went away
-            entry.abandoned = True
+            self._abandon(entry)
             raise
+
+    def _abandon(self, entry: _Entry) -> None:
+        """The waiter is gone: free its queue capacity now; the worker skips it when popped."""
+        if not entry.abandoned and entry.started is None:
+            self._queued_items -= entry.request.n_items
+            self._update_gauges()
+        entry.abandoned = True
 
     # ---- worker -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,9 +131,9 @@ class Scheduler:
             if batch and tokens + cost > self.max_batch_tokens:
                 break
             self._queue.popleft()
+            if e.abandoned:
+                continue  # deadline passed or client gone (capacity already freed): not computed
             self._queued_items -= e.request.n_items
-            if e.abandoned or e.future.done():
-                continue  # deadline passed or client gone: never computed
             batch.append(e)
             tokens += cost
         self._update_gauges()

@@ -38,8 +38,11 @@ class ServerSettings(BaseSettings):
 
     # vLLM engine
     vllm_kv_cache_gb: float = Field(default=2.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
-    vllm_block_size: int = Field(
-        default=16, ge=1, description="KV block = prefix-cache granularity"
+    vllm_block_size: int | None = Field(
+        default=None, ge=1, description="KV block = prefix-cache granularity (CPU: multiple of 32)"
+    )
+    vllm_scoring: Literal["logprobs", "classifier"] = Field(
+        default="logprobs", description="label log-probs from generation, or a 2-way pooling head"
     )
     vllm_max_model_len: int | None = Field(default=None, ge=64, description="default: the model's")
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)

@@ -10,9 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
+from ranking.checkpoint import load_checkpoint
 from ranking.scorer import TorchScorer
 from tests.serving import ServerProcess, metric_value
 
+# bf16 on both sides; batch composition (padding, chunking) changes bf16 rounding slightly
+TOL = 0.01
 QUERY = (
     "member profile: nurse, expert level. interests: music, travel, cooking. prefers video content."
 )
@@ -40,8 +43,10 @@ def server(tiny_demo, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_teacher):
-    return TorchScorer(*tiny_teacher[:3]).score(QUERY, ITEMS)
+def reference(tiny_demo):
+    """Scores of the in-process scorer, same dtype as the server (bf16, as saved)."""
+    model, tok, task, _ = load_checkpoint(tiny_demo / "teacher")
+    return TorchScorer(model, tok, task).score(QUERY, ITEMS)
 
 
 def post(server, path, payload, **kw):
@@ -55,7 +60,7 @@ def test_rank_sorted_with_usage(server, reference):
     body = r.json()
     assert [x["index"] for x in body["results"]] == list(np.argsort(-reference, kind="stable"))
     got = {x["index"]: x["score"] for x in body["results"]}
-    assert [got[i] for i in range(4)] == pytest.approx(reference, abs=2e-3)
+    assert [got[i] for i in range(4)] == pytest.approx(reference, abs=TOL)
     u = body["usage"]
     assert u["items"] == 4 and u["prompt_tokens"] > u["computed_tokens"] > 0
     assert body["model"] == "teacher"
@@ -78,10 +83,10 @@ def test_score_sglang_compatible(server, reference):
     ).json()
     scores = np.array(body["scores"])
     assert scores.shape == (4, 2)
-    assert scores[:, 1] == pytest.approx(reference, abs=2e-3)
+    assert scores[:, 1] == pytest.approx(reference, abs=TOL)
     assert scores.sum(axis=1) == pytest.approx(np.ones(4))
     default = post(server, "/v1/score", {"query": QUERY, "items": ITEMS}).json()
-    assert np.array(default["scores"])[:, 0] == pytest.approx(reference, abs=2e-3)
+    assert np.array(default["scores"])[:, 0] == pytest.approx(reference, abs=TOL)
 
 
 def test_rerank_compatible(server, reference):
@@ -253,7 +258,7 @@ def test_concurrent_requests_are_batched_and_correct(server, reference):
     assert all(r.status_code == 200 for r in rs)
     for r in rs:
         got = {x["index"]: x["score"] for x in r.json()["results"]}
-        assert [got[i] for i in range(4)] == pytest.approx(reference, abs=2e-3)
+        assert [got[i] for i in range(4)] == pytest.approx(reference, abs=TOL)
     after = metric_value(
         httpx.get(server.url + "/metrics").text, "slimrank_batch_size_requests_count"
     )
@@ -353,6 +358,7 @@ def test_graceful_shutdown_finishes_in_flight(tiny_demo, tmp_path):
 
     r = asyncio.run(go())
     assert r.status_code == 200 and len(r.json()["results"]) == 4
-    assert s.stop() == 0
+    assert s.proc.wait(timeout=30) == 0  # exits by itself, cleanly
+    s.stop()
     with pytest.raises(httpx.HTTPError):
         httpx.get(s.url + "/health", timeout=1)

@@ -38,15 +38,18 @@ def rank_scores(url, query, items):
     return s
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
-def test_vllm_and_torch_engines_agree(tiny_demo, tiny_quantized, tmp_path, fmt):
+@pytest.mark.parametrize(
+    "fmt, scoring",
+    [("bf16", "logprobs"), ("bf16", "classifier"), ("int8", "logprobs"), ("int4", "logprobs")],
+)
+def test_vllm_and_torch_engines_agree(tiny_demo, tiny_quantized, tmp_path, fmt, scoring):
     model = tiny_demo / "teacher" if fmt == "bf16" else tiny_quantized[fmt]
     reqs = requests_from_test_split(tiny_demo / "data")
     # duplicate items across requests so top-10 order is over >= 10 items
     reqs = [(q, (items * 2)[:12]) for q, items in reqs]
     with ServerProcess(model, "torch", tmp_path) as t:
         ref = [rank_scores(t.url, q, items) for q, items in reqs]
-    v = ServerProcess(model, "vllm", tmp_path)
+    v = ServerProcess(model, "vllm", tmp_path, vllm_scoring=scoring)
     v.start(wait_ready=False)
     try:
         # alive before ready: /health is 200 while the engine loads, /ready is 503

@@ -1,12 +1,15 @@
-"""The vLLM engine: vLLM's async engine in this process, as a two-way classifier.
+"""The vLLM engine: vLLM's async engine in this process, asked only for the label log-probs.
 
-What makes scoring cheap in vLLM (measured in ``benchmarks/vllm_scoring_modes.py``):
-- the causal LM is loaded as a *pooling* model whose head is ``W[yes] - W[no]`` (vLLM's
-  ``from_2_way_softmax`` conversion): the last hidden state times one row, then a sigmoid,
-  which equals P(yes)/(P(yes)+P(no)). No full-vocabulary logits, no sampling, no decode step;
-- prefix caching: items of a request share the query's KV blocks. vLLM only reuses blocks that
-  are already computed, so the first item of a request goes alone and warms the cache, then the
-  other items go together and read it.
+What makes scoring cheap in vLLM: one prefill per item, no decode, and only the label rows.
+Two ways, chosen by ``--vllm-scoring`` (compared in ``benchmarks/server_engines.py``):
+- ``logprobs`` (default): generation with ``max_tokens=1`` and
+  ``logprob_token_ids=[yes, no]``, so vLLM returns exactly the two label log-probabilities;
+  score = softmax over the two;
+- ``classifier``: the causal LM loaded as a pooling classifier (``convert="classify"``, vLLM's
+  ``from_2_way_softmax`` head ``W[yes] - W[no]``): last hidden state times one row, sigmoid.
+Both equal P(yes)/(P(yes)+P(no)). Prefix caching is on: items of a request share the query's
+KV blocks. vLLM only reuses blocks already computed, so the first item of a request goes alone
+and warms the cache, then the other items go together and read it.
 
 FP8 checkpoints need vLLM's FP8 kernels, which the CPU build lacks (the first forward hangs);
 we refuse them at start-up on CPU and name the torch engine, which dequantizes them.
@@ -45,22 +48,15 @@ class VllmEngine(Engine):
         from vllm import AsyncEngineArgs
 
         s = self.settings
-        no_tok, yes_tok = self.tokenizer.convert_ids_to_tokens(
-            [self.label_ids[1], self.label_ids[0]]
-        )
         dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[s.dtype]
         args = dict(
             model=str(s.model),
-            runner="pooling",
-            convert="classify",
-            hf_overrides={
-                "method": "from_2_way_softmax",
-                "classifier_from_token": [no_tok, yes_tok],
-            },
             enable_prefix_caching=True,
+            **self._scoring_args(),
             dtype=dtype,
             enforce_eager=not has_cuda(),  # CPU: torch.compile costs minutes at start
         )
+        # CPU attention needs blocks in multiples of 32 (vLLM-CPU's own default is 128)
         if s.vllm_block_size:
             args["block_size"] = s.vllm_block_size
         if s.vllm_max_model_len:
@@ -88,18 +84,43 @@ class VllmEngine(Engine):
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
         self.info = replace(info, params=count_parameters(info.path))
 
+    def _scoring_args(self) -> dict:
+        if self.settings.vllm_scoring == "logprobs":
+            return {}
+        no_tok, yes_tok = self.tokenizer.convert_ids_to_tokens(
+            [self.label_ids[1], self.label_ids[0]]
+        )
+        return dict(
+            runner="pooling",
+            convert="classify",
+            hf_overrides={
+                "method": "from_2_way_softmax",
+                "classifier_from_token": [no_tok, yes_tok],
+            },
+        )
+
     async def _one(self, prompt: list[int]) -> float:
-        from vllm import PoolingParams
+        from vllm import PoolingParams, SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self.settings.vllm_scoring == "classifier":
+            final = None
+            async for out in self.llm.encode(
+                TokensPrompt(prompt_token_ids=prompt),
+                PoolingParams(task="classify"),
+                request_id=f"c{next(_ids)}",
+            ):
+                final = out
+            return float(final.outputs.data.reshape(-1)[0])
+        yes, no = self.label_ids
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[yes, no])
         final = None
-        async for out in self.llm.encode(
-            TokensPrompt(prompt_token_ids=prompt),
-            PoolingParams(task="classify"),
-            request_id=f"s{next(_ids)}",
+        async for out in self.llm.generate(
+            TokensPrompt(prompt_token_ids=prompt), params, request_id=f"s{next(_ids)}"
         ):
             final = out
-        return float(final.outputs.data.reshape(-1)[0])
+        lp = final.outputs[0].logprobs[0]
+        return float(1.0 / (1.0 + np.exp(lp[no].logprob - lp[yes].logprob)))
 
     async def _request(self, r: EncodedRequest) -> np.ndarray:
         prompts = [r.query_ids + it for it in r.item_ids]
