@@ -25,6 +25,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"[demo]   parameters     {s['params']:,} ({s['params'] / 1e6:.1f}M, {s['format']})\n"
         f"[demo]   test AUC       {test['auc']:.4f}\n"
         f"[demo]   Bayes AUC      {s['bayes_auc_test']:.4f}  (gap {s['auc_gap']:.4f})\n"
+        f"[demo]   expected AUC   {test.get('expected_auc', float('nan')):.4f}  (against the true "
+        f"probabilities; non-personalised oracle {s.get('main_effects_auc_test') or float('nan'):.4f})\n"
         f"[demo]   test log loss  {test['logloss']:.4f}   NDCG@10 {test['ndcg@10']:.4f}\n"
         f"[demo]   training time  {s['train_seconds']:.0f}s; build time {s['total_seconds']:.0f}s; "
         f"this run {time.time() - t0:.0f}s"

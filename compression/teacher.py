@@ -155,6 +155,7 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
         "total_seconds": round(time.time() - t0, 1),
         "test": test,
         "bayes_auc_test": meta["splits"]["test"]["bayes_auc"],
+        "main_effects_auc_test": meta["splits"]["test"].get("main_effects_auc"),
         "auc_gap": meta["splits"]["test"]["bayes_auc"] - test["auc"],
         "curve": curve,
         "reused": False,

@@ -145,14 +145,17 @@ class World:
         ]
 
     # ---- the hidden truth -----------------------------------------------------------------
+    def main_effects(self, it: Item) -> float:
+        """The item-only part of the logit: what a ranker that ignores the member can know."""
+        return (
+            QUALITY[it.quality]
+            + FORMAT_BIAS[it.fmt]
+            + self.cfg.popularity_weight * self.popularity[it.topic]
+        )
+
     def logit(self, m: Member, it: Item) -> float:
         c = self.cfg
-        z = (
-            c.bias
-            + QUALITY[it.quality]
-            + FORMAT_BIAS[it.fmt]
-            + c.popularity_weight * self.popularity[it.topic]
-        )
+        z = c.bias + self.main_effects(it)
         if it.topic in m.interests:
             z += INTEREST_WEIGHTS[m.interests.index(it.topic)]
         z += c.format_weight * (1.0 if it.fmt == m.fmt else -0.25)
@@ -205,6 +208,7 @@ def _split_rows(world: World, split: str, n_queries: int, n_items: int) -> list[
                     "item": render_item(it),
                     "label": int(rng.random() < p),
                     "p": round(p, 6),
+                    "z_main": round(world.main_effects(it), 6),
                 }
             )
     return rows
@@ -244,6 +248,8 @@ def write_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> dict:
             "queries": len({r["query_id"] for r in rows}),
             "positive_rate": float(labels.mean()),
             "bayes_auc": bayes_auc(rows),
+            # a ranker that knows the item main effects exactly but ignores the member
+            "main_effects_auc": expected_auc([r["p"] for r in rows], [r["z_main"] for r in rows]),
         }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
