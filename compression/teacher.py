@@ -139,7 +139,7 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
         f"[demo] teacher: Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries"
     )
     t_train = time.time()
-    curve = train(model, (tokenizer, task), train_groups, cfg.train, val_groups, desc="teacher")
+    curve = train(model, tokenizer, task, train_groups, cfg.train, val_groups, desc="teacher")
     train_seconds = time.time() - t_train
 
     save_checkpoint(model, tokenizer, task, teacher_dir)

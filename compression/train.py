@@ -79,7 +79,8 @@ LossFn = Callable[[object, torch.Tensor, list[QueryGroup]], torch.Tensor]
 
 def train(
     model,
-    scorer_parts: tuple,  # (tokenizer, task) for evaluation
+    tokenizer,
+    task,
     train_groups: list[QueryGroup],
     cfg: TrainConfig,
     val_groups: list[QueryGroup] | None = None,
@@ -87,7 +88,6 @@ def train(
     desc: str = "train",
 ) -> list[dict]:
     """Trains ``model`` in place; returns the learning curve (train loss, validation metrics)."""
-    tokenizer, task = scorer_parts
     label_ids = task.label_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id or 0
     if loss_fn is None:

@@ -7,7 +7,7 @@ scores exactly the prompts ``ranking.task.RankingTask`` builds.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,6 @@ class EngineUnavailable(RuntimeError):
 class EncodedRequest:
     query_ids: list[int]
     item_ids: list[list[int]]
-    tags: dict = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
