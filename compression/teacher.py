@@ -162,8 +162,9 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     if curve:
+        val = meta["splits"]["validation"]
         plot_curve(
-            curve, teacher_dir / "learning_curve.png", meta["splits"]["validation"]["bayes_auc"]
+            curve, teacher_dir / "learning_curve.png", val["bayes_auc"], val.get("main_effects_auc")
         )
     return summary
 
@@ -172,7 +173,7 @@ def _cfg_dict(cfg: DemoConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def plot_curve(curve: list[dict], path: Path, bayes: float) -> None:
+def plot_curve(curve: list[dict], path: Path, bayes: float, oracle: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,6 +183,10 @@ def plot_curve(curve: list[dict], path: Path, bayes: float) -> None:
     steps = [c["step"] for c in curve]
     ax[0].plot(steps, [c["val_auc"] for c in curve], marker="o", label="validation AUC")
     ax[0].axhline(bayes, color="gray", linestyle="--", label=f"Bayes-optimal {bayes:.3f}")
+    if oracle is not None:
+        ax[0].axhline(
+            oracle, color="gray", linestyle=":", label=f"non-personalised oracle {oracle:.3f}"
+        )
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("AUC")
     ax[0].legend()
