@@ -37,18 +37,12 @@ def preflight(settings: ServerSettings) -> None:
     """Fails fast, before the port opens, on what can be known without loading weights."""
     from ranking.checkpoint import inspect_checkpoint
 
-    info = inspect_checkpoint(settings.model)
-    if settings.engine == "vllm" and info.format == "fp8":
-        from server.engines.vllm_engine import has_cuda
+    if settings.engine == "vllm":
+        from server.engines.vllm_engine import check_supported
 
-        if not has_cuda():
-            from server.engines.base import EngineUnavailable
-
-            raise EngineUnavailable(
-                f"{info.path} is an FP8 checkpoint and vLLM runs FP8 only on a CUDA GPU (this "
-                "machine has none). Use --engine torch (it dequantizes FP8 on CPU), or serve the "
-                "INT8/INT4 checkpoint with --engine vllm."
-            )
+        check_supported(settings.model)
+    else:
+        inspect_checkpoint(settings.model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,17 +29,15 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def server(tiny_demo, tmp_path_factory):
-    s = ServerProcess(
+    with ServerProcess(
         tiny_demo / "teacher",
         "torch",
         tmp_path_factory.mktemp("logs"),
         max_items=64,
         max_query_tokens=200,
         max_body_bytes=65536,
-    )
-    s.start()
-    yield s
-    s.stop()
+    ) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +279,7 @@ def test_structured_log_line(server):
 @pytest.fixture(scope="module")
 def slow_admission(tiny_demo, tmp_path_factory):
     """Batches wait 400 ms for company, so the queue is easy to fill and deadlines easy to miss."""
-    s = ServerProcess(
+    with ServerProcess(
         tiny_demo / "teacher",
         "torch",
         tmp_path_factory.mktemp("logs"),
@@ -290,10 +288,8 @@ def slow_admission(tiny_demo, tmp_path_factory):
         max_wait_ms=400,
         request_timeout_s=0.15,
         max_batch_tokens=100000,
-    )
-    s.start()
-    yield s
-    s.stop()
+    ) as s:
+        yield s
 
 
 def test_deadline_gives_504_and_is_not_computed(slow_admission):

@@ -37,6 +37,18 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def check_supported(model: str):
+    """Checkpoint info, or ``EngineUnavailable`` if vLLM cannot run its format on this machine."""
+    info = inspect_checkpoint(model)
+    if info.format == "fp8" and not has_cuda():
+        raise EngineUnavailable(
+            f"{info.path} is an FP8 checkpoint and vLLM runs FP8 only on a CUDA GPU (this CPU "
+            "build has no FP8 kernel). Use --engine torch (it dequantizes FP8 on CPU), or serve "
+            "the INT8/INT4 checkpoint with --engine vllm."
+        )
+    return info
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
@@ -66,13 +78,7 @@ class VllmEngine(Engine):
         return AsyncEngineArgs(**args)
 
     async def start(self) -> None:
-        info = inspect_checkpoint(self.settings.model)
-        if info.format == "fp8" and not has_cuda():
-            raise EngineUnavailable(
-                f"{info.path} is an FP8 checkpoint: vLLM runs FP8 only on a CUDA GPU (this CPU "
-                "build has no FP8 kernel). Serve it with --engine torch, which dequantizes FP8, "
-                "or serve the INT8/INT4 checkpoint with vLLM."
-            )
+        info = check_supported(self.settings.model)
         os.environ.setdefault(
             "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
         )
