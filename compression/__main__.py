@@ -2,6 +2,10 @@
 
 Commands:
   demo       build the embedded benchmark and train the demo teacher (``make demo``)
+  run        run a compression recipe (YAML): its stages in order, resumably, then the report
+  distill    one distillation stage: teacher -> student checkpoint
+  prune      one OSSCAR structured-pruning stage
+  quantize   one llmcompressor quantization stage (fp8 / int8 / int4 / int4-rtn)
   evaluate   score a checkpoint on a benchmark split and print the quality metrics
 """
 
@@ -11,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -71,6 +76,79 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from compression.pipeline import run_recipe
+    from compression.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        print(f"error: bad recipe: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        recipe.output = Path(args.output)
+    if args.check:
+        n = sum(1 for s in recipe.stages if args.ablations or not s.ablation)
+        print(f"recipe OK: {n} stages -> {recipe.output}")
+        return 0
+    run_recipe(recipe, ablations=args.ablations)
+    return 0
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs (values parsed as YAML: numbers, booleans, mappings)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: expected key=value, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _stage_cmd(kind: str):
+    """One recipe stage run on its own: a one-stage recipe built from the command line."""
+
+    def run(args: argparse.Namespace) -> int:
+        from compression.pipeline import STAGE_RUNNERS
+        from compression.recipe import Recipe as RecipeT
+        from compression.recipe import RecipeError, Stage, _stage_config, check_recipe_paths
+
+        spec = _overrides(args.set)
+        if kind == "quantize":
+            spec.setdefault("scheme", args.scheme)
+        try:
+            cfg = _stage_config(STAGE_TYPES[kind], spec, kind)
+            stage = Stage(Path(args.out).name, kind, "teacher", cfg, spec=spec)
+            recipe = RecipeT(
+                Path("<cli>"),
+                Path(args.teacher or args.model),
+                Path(args.data),
+                Path(args.out).parent,
+                [stage],
+                {"split": "test"},
+            )
+            check_recipe_paths(recipe)
+        except RecipeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        t0 = time.time()
+        summary = STAGE_RUNNERS[kind](recipe, stage, Path(args.model), Path(args.out))
+        summary.pop("curve", None)
+        print(
+            json.dumps(
+                {"out": args.out, "seconds": round(time.time() - t0, 1), **summary}, default=str
+            )
+        )
+        return 0
+
+    from compression.recipe import STAGE_TYPES
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m compression",
@@ -93,6 +171,39 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--limit", type=int, default=0, help="first N rows only")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=_cmd_evaluate)
+
+    r = sub.add_parser("run", help="run a compression recipe (YAML)")
+    r.add_argument("recipe")
+    r.add_argument("--ablations", action="store_true", help="also run the recipe's ablations")
+    r.add_argument("--output", help="override the recipe's output folder")
+    r.add_argument("--check", action="store_true", help="validate the recipe and exit")
+    r.set_defaults(fn=_cmd_run)
+
+    for kind, help_ in (
+        ("distill", "distil a teacher into a student (keys of DistillConfig via --set)"),
+        ("prune", "OSSCAR structured pruning (keys of PruneConfig via --set)"),
+        ("quantize", "llmcompressor quantization into compressed-tensors"),
+    ):
+        c = sub.add_parser(kind, help=help_)
+        c.add_argument("--model", required=True, help="input checkpoint (the student for distill)")
+        c.add_argument("--out", required=True, help="output checkpoint folder")
+        c.add_argument("--data", required=True, help="benchmark folder (train/validation)")
+        if kind == "distill":
+            c.add_argument("--teacher", required=True)
+        elif kind == "prune":
+            c.add_argument("--teacher", help="distils between gradual steps (default: --model)")
+        else:
+            c.set_defaults(teacher=None)
+        if kind == "quantize":
+            c.add_argument("--scheme", default="int8", help="fp8 | int8 | int4 | int4-rtn")
+        c.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a stage setting, e.g. --set steps=300 --set intermediate_size=0.5",
+        )
+        c.set_defaults(fn=_stage_cmd(kind))
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -13,12 +13,29 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from ranking.task import RankingTask
 
 SCHEMES = ("fp8", "int8", "int4", "int4-rtn")
+
+
+@dataclass
+class QuantizeConfig:
+    """The quantize stage of a recipe."""
+
+    scheme: str = "int8"
+    num_samples: int = 128  # calibration prompts from the train split
+    group_size: int = 128  # int4 weight groups
+    smoothing_strength: float = 0.8  # SmoothQuant, int8 only
+
+    def validate(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if self.num_samples < 1 or self.group_size < 1:
+            raise ValueError("num_samples and group_size must be >= 1")
 
 
 def _int4_config(group_size: int) -> dict:
@@ -83,11 +100,13 @@ def quantize_checkpoint(
     calibration_rows: list[dict],
     num_samples: int = 64,
     group_size: int = 128,
+    smoothing_strength: float = 0.8,
 ) -> dict:
     """Reads ``src`` (bf16), writes the compressed-tensors checkpoint ``dst``; returns a summary."""
     from llmcompressor import oneshot
 
-    recipe = build_recipe(scheme, group_size)  # fail on a bad scheme before loading anything
+    # fail on a bad scheme before loading anything
+    recipe = build_recipe(scheme, group_size, smoothing_strength)
     t0 = time.time()
     model, tokenizer, task, _ = load_checkpoint(src)
     prompts = task_prompts(calibration_rows, tokenizer, task, num_samples)

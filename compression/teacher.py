@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from compression.train import TrainConfig, train
+from compression.train import RankingObjective, TrainConfig, ranking_eval, train
 from ranking.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from ranking.dataset import encode_groups
 from ranking.evaluation import evaluate
@@ -139,7 +139,11 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
         f"[demo] teacher: Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries"
     )
     t_train = time.time()
-    curve = train(model, tokenizer, task, train_groups, cfg.train, val_groups, desc="teacher")
+    objective = RankingObjective(
+        task.label_token_ids(tokenizer), tokenizer.pad_token_id or 0, lm_weight=cfg.train.lm_weight
+    )
+    evaluate_val = ranking_eval(tokenizer, task, val_groups)
+    curve = train(model, train_groups, cfg.train, objective, evaluate_val, desc="teacher")
     train_seconds = time.time() - t_train
 
     save_checkpoint(model, tokenizer, task, teacher_dir)

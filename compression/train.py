@@ -1,28 +1,28 @@
-"""The training loop shared by the demo teacher and (later) distillation stages.
+"""The training loop shared by the demo teacher and every distillation stage.
 
-One step = a few queries with ALL their items, run through the same shared-prefix forward the
-server uses (``ranking.scorer.answer_hidden``): the query is computed once and each item adds only
-its own tokens, so a step carries many labels for little compute. The loss is read at the
-answer position only: cross-entropy over the full vocabulary towards the " yes"/" no" token
-(so the label tokens also dominate the model's next-token distribution, which engines that read
-top-k log-probabilities rely on).
+``train`` owns the optimiser, the learning-rate schedule, progress and periodic evaluation; an
+*objective* owns the forward pass and the loss. The ranking objective runs one step as a few
+queries with ALL their items through the same shared-prefix forward the server uses
+(``ranking.scorer.answer_hidden``): the query is computed once and each item adds only its own
+tokens, so a step carries many labels for little compute, and the model is trained exactly the
+way it is served.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, tap_logits, token_kd_loss
 from ranking.dataset import QueryGroup, to_batch
 from ranking.evaluation import evaluate
-from ranking.scorer import TorchScorer, answer_hidden
+from ranking.scorer import TorchScorer, answer_hidden, label_rows
 
 
 @dataclass
@@ -48,54 +48,80 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def hard_label_loss(
-    model, hidden: torch.Tensor, labels: torch.Tensor, label_ids: tuple[int, int]
-) -> torch.Tensor:
-    """Cross-entropy of the full next-token distribution against the " yes"/" no" token."""
-    logits = model.get_output_embeddings()(hidden).float()
-    target = torch.where(labels > 0.5, label_ids[0], label_ids[1])
-    return F.cross_entropy(logits, target)
+# An objective maps (model, a minibatch of examples) to a scalar loss; it runs the forward.
+Objective = Callable[[torch.nn.Module, list], torch.Tensor]
 
 
-def lm_loss(model, taps: list) -> torch.Tensor:
-    """Next-token cross-entropy over all prompt tokens (queries and items).
+@dataclass
+class RankingObjective:
+    """Loss on the ranking task for a minibatch of ``QueryGroup``s.
 
-    Why: the answer position gives one noisy bit per item; predicting the prompt's own tokens
-    gives dense gradient and builds the circuits the ranking needs (e.g. a member's history is
-    drawn from their interests, so predicting it teaches attention from items to interests).
+    loss = (1 - alpha) * hard-label CE + alpha * answer KD (teacher's yes/no distribution at
+    ``temperature``) + lm_weight * next-token CE on prompt tokens + token_kd_weight * forward KL
+    to the teacher's next-token distribution on prompt tokens. Without a teacher, alpha and
+    token_kd_weight must be 0 (the teacher's own recipe).
     """
-    head = model.get_output_embeddings()
-    total, count = 0.0, 0
-    for ids, mask, hidden in taps:
-        valid = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
-        logits = head(hidden[:, :-1][valid]).float()
-        total = total + F.cross_entropy(logits, ids[:, 1:][valid], reduction="sum")
-        count += int(valid.sum())
-    return total / max(count, 1)
+
+    label_ids: tuple[int, int]
+    pad_id: int = 0
+    lm_weight: float = 0.0
+    teacher: torch.nn.Module | None = None
+    alpha: float = 0.0
+    temperature: float = 1.0
+    token_kd_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.teacher is None and (self.alpha > 0 or self.token_kd_weight > 0):
+            raise ValueError("alpha / token_kd_weight > 0 need a teacher")
+
+    def __call__(self, model: torch.nn.Module, groups: list[QueryGroup]) -> torch.Tensor:
+        batch = to_batch(groups)
+        want_taps = self.lm_weight > 0 or self.token_kd_weight > 0
+        taps: list | None = [] if want_taps else None
+        hidden = answer_hidden(model, batch, self.pad_id, taps=taps)
+        loss = torch.zeros((), device=hidden.device)
+        if self.alpha < 1:
+            labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
+            loss = loss + (1 - self.alpha) * hard_label_loss(model, hidden, labels, self.label_ids)
+        if self.lm_weight > 0:
+            loss = loss + self.lm_weight * lm_loss(model, taps)
+        if self.teacher is not None and (self.alpha > 0 or self.token_kd_weight > 0):
+            t_taps: list | None = [] if self.token_kd_weight > 0 else None
+            with torch.no_grad():
+                t_hidden = answer_hidden(self.teacher, batch, self.pad_id, taps=t_taps)
+                t_logits = _answer_logits(self.teacher, t_hidden, self.label_ids)
+            if self.alpha > 0:
+                s_logits = _answer_logits(model, hidden, self.label_ids)
+                loss = loss + self.alpha * answer_kd_loss(s_logits, t_logits, self.temperature)
+            if self.token_kd_weight > 0:
+                s_tok = torch.cat(tap_logits(model, taps))
+                with torch.no_grad():
+                    t_tok = torch.cat(tap_logits(self.teacher, t_taps))
+                loss = loss + self.token_kd_weight * token_kd_loss(s_tok, t_tok)
+        return loss
 
 
-LossFn = Callable[[object, torch.Tensor, list[QueryGroup]], torch.Tensor]
+def _answer_logits(model, hidden: torch.Tensor, label_ids: tuple[int, int]) -> torch.Tensor:
+    weight, bias = label_rows(model, label_ids)
+    logits = hidden.to(weight.dtype) @ weight.T
+    return logits + bias if bias is not None else logits
+
+
+def ranking_eval(tokenizer, task, groups: list[QueryGroup]) -> Callable[[torch.nn.Module], dict]:
+    """Validation callback for ``train``: ranking metrics of the model on ``groups``."""
+    return lambda model: evaluate(TorchScorer(model, tokenizer, task), groups)
 
 
 def train(
-    model,
-    tokenizer,
-    task,
-    train_groups: list[QueryGroup],
+    model: torch.nn.Module,
+    examples: Sequence,
     cfg: TrainConfig,
-    val_groups: list[QueryGroup] | None = None,
-    loss_fn: LossFn | None = None,
+    objective: Objective,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     desc: str = "train",
 ) -> list[dict]:
-    """Trains ``model`` in place; returns the learning curve (train loss, validation metrics)."""
-    label_ids = task.label_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id or 0
-    if loss_fn is None:
-
-        def loss_fn(m, hidden, groups):
-            labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
-            return hard_label_loss(m, hidden, labels, label_ids)
-
+    """Trains ``model`` in place on minibatches of ``cfg.batch_queries`` examples; returns the
+    learning curve (train loss EMA and the ``eval_fn`` metrics every ``cfg.eval_every`` steps)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -109,23 +135,19 @@ def train(
         betas=(0.9, 0.98),
     )
     curve: list[dict] = []
-    order = rng.permutation(len(train_groups))
+    order = rng.permutation(len(examples))
     cursor, t0, running = 0, time.time(), None
     bar = tqdm(range(cfg.steps), desc=desc, unit="step")
     for step in bar:
         if cursor + cfg.batch_queries > len(order):
-            order, cursor = rng.permutation(len(train_groups)), 0
-        groups = [train_groups[i] for i in order[cursor : cursor + cfg.batch_queries]]
+            order, cursor = rng.permutation(len(examples)), 0
+        batch = [examples[i] for i in order[cursor : cursor + cfg.batch_queries]]
         cursor += cfg.batch_queries
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-            taps = [] if cfg.lm_weight > 0 else None
-            hidden = answer_hidden(model, to_batch(groups), pad_id, taps=taps)
-            loss = loss_fn(model, hidden, groups)
-            if taps:
-                loss = loss + cfg.lm_weight * lm_loss(model, taps)
+            loss = objective(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -133,15 +155,16 @@ def train(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_at(step, cfg):.2e}")
         last = step == cfg.steps - 1
-        if val_groups and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
+        if eval_fn and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
             model.eval()
-            m = evaluate(TorchScorer(model, tokenizer, task), val_groups)
+            with torch.inference_mode():
+                m = eval_fn(model)
             point = {"step": step + 1, "seconds": round(time.time() - t0, 1), "train_loss": running}
             point.update({f"val_{k}": v for k, v in m.items()})
             curve.append(point)
-            bar.write(
-                f"[{desc}] step {step + 1}: loss {running:.4f} val auc {m['auc']:.4f} "
-                f"(bayes {m.get('bayes_auc', float('nan')):.4f}) logloss {m['logloss']:.4f}"
+            shown = " ".join(
+                f"{k} {v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "loss", "kl")
             )
+            bar.write(f"[{desc}] step {step + 1}: train loss {running:.4f} val {shown}")
     model.eval()
     return curve

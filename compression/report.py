@@ -1,0 +1,306 @@
+"""The quality/cost report: every stage scored by the same scorer on the same held-out split.
+
+``report.json`` holds ``{"stages": [{"name", "format", "auc", "auc_delta", "logloss", "params",
+"bytes", "items_per_s", ...}], "checks": {...}, "ablations": [...]}``; ``report.md`` is the
+table and ``report.png`` plots AUC against bytes and against items/s.
+
+Quality metrics are cached per stage (they depend only on the checkpoint). Throughput is always
+measured afresh, for every stage in one run, so the items/s ratios compare like with like.
+items/s uses the torch engine (``TorchScorer``, what ``--engine torch`` serves) on the standard
+workload: quantized checkpoints are dequantized there, so on CPU they run at bf16 speed; their
+gain is bytes (and speed on a GPU engine with FP8/INT8 kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from compression.recipe import Recipe
+from ranking.checkpoint import checkpoint_bytes, load_checkpoint
+from ranking.dataset import encode_groups
+from ranking.evaluation import evaluate
+from ranking.scorer import TorchScorer
+from ranking.synthetic import BenchmarkConfig, read_split, standard_workload
+
+STAGE_FILE = "stage.json"
+
+
+def quality(ckpt: Path, data: Path, split: str) -> dict:
+    """Quality metrics of one checkpoint on ``split``, cached beside it by weights mtime."""
+    cache = ckpt / f"eval-{split}.json"
+    weights = ckpt / "model.safetensors"
+    stamp = f"{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.exists() else ""
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("stamp") == stamp:
+            return cached["metrics"]
+    model, tok, task, info = load_checkpoint(ckpt)
+    metrics = evaluate(
+        TorchScorer(model, tok, task), encode_groups(read_split(data, split), tok, task)
+    )
+    metrics.update(format=info.format, params=info.params, bytes=checkpoint_bytes(ckpt))
+    try:
+        cache.write_text(json.dumps({"stamp": stamp, "metrics": metrics}, indent=2) + "\n")
+    except OSError:  # read-only teacher folder: just don't cache
+        pass
+    return metrics
+
+
+def items_per_second(ckpt: Path, requests: int = 6) -> float:
+    """Torch-engine throughput on the standard workload (250-token query, 50 items), one
+    request at a time after a warm-up; median over ``requests``."""
+    model, tok, task, _ = load_checkpoint(ckpt)
+    scorer = TorchScorer(model, tok, task)
+    query, items = standard_workload(BenchmarkConfig(), tok, task)
+    encoded = [scorer.encode(query, items)]
+    scorer.score_ids(encoded)  # warm-up
+    rates = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        scorer.score_ids(encoded)
+        rates.append(len(items) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
+    """Evaluates the teacher and the given stages and writes report.{json,md,png}."""
+    from tqdm import tqdm
+
+    split = recipe.evaluation["split"]
+    names = ["teacher", *stage_names]
+    infos = {n: json.loads((recipe.output / n / STAGE_FILE).read_text()) for n in stage_names}
+    rows, generative = [], []
+    for name in tqdm(names, desc="report: quality", unit="stage"):
+        ckpt = recipe.teacher if name == "teacher" else recipe.output / name
+        info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
+        if info["type"] == "distill-generative":
+            s = info["summary"]
+            generative.append(
+                {
+                    "name": name,
+                    "mode": s["mode"],
+                    "val_kl": s["val_kl"],
+                    "val_ce": s["val_ce"],
+                    "val_kl_before": s["val_kl_before"],
+                    "compare_to": info.get("compare_to"),
+                }
+            )
+            continue
+        m = quality(ckpt, recipe.data, split)
+        rows.append(
+            {
+                "name": name,
+                "stage": info["type"],
+                "from": info["from"],
+                "ablation": info["ablation"],
+                "compare_to": info.get("compare_to"),
+                "format": m["format"],
+                "auc": m["auc"],
+                "logloss": m["logloss"],
+                "ndcg@10": m["ndcg@10"],
+                "expected_auc": m.get("expected_auc"),
+                "params": m["params"],
+                "bytes": m["bytes"],
+                "path": str(ckpt),
+            }
+        )
+    teacher = rows[0]
+    if recipe.evaluation.get("throughput", True):
+        n = int(recipe.evaluation.get("throughput_requests", 6))
+        for r in tqdm(rows, desc="report: items/s", unit="stage"):
+            r["items_per_s"] = items_per_second(Path(r["path"]), n)
+    for r in rows:
+        r["auc_delta"] = r["auc"] - teacher["auc"]
+        r["bytes_ratio"] = teacher["bytes"] / r["bytes"]
+        if r.get("items_per_s") and teacher.get("items_per_s"):
+            r["speedup"] = r["items_per_s"] / teacher["items_per_s"]
+    report = {
+        "split": split,
+        "bayes_auc": _bayes(recipe, split),
+        "stages": rows,
+        "checks": checks(rows),
+        "ablations": ablations(rows, generative),
+        "generative": generative,
+        "torch_threads": torch.get_num_threads(),
+    }
+    out = recipe.output
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    plot(report, out / "report.png")
+    print(markdown(report))
+    return report
+
+
+def _bayes(recipe: Recipe, split: str) -> float | None:
+    meta = recipe.data / "meta.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text())["splits"].get(split, {}).get("bayes_auc")
+
+
+def checks(rows: list[dict]) -> dict:
+    """The issue's targets, computed from the rows by stage name where present."""
+    by = {r["name"]: r for r in rows}
+    out: dict = {}
+    if "int8" in by:
+        out["int8_bytes_ratio"] = by["int8"]["bytes_ratio"]
+        out["int8_auc_delta"] = by["int8"]["auc_delta"]
+    if {"distilled", "pruned", "redistilled"} <= by.keys():
+        lost = by["distilled"]["auc"] - by["pruned"]["auc"]
+        regained = by["redistilled"]["auc"] - by["pruned"]["auc"]
+        out["prune_auc_lost"] = lost
+        out["redistill_auc_regained"] = regained
+        out["redistill_recovery"] = regained / lost if lost > 0 else None
+    return out
+
+
+def ablations(rows: list[dict], generative: list[dict]) -> list[dict]:
+    """Each ablation stage against the stage it is an alternative to (``compare_to``)."""
+    by = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r["ablation"] and r["compare_to"] in by:
+            base = by[r["compare_to"]]
+            out.append(
+                {
+                    "ablation": r["name"],
+                    "baseline": base["name"],
+                    "metric": "auc",
+                    "value": r["auc"],
+                    "baseline_value": base["auc"],
+                    "delta": r["auc"] - base["auc"],
+                }
+            )
+    gen = {g["name"]: g for g in generative}
+    for g in generative:
+        if g["compare_to"] in gen:
+            base = gen[g["compare_to"]]
+            out.append(
+                {
+                    "ablation": g["name"],
+                    "baseline": base["name"],
+                    "metric": "val_kl",
+                    "value": g["val_kl"],
+                    "baseline_value": base["val_kl"],
+                    "delta": g["val_kl"] - base["val_kl"],
+                }
+            )
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Compression report ({report['split']} split; Bayes-optimal AUC "
+        f"{report['bayes_auc'] or float('nan'):.4f})",
+        "",
+        "| stage | format | AUC | ΔAUC | log loss | params | bytes | × smaller | items/s | × speed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["stages"]:
+        if r["ablation"]:
+            continue
+        lines.append(_row(r))
+    abl = [r for r in report["stages"] if r["ablation"]]
+    if abl:
+        lines += ["", "Ablation checkpoints:", "", lines[2], lines[3]]
+        lines += [_row(r) for r in abl]
+    c = report["checks"]
+    if c:
+        lines += ["", "## Targets", ""]
+        if "int8_bytes_ratio" in c:
+            lines.append(
+                f"- INT8 student: {c['int8_bytes_ratio']:.1f}x smaller than the bf16 teacher "
+                f"(target >= 8x), AUC change {c['int8_auc_delta']:+.4f} (target within 0.005)."
+            )
+        if "redistill_recovery" in c:
+            rec = c["redistill_recovery"]
+            lines.append(
+                f"- Pruning alone lost {c['prune_auc_lost']:+.4f} AUC; re-distillation regained "
+                f"{c['redistill_auc_regained']:+.4f}"
+                + (
+                    f" ({rec:.0%} recovered, target >= 80%)."
+                    if rec is not None
+                    else " (pruning lost nothing, so there was nothing to recover)."
+                )
+            )
+    if report["ablations"]:
+        lines += [
+            "",
+            "## Ablations",
+            "",
+            "| ablation | baseline | metric | value | baseline | Δ |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for a in report["ablations"]:
+            lines.append(
+                f"| {a['ablation']} | {a['baseline']} | {a['metric']} | {a['value']:.4f} | "
+                f"{a['baseline_value']:.4f} | {a['delta']:+.4f} |"
+            )
+    if report["generative"]:
+        lines += [
+            "",
+            "Generative variant (validation loss per target token, lower is better):",
+            "",
+            "| stage | mode | KL to teacher before | KL after | CE on data |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for g in report["generative"]:
+            lines.append(
+                f"| {g['name']} | {g['mode']} | {g['val_kl_before']:.4f} | {g['val_kl']:.4f} | "
+                f"{g['val_ce']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _row(r: dict) -> str:
+    ips = f"{r['items_per_s']:.0f}" if r.get("items_per_s") else "-"
+    spd = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
+    return (
+        f"| {r['name']} | {r['format']} | {r['auc']:.4f} | {r['auc_delta']:+.4f} | "
+        f"{r['logloss']:.4f} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
+        f"{r['bytes_ratio']:.1f} | {ips} | {spd} |"
+    )
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["stages"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = [("bytes", "checkpoint size (MB, log)", 1e-6)]
+    if all(r.get("items_per_s") for r in rows):
+        panels.append(("items_per_s", "torch-engine items/s (standard workload)", 1.0))
+    for ax, (key, label, scale) in zip(axes, panels, strict=False):
+        for r in rows:
+            x = r[key] * scale
+            ax.scatter(x, r["auc"], marker="x" if r["ablation"] else "o")
+            ax.annotate(
+                r["name"], (x, r["auc"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+        ax.axhline(rows[0]["auc"], color="gray", linestyle="--", linewidth=1, label="teacher")
+        ax.axhspan(
+            rows[0]["auc"] - 0.005,
+            rows[0]["auc"],
+            color="green",
+            alpha=0.08,
+            label="within 0.005 of teacher",
+        )
+        if key == "bytes":
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{report['split']} AUC")
+        ax.legend(fontsize=8)
+    if len(panels) == 1:
+        axes[1].axis("off")
+    fig.suptitle("slimrank compression: quality vs size and speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

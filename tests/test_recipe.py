@@ -1,0 +1,93 @@
+"""Recipe validation: every malformed recipe fails before any work, naming the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compression.recipe import RecipeError, load_recipe
+
+
+def write(tmp_path: Path, recipe: dict) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    return p
+
+
+@pytest.fixture
+def base(tiny_demo, tmp_path) -> dict:
+    return {
+        "teacher": str(tiny_demo / "teacher"),
+        "data": str(tiny_demo / "data"),
+        "output": str(tmp_path / "out"),
+        "stages": [
+            {
+                "name": "distilled",
+                "type": "distill",
+                "student": {"intermediate_size": 64},
+                "steps": 5,
+            },
+            {"name": "pruned", "type": "prune", "intermediate_size": 32},
+            {"name": "int8", "type": "quantize", "scheme": "int8"},
+        ],
+    }
+
+
+def test_valid_recipe_parses_with_default_sources(base, tmp_path):
+    r = load_recipe(write(tmp_path, base))
+    assert [s.name for s in r.stages] == ["distilled", "pruned", "int8"]
+    assert [s.source for s in r.stages] == ["teacher", "distilled", "pruned"]
+    assert r.stages[0].config.steps == 5
+    # fingerprints chain: changing an upstream stage changes everything downstream
+    before = {s.name: r.fingerprint(s.name) for s in r.stages}
+    base["stages"][0]["steps"] = 6
+    r2 = load_recipe(write(tmp_path, base))
+    assert all(r2.fingerprint(n) != f for n, f in before.items())
+
+
+def test_the_shipped_demo_recipe_parses():
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes/demo.yaml", check_paths=False)
+    names = [s.name for s in r.stages if not s.ablation]
+    assert names == ["distilled", "pruned", "redistilled", "fp8", "int8", "int4"]
+    assert {s.compare_to for s in r.stages if s.ablation} >= {"distilled", "redistilled", "int4"}
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["stages"].append({"name": "x", "type": "sparsify"}), "unknown stage type"),
+        (lambda r: r["stages"][0].update(stepz=3), r"unknown key\(s\) \['stepz'\]"),
+        (lambda r: r["stages"][2].update(scheme="int3"), "unknown scheme 'int3'"),
+        (lambda r: r["stages"][1].update({"from": "nowhere"}), "not an earlier stage"),
+        (lambda r: r["stages"].append({"name": "pruned", "type": "prune"}), "duplicate"),
+        (lambda r: r.update(teacher="/does/not/exist"), "does not exist"),
+        (lambda r: r.update(data="/does/not/exist"), "does not exist"),
+        (lambda r: r.update(extra=1), r"unknown top-level key\(s\) \['extra'\]"),
+        (lambda r: r.pop("stages"), "missing 'stages'"),
+        (lambda r: r["stages"][0].update(alpha=1.5), "alpha"),
+        (lambda r: r["stages"][0].update(student={"hidden_sise": 8}), "hidden_sise"),
+        (lambda r: r["stages"][1].update(intermediate_size=100000), "intermediate"),
+        (lambda r: r.update(ablations=[{"name": "a", "type": "quantize"}]), "must say 'from'"),
+    ],
+)
+def test_bad_recipes_fail_before_any_work(base, tmp_path, mutate, message):
+    mutate(base)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(write(tmp_path, base))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_for_the_pruner(base, tiny_demo, tmp_path):
+    fake = tmp_path / "gpt2-teacher"
+    shutil.copytree(tiny_demo / "teacher", fake)
+    cfg = json.loads((fake / "config.json").read_text())
+    cfg.update(architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    (fake / "config.json").write_text(json.dumps(cfg))
+    base["teacher"] = str(fake)
+    base["stages"] = [{"name": "pruned", "type": "prune", "intermediate_size": 32}]
+    with pytest.raises(RecipeError, match="GPT2LMHeadModel"):
+        load_recipe(write(tmp_path, base))
