@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= artifacts/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint format bench-scorer evaluate clean serve
+.PHONY: install demo test test-fast lint format bench-scorer evaluate clean serve compress \
+	compress-ablations verify-compressed
 
 # Re-run the installer only when a requirement or the project metadata changes.
 $(STAMP): scripts/install.sh pyproject.toml $(wildcard requirements/*.txt)
@@ -43,5 +44,33 @@ bench-scorer: demo
 evaluate: demo
 	$(PY) -m compression evaluate --model $(DEMO)/teacher --data $(DEMO)/data --split test --json
 
+# The compression pipeline on the demo teacher (recipes/demo.yaml) into $(DEMO)/compressed/:
+# distill -> OSSCAR prune -> re-distill -> FP8/INT8/INT4, plus report.{json,md,png}.
+# Resumable: finished stages are reused. compress-ablations adds the recipe's ablations.
+RECIPE ?= recipes/demo.yaml
+compress: demo
+	$(PY) -m compression run $(RECIPE)
+
+compress-ablations: demo
+	$(PY) -m compression run $(RECIPE) --ablations
+
+# Serve every compressed checkpoint with both engines and compare scores (serving_check.json).
+verify-compressed: $(STAMP)
+	$(PY) -m compression verify --output $(DEMO)/compressed --data $(DEMO)/data
+
 clean:
 	rm -rf artifacts .pytest_cache
+
+# Load tests (loadtest/): a rate sweep against a running server (`make serve` elsewhere), and
+# the engine comparison (starts its own servers; MODELS is a comma-separated list of folders).
+.PHONY: loadtest loadtest-compare
+LT_URL   ?= http://127.0.0.1:$(PORT)
+LT_RATES ?= 1,2,4,6,8,12
+LT_SLO   ?= 500
+MODELS   ?= $(DEMO)/teacher
+loadtest: $(STAMP)
+	$(PY) -m loadtest sweep --url $(LT_URL) --rates $(LT_RATES) --duration 30 --slo-p99-ms $(LT_SLO) \
+		--json artifacts/loadtest/sweep.json
+
+loadtest-compare: demo
+	$(PY) -m loadtest compare --models $(MODELS) --requests 20 --json artifacts/loadtest/compare.json

@@ -13,55 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.serving import ServerProcess  # noqa: E402
-
-
-def workload(model: str, query_tokens: int, n_items: int) -> dict:
-    from transformers import AutoTokenizer
-
-    from ranking.synthetic import BenchmarkConfig, standard_workload
-    from ranking.task import RankingTask
-
-    tok = AutoTokenizer.from_pretrained(model)
-    query, items = standard_workload(
-        BenchmarkConfig(), tok, RankingTask.load(model), query_tokens, n_items
-    )
-    return {"query": query, "items": items}
-
-
-async def measure(url: str, body: dict, n: int, concurrency: int) -> dict:
-    lat: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one():
-            async with sem:
-                t = time.perf_counter()
-                r = await c.post("/v1/rank", json=body)
-                r.raise_for_status()
-                lat.append(time.perf_counter() - t)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
-    return {
-        "requests": n,
-        "concurrency": concurrency,
-        "items_per_s": n * len(body["items"]) / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(statistics.mean(ms)),
-    }
+from loadtest.client import closed_loop  # noqa: E402
+from loadtest.serverproc import ServerProcess  # noqa: E402
+from loadtest.workload import standard_request  # noqa: E402
 
 
 def main() -> None:
@@ -77,14 +37,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    body = workload(args.model, args.query_tokens, args.items)
+    body = standard_request(args.model, args.query_tokens, args.items)
     results = []
     for engine in args.engines.split(","):
         with ServerProcess(Path(args.model), engine, Path("/tmp")) as srv:
             for _ in range(3):  # warm-up
                 httpx.post(srv.url + "/v1/rank", json=body, timeout=300).raise_for_status()
             for conc in (1, args.concurrency):
-                r = asyncio.run(measure(srv.url, body, args.requests, conc))
+                r = asyncio.run(closed_loop(srv.url, body, args.requests, conc))
                 results.append({"engine": engine, **r})
     print(f"\nworkload: {args.items} items, query ~{args.query_tokens} tokens; model {args.model}")
     print(f"{'engine':<8}{'conc':>6}{'items/s':>10}{'p50 ms':>10}{'p99 ms':>10}")

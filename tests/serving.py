@@ -1,91 +1,11 @@
-"""Test helper: run ``python -m server`` as a real process on a free port."""
+"""Test helpers: a real server process on a free port (``loadtest.serverproc``, re-exported
+here) and reading one metric from a ``/metrics`` text."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
+from loadtest.serverproc import REPO, ServerProcess, free_port
 
-import httpx
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, model: Path, engine: str = "torch", log_dir: Path | None = None, **settings):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [
-            sys.executable,
-            "-m",
-            "server",
-            "--model",
-            str(model),
-            "--engine",
-            engine,
-            "--port",
-            str(self.port),
-        ]
-        for k, v in settings.items():
-            self.args += ["--" + k.replace("_", "-"), str(v)]
-        self.log_path = (log_dir or Path("/tmp")) / f"server-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait_ready: bool = True, timeout: float = 300) -> ServerProcess:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.wait("/health", timeout)
-        if wait_ready:
-            self.wait("/ready", timeout)
-        return self
-
-    def wait(self, path: str, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited ({self.proc.returncode}):\n{self.logs()[-4000:]}"
-                )
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{path} not 200 after {timeout}s:\n{self.logs()[-4000:]}")
-
-    def logs(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+__all__ = ["REPO", "ServerProcess", "free_port", "metric_value"]
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

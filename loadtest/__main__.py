@@ -1,0 +1,249 @@
+"""``python -m loadtest {run,sweep,compare}``: load tests of the ranking server against an SLO.
+
+    python -m loadtest run --url http://127.0.0.1:8000 --rate 5 --duration 30 --slo-p99-ms 500
+    python -m loadtest sweep --url http://127.0.0.1:8000 --rates 1,2,4,8 --duration 20 \
+        --slo-p99-ms 500 --json artifacts/loadtest/sweep.json
+    python -m loadtest compare --model artifacts/demo/teacher --json artifacts/loadtest/compare.json
+
+The workload (what each request holds) comes from ``--workload FILE`` (JSON/YAML with the
+fields of ``loadtest.workload.Workload``) and/or the workload flags, which win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from loadtest.workload import DEFAULT_MODEL, ENDPOINTS, RequestPool, Workload, WorkloadError
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    return parse
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload (flags win over --workload FILE)")
+    g.add_argument("--workload", help="JSON or YAML file with Workload fields")
+    g.add_argument("--source", choices=["synthetic", "demo"])
+    g.add_argument("--endpoint", choices=["rank", "rerank", "score"])
+    g.add_argument("--query-tokens", type=int, help="synthetic: query length in tokens [250]")
+    g.add_argument("--items", type=int, help="items per request [50]")
+    g.add_argument("--item-tokens", type=int, help="synthetic: tokens per item [~30]")
+    g.add_argument("--distinct", type=int, help="distinct request bodies, cycled [8]")
+    g.add_argument("--data", help="demo source: benchmark folder [artifacts/demo/data]")
+    g.add_argument("--split", help="demo source: split [test]")
+    g.add_argument(
+        "--tokenizer", help=f"model folder whose tokenizer counts tokens [{DEFAULT_MODEL}]"
+    )
+    g.add_argument("--workload-seed", type=int, dest="workload_seed")
+    g.add_argument("--invalid-share", type=float, help="share of deliberately invalid requests")
+
+
+def _workload(args: argparse.Namespace, **defaults) -> Workload:
+    fields = {k: getattr(args, k, None) for k in Workload.fields() if k != "seed"}
+    fields["seed"] = args.workload_seed
+    for k, v in defaults.items():
+        if fields.get(k) is None:
+            fields[k] = v
+    if args.workload:
+        return Workload.from_file(args.workload, **fields)
+    return Workload.from_dict({k: v for k, v in fields.items() if v is not None})
+
+
+def _load_args(p: argparse.ArgumentParser, sweep: bool) -> None:
+    p.add_argument("--url", required=True, help="server base URL (a path there sets the endpoint)")
+    if not sweep:
+        p.add_argument("--rate", type=_positive(float), required=True, help="requests/s offered")
+    p.add_argument("--duration", type=_positive(float), required=True, help="seconds of arrivals")
+    p.add_argument("--slo-p99-ms", type=_positive(float), required=sweep, help="latency SLO (ms)")
+    p.add_argument("--max-requests", type=_positive(int), help="cap on requests per run")
+    p.add_argument("--max-in-flight", type=_positive(int), default=256)
+    p.add_argument("--timeout", type=_positive(float), default=30.0, help="per request (s)")
+    p.add_argument("--grace", type=float, help="after --duration, for in-flight (s) [--timeout]")
+    p.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    p.add_argument("--no-metrics", action="store_true", help="do not scrape /metrics")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--json",
+        default="artifacts/loadtest/sweep.json" if sweep else None,
+        help="write the report here" + (" [artifacts/loadtest/sweep.json]" if sweep else ""),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one open-loop run at a target rate")
+    _load_args(run, sweep=False)
+    run.add_argument(
+        "--fail-on-slo-miss", action="store_true", help="exit 1 when the SLO is missed"
+    )
+    _workload_args(run)
+
+    sw = sub.add_parser("sweep", help="increasing rates: the highest that meets the SLO")
+    _load_args(sw, sweep=True)
+    sw.add_argument("--rates", help="comma-separated rates, e.g. 1,2,4,8")
+    sw.add_argument("--start", type=float)
+    sw.add_argument("--stop", type=float)
+    sw.add_argument("--step", type=float)
+    sw.add_argument("--plot", help="PNG path [the --json path with .png]")
+    sw.add_argument("--patience", type=_positive(int), default=2, help="misses in a row to stop")
+    sw.add_argument("--broken-goodput", type=float, default=0.5, help="stop below this goodput")
+    _workload_args(sw)
+
+    cmp_ = sub.add_parser("compare", help="engines side by side on the same model and workload")
+    cmp_.add_argument("--model", action="append", default=[], help="model folder (repeatable)")
+    cmp_.add_argument("--models", help="comma-separated model folders")
+    cmp_.add_argument("--engines", default="server-torch,server-vllm,vllm-offline,transformers")
+    cmp_.add_argument("--requests", type=_positive(int), default=12, help="measured per engine")
+    cmp_.add_argument("--concurrency", type=_positive(int), default=1)
+    cmp_.add_argument("--warmup", type=int, default=2)
+    cmp_.add_argument("--log-dir", help="server and baseline logs [a temp folder]")
+    cmp_.add_argument("--no-progress", action="store_true")
+    cmp_.add_argument("--json", help="write the report here")
+    _workload_args(cmp_)
+    return ap
+
+
+def _split_url(url: str, path: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url must look like http://host:port, got {url!r}")
+    base = f"{parts.scheme}://{parts.netloc}"
+    return base, (parts.path if parts.path not in ("", "/") else path)
+
+
+def _reachable(base: str) -> None:
+    try:
+        httpx.get(base + "/health", timeout=10)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"cannot reach the server at {base}: {type(exc).__name__}: {exc}") from exc
+
+
+def _write(obj, path: str | None) -> None:
+    if path:
+        from loadtest.stats import write_json
+
+        print(f"wrote {write_json(obj, path)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "compare":
+            return _compare(args)
+        from loadtest.client import RunConfig
+
+        rates: list[float] = []
+        w = _workload(args)
+        base, path = _split_url(args.url, w.path)
+        by_path = {v: k for k, v in ENDPOINTS.items()}
+        if path in by_path and by_path[path] != w.endpoint:  # the URL names the dialect
+            if args.endpoint:
+                raise ValueError(f"--endpoint {args.endpoint} contradicts the URL path {path}")
+            w = dataclasses.replace(w, endpoint=by_path[path])
+        cfg = RunConfig(
+            url=base,
+            rate=getattr(args, "rate", 1.0),
+            duration_s=args.duration,
+            slo_ms=args.slo_p99_ms,
+            max_requests=args.max_requests,
+            max_in_flight=args.max_in_flight,
+            timeout_s=args.timeout,
+            grace_s=args.grace,
+            arrivals=args.arrivals,
+            seed=args.seed,
+            path=path,
+            progress=not args.no_progress,
+            scrape_metrics=not args.no_metrics,
+        )
+        if args.command == "sweep":
+            from loadtest.sweep import rate_list
+
+            rates = rate_list(args.rates, args.start, args.stop, args.step)
+        _reachable(base)
+        pool = RequestPool(w)
+    except (WorkloadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        from loadtest.client import format_report, run
+
+        summary = run(cfg, pool).summary()
+        print(format_report(summary))
+        _write(summary, args.json)
+        if args.fail_on_slo_miss and summary["slo"] and not summary["slo"]["meets_slo"]:
+            return 1
+        return 0
+    return _sweep(args, cfg, pool, rates)
+
+
+def _sweep(args: argparse.Namespace, cfg, pool: RequestPool, rates: list[float]) -> int:
+    from loadtest.sweep import format_sweep, plot_sweep, sweep
+
+    rep = sweep(cfg, pool, rates, args.broken_goodput, args.patience)
+    print("\n" + format_sweep(rep))
+    _write(rep, args.json)
+    png = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if png:
+        print(f"wrote {plot_sweep(rep, png)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from loadtest.compare import compare, format_compare
+
+    models = list(args.model) + [m for m in (args.models or "").split(",") if m.strip()]
+    if not models:
+        print("error: give at least one --model (or --models A,B)", file=sys.stderr)
+        return 2
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    missing = [m for m in models if not Path(m).is_dir()]
+    if missing:
+        print(f"error: model folder not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        w = _workload(args, tokenizer=models[0])
+        pool = RequestPool(w)
+        rep = compare(
+            models,
+            engines,
+            pool,
+            args.requests,
+            args.concurrency,
+            args.warmup,
+            args.log_dir,
+            not args.no_progress,
+        )
+    except (WorkloadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n" + format_compare(rep))
+    _write(rep, args.json)
+    if args.json is None:
+        print(json.dumps({"results": rep["results"]}, indent=2))
+    return 0 if all(not r.get("error") for r in rep["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

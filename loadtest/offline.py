@@ -1,0 +1,140 @@
+"""The two in-process baselines of ``loadtest compare``, each run in its own subprocess.
+
+- ``vllm-offline``: plain vLLM, ``vllm.LLM(..., enable_prefix_caching=True)``; each item is one
+  full prompt (query + item token ids), all the prompts of a request in one ``generate`` call,
+  ``max_tokens=1`` and ``logprob_token_ids=[yes, no]`` (the two label log-probs, no decode).
+  No tricks of our engine (no query-first warm-up): what a vLLM user gets out of the box.
+- ``transformers``: naive batched transformers (``ranking.scorer.naive_label_logits``): every
+  full prompt through the whole model in padded batches, full-vocabulary logits.
+
+Why a subprocess: vLLM starts an engine-core process and holds memory until exit; each
+baseline gets a clean process, like the servers do. Requests arrive as a JSON file of
+``[query, items]`` pairs (the compare workload); the result is written as JSON.
+
+    python -m loadtest.offline --engine vllm-offline --model DIR --requests-file R.json \
+        --n 12 --concurrency 1 --warmup 2 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.stats import percentiles
+
+OFFLINE_ENGINES = ("vllm-offline", "transformers")
+Encoded = tuple[list[int], list[list[int]]]
+
+
+def _encode(model: str, pairs: list[tuple[str, list[str]]]) -> tuple[list[Encoded], object, tuple]:
+    from transformers import AutoTokenizer
+
+    from ranking.task import RankingTask
+
+    tok = AutoTokenizer.from_pretrained(model)
+    task = RankingTask.load(model)
+    enc = [(task.encode_query(tok, q), task.encode_items(tok, items)) for q, items in pairs]
+    return enc, tok, task.label_token_ids(tok)
+
+
+def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[Encoded]], None]:
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from server.engines.vllm_engine import check_supported
+
+    check_supported(model)  # FP8 on a CPU: a clear error instead of a hung first forward
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    llm = LLM(
+        model=model,
+        enable_prefix_caching=True,
+        enforce_eager=not torch.cuda.is_available(),  # as our engine: CPU compile costs minutes
+    )
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(label_ids))
+
+    def score(requests: list[Encoded]) -> None:
+        prompts = [TokensPrompt(prompt_token_ids=q + it) for q, items in requests for it in items]
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        assert len(outs) == len(prompts)
+
+    return score
+
+
+def transformers_scorer(model: str, label_ids: tuple[int, int], pad_id: int):
+    import torch
+
+    from ranking.checkpoint import load_checkpoint
+    from ranking.scorer import ScoreBatch, naive_label_logits
+
+    net, _, _, _ = load_checkpoint(model)  # saved dtype, as the torch server loads it
+
+    def score(requests: list[Encoded]) -> None:
+        with torch.inference_mode():
+            naive_label_logits(net, ScoreBatch.from_requests(requests), label_ids, pad_id)
+
+    return score
+
+
+def measure(
+    score: Callable[[list[Encoded]], None],
+    requests: list[Encoded],
+    n: int,
+    concurrency: int,
+    warmup: int,
+) -> dict:
+    """``n`` requests (cycled), ``concurrency`` of them per call: the offline counterpart of a
+    closed loop at that concurrency. Each request's latency is its call's time."""
+    for k in range(warmup):
+        score([requests[k % len(requests)]])
+    lat: list[float] = []
+    items = 0
+    t0 = time.perf_counter()
+    for s in range(0, n, concurrency):
+        group = [requests[i % len(requests)] for i in range(s, min(n, s + concurrency))]
+        t = time.perf_counter()
+        score(group)
+        lat += [time.perf_counter() - t] * len(group)
+        items += sum(len(it) for _, it in group)
+    wall = time.perf_counter() - t0
+    p = percentiles(np.array(lat) * 1000)
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "items_per_s": items / wall,
+        "p50_ms": p["p50"],
+        "p99_ms": p["p99"],
+        "mean_ms": float(np.mean(lat) * 1000),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=OFFLINE_ENGINES, required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--requests-file", required=True)
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    pairs = [(q, list(items)) for q, items in json.loads(Path(args.requests_file).read_text())]
+    requests, tok, label_ids = _encode(args.model, pairs)
+    if args.engine == "vllm-offline":
+        score = vllm_scorer(args.model, label_ids)
+    else:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        score = transformers_scorer(args.model, label_ids, pad)
+    result = measure(score, requests, args.n, args.concurrency, args.warmup)
+    Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":  # vLLM spawns its engine core: never build it at import time
+    main()
