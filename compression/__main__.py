@@ -7,6 +7,7 @@ Commands:
   prune      one OSSCAR structured-pruning stage
   quantize   one llmcompressor quantization stage (fp8 / int8 / int4 / int4-rtn)
   evaluate   score a checkpoint on a benchmark split and print the quality metrics
+  verify     serve every checkpoint of a recipe's output (torch and vllm engines), compare scores
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     run_recipe(recipe, ablations=args.ablations)
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from compression.verify import verify_recipe_output
+
+    result = verify_recipe_output(Path(args.output), Path(args.data), args.queries)
+    print(
+        f"[verify] {'all checkpoints serve with matching scores' if result['all_ok'] else 'MISMATCH'}"
+        f" -> {args.output}/serving_check.json"
+    )
+    return 0 if result["all_ok"] else 1
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -204,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             help="a stage setting, e.g. --set steps=300 --set intermediate_size=0.5",
         )
         c.set_defaults(fn=_stage_cmd(kind))
+
+    v = sub.add_parser("verify", help="serve every finished stage and compare engine scores")
+    v.add_argument("--output", required=True, help="a recipe's output folder")
+    v.add_argument("--data", required=True)
+    v.add_argument("--queries", type=int, default=4, help="test-split queries to rank")
+    v.set_defaults(fn=_cmd_verify)
 
     args = p.parse_args(argv)
     return args.fn(args)

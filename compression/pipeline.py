@@ -184,7 +184,9 @@ def gradual_prune(recipe: Recipe, src: Path, dst: Path, c, base, prompts) -> dic
     )
     steps = []
     for k, widths in enumerate(gradual_steps(start, target, c.gradual_steps)):
-        stats = prune_model(model, prompts, replace(base, **widths), progress=True)
+        stats = prune_model(
+            model, prompts, replace(base, **widths), label_ids=task.label_token_ids(tok)
+        )
         steps.append({"widths": widths, "prune": _brief(stats)})
         if k < c.gradual_steps - 1 and c.distill_steps > 0:
             tc = TrainConfig(

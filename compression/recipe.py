@@ -66,6 +66,25 @@ def pruned_config(cfg: PruneConfig, config):
     return new
 
 
+def check_group_size(config, group_size: int) -> None:
+    """INT4 weight groups run along each linear layer's input: every input width must be a
+    multiple of the group size (compressed-tensors and vLLM require it)."""
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads
+    )
+    widths = {
+        "hidden_size (q/k/v/gate/up inputs)": config.hidden_size,
+        "intermediate_size (down_proj input)": config.intermediate_size,
+        "heads x head_dim (o_proj input)": config.num_attention_heads * head_dim,
+    }
+    bad = [f"{k} = {v}" for k, v in widths.items() if v % group_size]
+    if bad:
+        raise ValueError(
+            f"group_size {group_size} does not divide {'; '.join(bad)}: choose a group size "
+            "that divides every input width"
+        )
+
+
 STAGE_TYPES: dict[str, type] = {
     "distill": DistillConfig,
     "distill-generative": GenerativeDistillConfig,
@@ -232,6 +251,8 @@ def check_recipe_paths(recipe: Recipe) -> None:
             elif s.type == "prune":
                 s.config.validate(config)
                 config = pruned_config(s.config, config)
+            elif s.type == "quantize" and s.config.scheme.startswith("int4"):
+                check_group_size(config, s.config.group_size)
         except (ValueError, OSError) as exc:
             raise RecipeError(f"{where}: {exc}") from exc
         configs[s.name] = config

@@ -365,7 +365,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
                 )
                 for i in order
             ],
-            usage=RerankUsage(total_tokens=usage.prompt_tokens),
+            usage=RerankUsage(prompt_tokens=usage.prompt_tokens, total_tokens=usage.prompt_tokens),
         )
 
     @app.get("/v1/models", response_model=ModelList, tags=["info"])

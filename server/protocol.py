@@ -78,6 +78,11 @@ class RerankRequest(_Strict):
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     model: str | None = None
+    # vLLM's field (its benchmark client always sends -1). Prompts are never truncated here:
+    # a too-long query or item is a 400 naming the limit, so only "no truncation" is accepted.
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=-1, le=-1, description="only -1 / null (no truncation) is supported"
+    )
 
 
 class RerankDocument(BaseModel):
@@ -91,6 +96,7 @@ class RerankResult(BaseModel):
 
 
 class RerankUsage(BaseModel):
+    prompt_tokens: int = Field(description="tokens of all prompts (query counted once per item)")
     total_tokens: int
 
 

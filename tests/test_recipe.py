@@ -72,6 +72,10 @@ def test_the_shipped_demo_recipe_parses():
         (lambda r: r["stages"][0].update(student={"hidden_sise": 8}), "hidden_sise"),
         (lambda r: r["stages"][1].update(intermediate_size=100000), "intermediate"),
         (lambda r: r.update(ablations=[{"name": "a", "type": "quantize"}]), "must say 'from'"),
+        (
+            lambda r: r["stages"][2].update(scheme="int4", group_size=48),
+            "group_size 48 does not divide hidden_size",
+        ),
     ],
 )
 def test_bad_recipes_fail_before_any_work(base, tmp_path, mutate, message):

@@ -97,6 +97,7 @@ def test_rerank_compatible(server, reference):
             "documents": ITEMS,
             "top_n": 3,
             "return_documents": True,
+            "truncate_prompt_tokens": -1,  # what vLLM's benchmark client always sends
         },
     )
     assert r.status_code == 200, r.text
@@ -104,7 +105,7 @@ def test_rerank_compatible(server, reference):
     assert len(res) == 3
     assert [x["index"] for x in res] == list(np.argsort(-reference, kind="stable")[:3])
     assert res[0]["document"]["text"] == ITEMS[res[0]["index"]]
-    assert r.json()["usage"]["total_tokens"] > 0
+    assert r.json()["usage"]["prompt_tokens"] == r.json()["usage"]["total_tokens"] > 0
 
 
 def test_info_endpoints(server):
@@ -133,6 +134,13 @@ BAD = [
     ("/v1/rank", {"query": QUERY, "items": [1, 2]}, 422, "invalid_request", "items"),
     ("/v1/rank", {"query": "", "items": ITEMS}, 422, "invalid_request", "query"),
     ("/v1/rank", {"items": ITEMS}, 422, "invalid_request", "query"),
+    (
+        "/v1/rerank",
+        {"query": QUERY, "documents": ITEMS, "truncate_prompt_tokens": 8},
+        422,
+        "invalid_request",
+        "truncate_prompt_tokens",
+    ),
     ("/v1/rank", {"query": QUERY, "items": ["ok", ""]}, 422, "invalid_request", "items[1]"),
     ("/v1/rank", {"query": QUERY, "items": ITEMS, "top_k": 0}, 422, "invalid_request", "top_k"),
     ("/v1/rank", {"query": QUERY, "items": ITEMS, "bogus": 1}, 422, "invalid_request", "bogus"),

@@ -1,0 +1,113 @@
+"""Serving check: every checkpoint a recipe wrote loads in the real server and scores alike.
+
+For each checkpoint, ``python -m server`` is started with the torch engine and (where vLLM can
+run the format on this machine: not FP8 on CPU) with the vllm engine; the same requests from the
+held-out split go through ``/v1/rank`` over HTTP; the scores must agree with the torch engine
+on the bf16 source within ``tolerance`` (bf16 kernels and INT8 activations differ slightly).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from loadtest.serverproc import ServerProcess
+from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
+from ranking.synthetic import group_by_query, read_split
+
+TOLERANCE = 0.03  # the documented torch/vLLM score tolerance (probabilities)
+
+
+def requests_from_split(data_dir: Path, split: str, n: int) -> list[tuple[str, list[str]]]:
+    return [
+        (rows[0]["query"], [r["item"] for r in rows])
+        for _, rows in group_by_query(read_split(data_dir, split))[:n]
+    ]
+
+
+def rank(url: str, requests: list[tuple[str, list[str]]]) -> np.ndarray:
+    out = []
+    for query, items in requests:
+        r = httpx.post(url + "/v1/rank", json={"query": query, "items": items}, timeout=120)
+        r.raise_for_status()
+        s = np.zeros(len(items))
+        for x in r.json()["results"]:
+            s[x["index"]] = x["score"]
+        out.append(s)
+    return np.concatenate(out)
+
+
+def vllm_skip_reason(info: CheckpointInfo) -> str | None:
+    from server.engines.base import EngineUnavailable
+    from server.engines.vllm_engine import check_supported
+
+    try:
+        check_supported(str(info.path))
+    except EngineUnavailable as exc:
+        return str(exc).split(" (")[0]
+    return None
+
+
+def verify_serving(
+    checkpoints: list[Path],
+    data_dir: Path,
+    log_dir: Path,
+    n_queries: int = 4,
+    tolerance: float = TOLERANCE,
+    engines: tuple[str, ...] = ("torch", "vllm"),
+) -> list[dict]:
+    """One row per (checkpoint, engine): max |score - reference|, where the reference is the
+    torch engine on that checkpoint; rows say why an engine was skipped."""
+    requests = requests_from_split(data_dir, "test", n_queries)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for ckpt in checkpoints:
+        info = inspect_checkpoint(ckpt)
+        reference = None
+        for engine in engines:
+            row = {"checkpoint": ckpt.name, "format": info.format, "engine": engine}
+            reason = vllm_skip_reason(info) if engine == "vllm" else None
+            if reason:
+                rows.append({**row, "status": "skipped", "reason": reason})
+                continue
+            t0 = time.time()
+            with ServerProcess(ckpt, engine, log_dir) as srv:
+                scores = rank(srv.url, requests)
+            if reference is None:
+                reference = scores
+            diff = float(np.abs(scores - reference).max())
+            ok = diff <= tolerance
+            rows.append(
+                {
+                    **row,
+                    "status": "ok" if ok else "MISMATCH",
+                    "max_abs_diff": diff,
+                    "items": int(len(scores)),
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
+            print(
+                f"[verify] {ckpt.name:>22} {engine:>5}: max |diff| {diff:.4f} "
+                f"{'ok' if ok else 'MISMATCH'}"
+            )
+    return rows
+
+
+def verify_recipe_output(output: Path, data_dir: Path, n_queries: int = 4) -> dict:
+    """Checks every finished stage folder under ``output``; writes serving_check.json."""
+    stages = sorted(
+        (p for p in output.iterdir() if (p / "stage.json").is_file()),
+        key=lambda p: (p / "stage.json").stat().st_mtime,
+    )
+    rows = verify_serving(stages, data_dir, output / "logs", n_queries)
+    result = {
+        "tolerance": TOLERANCE,
+        "rows": rows,
+        "all_ok": all(r["status"] != "MISMATCH" for r in rows),
+    }
+    (output / "serving_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
