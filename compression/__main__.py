@@ -124,39 +124,40 @@ def _stage_cmd(kind: str):
     """One recipe stage run on its own: a one-stage recipe built from the command line."""
 
     def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
         from compression.pipeline import STAGE_RUNNERS
-        from compression.recipe import Recipe as RecipeT
-        from compression.recipe import RecipeError, Stage, _stage_config, check_recipe_paths
+        from compression.recipe import (
+            STAGE_TYPES,
+            Recipe,
+            RecipeError,
+            Stage,
+            check_recipe_paths,
+            parse_stage_config,
+        )
 
         spec = _overrides(args.set)
         if kind == "quantize":
             spec.setdefault("scheme", args.scheme)
+        model, out = Path(args.model), Path(args.out)
         try:
-            cfg = _stage_config(STAGE_TYPES[kind], spec, kind)
-            stage = Stage(Path(args.out).name, kind, "teacher", cfg, spec=spec)
-            recipe = RecipeT(
-                Path("<cli>"),
-                Path(args.teacher or args.model),
-                Path(args.data),
-                Path(args.out).parent,
-                [stage],
-                {"split": "test"},
-            )
+            cfg = parse_stage_config(STAGE_TYPES[kind], spec, kind)
+            stage = Stage(out.name, kind, "teacher", cfg, spec=spec)
+            # checked against the teacher for distill (student overrides apply to its config),
+            # against the input model for prune and quantize
+            checked = Path(args.teacher) if kind == "distill" else model
+            recipe = Recipe(Path("<cli>"), checked, Path(args.data), out.parent, [stage], {})
             check_recipe_paths(recipe)
         except RecipeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        recipe = replace(recipe, teacher=Path(args.teacher or args.model))
         t0 = time.time()
-        summary = STAGE_RUNNERS[kind](recipe, stage, Path(args.model), Path(args.out))
+        summary = STAGE_RUNNERS[kind](recipe, stage, model, out)
         summary.pop("curve", None)
-        print(
-            json.dumps(
-                {"out": args.out, "seconds": round(time.time() - t0, 1), **summary}, default=str
-            )
-        )
+        seconds = round(time.time() - t0, 1)
+        print(json.dumps({"out": args.out, "seconds": seconds, **summary}, default=str))
         return 0
-
-    from compression.recipe import STAGE_TYPES
 
     return run
 

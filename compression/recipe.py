@@ -129,7 +129,7 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _stage_config(cls: type, spec: dict, where: str):
+def parse_stage_config(cls: type, spec: dict, where: str):
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(spec) - allowed)
     if unknown:
@@ -182,7 +182,7 @@ def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> lis
                 f"(earlier: {', '.join(['teacher', *known])})"
             )
         spec = dict(item)
-        cfg = _stage_config(STAGE_TYPES[kind], item, where)
+        cfg = parse_stage_config(STAGE_TYPES[kind], item, where)
         stages.append(Stage(name, kind, source, cfg, ablation, spec, compare_to))
         known.append(name)
     return stages
@@ -234,7 +234,7 @@ def check_recipe_paths(recipe: Recipe) -> None:
         inspect_checkpoint(recipe.teacher)
     except CheckpointError as exc:
         raise RecipeError(f"teacher: {exc}") from exc
-    for split in ("train", "validation", recipe.evaluation["split"]):
+    for split in ("train", "validation", recipe.evaluation.get("split", "test")):
         if not (recipe.data / f"{split}.jsonl").is_file():
             raise RecipeError(f"data: {recipe.data}/{split}.jsonl does not exist")
     configs = {"teacher": AutoConfig.from_pretrained(recipe.teacher)}

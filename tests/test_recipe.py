@@ -95,3 +95,37 @@ def test_unsupported_architecture_for_the_pruner(base, tiny_demo, tmp_path):
     base["stages"] = [{"name": "pruned", "type": "prune", "intermediate_size": 32}]
     with pytest.raises(RecipeError, match="GPT2LMHeadModel"):
         load_recipe(write(tmp_path, base))
+
+
+def test_stage_commands_run_on_their_own(tiny_demo, tmp_path):
+    """`python -m compression prune|quantize ...`: one stage from the command line; bad
+    settings fail with exit code 2 and a message, before any work."""
+    import subprocess
+    import sys
+
+    from ranking.checkpoint import inspect_checkpoint
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "compression", *args], capture_output=True, text=True
+        )
+
+    common = ["--model", str(tiny_demo / "teacher"), "--data", str(tiny_demo / "data")]
+    r = cli(
+        "prune",
+        *common,
+        "--out",
+        str(tmp_path / "p"),
+        "--set",
+        "intermediate_size=64",
+        "--set",
+        "calibration_samples=8",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["intermediate_size"] == 64
+    assert inspect_checkpoint(tmp_path / "p").format == "bf16"
+    r = cli("prune", *common, "--out", str(tmp_path / "q"), "--set", "intermediate_size=4096")
+    assert r.returncode == 2 and "intermediate_size=4096" in r.stderr
+    assert not (tmp_path / "q").exists()
+    r = cli("quantize", *common, "--out", str(tmp_path / "q"), "--scheme", "int3")
+    assert r.returncode == 2 and "unknown scheme 'int3'" in r.stderr
