@@ -58,14 +58,28 @@ class Sequence_:
     target: list[int]
 
 
+def separator_ids(tokenizer, task) -> list[int]:
+    return tokenizer.encode(task.separator, add_special_tokens=False)
+
+
 def generative_examples(rows: list[dict], tokenizer, task, limit: int | None = None) -> list:
-    """(prompt, target) pairs: the query prefix, then separator + a positive item's text."""
+    """(prompt, target) pairs: prompt = the query prefix + the separator, target = a positive
+    item's text up to and including the next separator (where the question would follow).
+
+    The separator belongs to the prompt: ranking training runs the query and its items in
+    separate forwards, so no model has learnt to predict the first item token from the query.
+    """
+    sep = separator_ids(tokenizer, task)
     out = []
     for r in rows:
         if r["label"] < 0.5:
             continue
         prompt = task.encode_query(tokenizer, r["query"])
-        target = tokenizer.encode(task.separator + r["item"], add_special_tokens=False)
+        target = tokenizer.encode(
+            task.separator + r["item"] + task.separator, add_special_tokens=False
+        )
+        if target[: len(sep)] == sep:
+            prompt, target = prompt + sep, target[len(sep) :]
         out.append(Sequence_(prompt, target))
         if limit and len(out) >= limit:
             break
@@ -99,9 +113,15 @@ def sequence_kl(
 
 @torch.no_grad()
 def sample_targets(
-    student, prompts: list[list[int]], max_new_tokens: int, temperature: float, pad_id: int
+    student,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    pad_id: int,
+    stop_id: int | None = None,
 ) -> list[list[int]]:
-    """The student's own continuations of each prompt (left-padded batch generation)."""
+    """The student's own continuations of each prompt (left-padded batch generation), each cut
+    after ``stop_id`` (the separator that ends an item) when it appears."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -117,11 +137,16 @@ def sample_targets(
         temperature=temperature,
         top_k=0,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,
         pad_token_id=pad_id,
+        eos_token_id=stop_id,
     )
     student.train(was_training)
-    return [row.tolist() for row in out[:, width:]]
+    samples = []
+    for row in out[:, width:].tolist():
+        if stop_id is not None and stop_id in row:
+            row = row[: row.index(stop_id) + 1]
+        samples.append(row)
+    return samples
 
 
 @dataclass
@@ -140,11 +165,12 @@ class OffPolicyObjective:
 class OnPolicyObjective(OffPolicyObjective):
     sample_temperature: float = 0.85
     max_new_tokens: int = 24
+    stop_id: int | None = None
 
     def __call__(self, model, batch: list[Sequence_]) -> torch.Tensor:
         prompts = [b.prompt for b in batch]
         sampled = sample_targets(
-            model, prompts, self.max_new_tokens, self.sample_temperature, self.pad_id
+            model, prompts, self.max_new_tokens, self.sample_temperature, self.pad_id, self.stop_id
         )
         seqs = [p + s for p, s in zip(prompts, sampled, strict=True)]
         starts = [len(p) for p in prompts]
@@ -201,8 +227,14 @@ def distill_generative(
     phases = [(cfg.steps, offpolicy, "off-policy")]
     if cfg.mode == "two-stage":
         on_steps = max(1, round(cfg.steps * cfg.onpolicy_fraction))
+        sep = separator_ids(tokenizer, task)
         onpolicy = OnPolicyObjective(
-            teacher, pad_id, cfg.temperature, cfg.sample_temperature, cfg.max_new_tokens
+            teacher,
+            pad_id,
+            cfg.temperature,
+            cfg.sample_temperature,
+            cfg.max_new_tokens,
+            stop_id=sep[-1] if len(sep) == 1 else None,
         )
         phases = [
             (cfg.steps - on_steps, offpolicy, "off-policy"),

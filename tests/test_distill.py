@@ -115,8 +115,25 @@ def test_generative_offpolicy_and_sampling(tiny):
     with torch.no_grad():
         assert OffPolicyObjective(model, pad)(student, ex).item() == pytest.approx(0, abs=1e-5)
     samples = sample_targets(student, [e.prompt for e in ex], 5, 0.85, pad)
-    assert [len(s) for s in samples] == [5] * len(ex)
+    assert len(samples) == len(ex) and all(1 <= len(s) <= 5 for s in samples)
+    # cut after the stop token (the separator that ends an item)
+    stop = samples[0][0]
+    cut = sample_targets(student, [ex[0].prompt] * 4, 5, 0.85, pad, stop_id=stop)
+    assert all(s[-1] == stop and stop not in s[:-1] or len(s) == 5 for s in cut)
     with torch.no_grad():
         v = validation_losses(student, model, ex, pad)
     assert v["kl"] == pytest.approx(0.0, abs=1e-5) and v["ce"] > 0
     assert v["tokens"] == sum(len(e.target) for e in ex)
+
+
+def test_generative_examples_put_the_separator_in_the_prompt(tiny_demo, tiny_teacher):
+    from compression.generative import generative_examples, separator_ids
+
+    _, tok, task, _ = tiny_teacher
+    rows = read_split(tiny_demo / "data", "validation")
+    ex = generative_examples(rows, tok, task, limit=5)
+    sep = separator_ids(tok, task)
+    assert len(ex) == 5
+    for e in ex:
+        assert e.prompt[-len(sep) :] == sep and e.target[-len(sep) :] == sep
+        assert tok.decode(e.target[: -len(sep)]) in {r["item"] for r in rows if r["label"]}
