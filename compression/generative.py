@@ -197,6 +197,20 @@ def validation_losses(
     return {"kl": kl_sum / max(count, 1), "ce": ce_sum / max(count, 1), "tokens": count}
 
 
+@torch.no_grad()
+def onpolicy_validation_kl(
+    student, teacher, examples: list[Sequence_], pad_id: int, cfg, stop_id, batch: int = 32
+) -> float:
+    """KL(teacher || student) per token on the student's OWN samples for held-out prompts:
+    what the student meets when it generates (exposure bias shows here, not on data)."""
+    torch.manual_seed(cfg.seed)
+    obj = OnPolicyObjective(
+        teacher, pad_id, 1.0, cfg.sample_temperature, cfg.max_new_tokens, stop_id
+    )
+    losses = [float(obj(student, examples[s : s + batch])) for s in range(0, len(examples), batch)]
+    return sum(losses) / max(len(losses), 1)
+
+
 def distill_generative(
     teacher_dir: str | Path,
     student_src: str | Path | None,
@@ -223,11 +237,11 @@ def distill_generative(
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             return validation_losses(model, teacher, val_ex, pad_id)
 
+    sep = separator_ids(tokenizer, task)
     offpolicy = OffPolicyObjective(teacher, pad_id, cfg.temperature)
     phases = [(cfg.steps, offpolicy, "off-policy")]
     if cfg.mode == "two-stage":
         on_steps = max(1, round(cfg.steps * cfg.onpolicy_fraction))
-        sep = separator_ids(tokenizer, task)
         onpolicy = OnPolicyObjective(
             teacher,
             pad_id,
@@ -252,9 +266,14 @@ def distill_generative(
         )
         points = train(student, train_ex, tc, objective, evaluate_val, desc=f"{desc} {phase}")
         curve += [{**p, "phase": phase} for p in points]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        onpolicy_kl = onpolicy_validation_kl(
+            student.eval(), teacher, val_ex, pad_id, cfg, sep[-1] if len(sep) == 1 else None
+        )
     save_checkpoint(student, tokenizer, task, dst)
     return {
         "mode": cfg.mode,
+        "val_kl_onpolicy": onpolicy_kl,
         "val_kl_before": before["kl"],
         "val_kl": curve[-1]["val_kl"],
         "val_ce": curve[-1]["val_ce"],

@@ -18,37 +18,40 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from compression.recipe import Recipe
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
 from ranking.dataset import encode_groups
-from ranking.evaluation import evaluate
+from ranking.evaluation import quality_metrics, score_groups
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_split, standard_workload
 
 STAGE_FILE = "stage.json"
 
 
-def quality(ckpt: Path, data: Path, split: str) -> dict:
-    """Quality metrics of one checkpoint on ``split``, cached beside it by weights mtime."""
-    cache = ckpt / f"eval-{split}.json"
+def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
+    """Quality metrics and the per-item scores of one checkpoint on ``split``; cached beside
+    the checkpoint (``eval-<split>.json`` / ``.npy``) and keyed by the weights' mtime."""
+    cache, cached_scores = ckpt / f"eval-{split}.json", ckpt / f"eval-{split}.npy"
     weights = ckpt / "model.safetensors"
     stamp = f"{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.exists() else ""
-    if cache.is_file():
+    if cache.is_file() and cached_scores.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("stamp") == stamp:
-            return cached["metrics"]
+            return cached["metrics"], np.load(cached_scores)
     model, tok, task, info = load_checkpoint(ckpt)
-    metrics = evaluate(
-        TorchScorer(model, tok, task), encode_groups(read_split(data, split), tok, task)
-    )
+    groups = encode_groups(read_split(data, split), tok, task)
+    scores = score_groups(TorchScorer(model, tok, task), groups)
+    metrics = quality_metrics(groups, scores)
     metrics.update(format=info.format, params=info.params, bytes=checkpoint_bytes(ckpt))
     try:
+        np.save(cached_scores, scores)
         cache.write_text(json.dumps({"stamp": stamp, "metrics": metrics}, indent=2) + "\n")
     except OSError:  # read-only teacher folder: just don't cache
         pass
-    return metrics
+    return metrics, scores
 
 
 def items_per_second(ckpt: Path, requests: int = 6) -> float:
@@ -74,7 +77,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     split = recipe.evaluation["split"]
     names = ["teacher", *stage_names]
     infos = {n: json.loads((recipe.output / n / STAGE_FILE).read_text()) for n in stage_names}
-    rows, generative = [], []
+    rows, generative, scores = [], [], {}
     for name in tqdm(names, desc="report: quality", unit="stage"):
         ckpt = recipe.teacher if name == "teacher" else recipe.output / name
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
@@ -87,11 +90,12 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                     "val_kl": s["val_kl"],
                     "val_ce": s["val_ce"],
                     "val_kl_before": s["val_kl_before"],
+                    "val_kl_onpolicy": s.get("val_kl_onpolicy"),
                     "compare_to": info.get("compare_to"),
                 }
             )
             continue
-        m = quality(ckpt, recipe.data, split)
+        m, scores[name] = quality(ckpt, recipe.data, split)
         rows.append(
             {
                 "name": name,
@@ -115,6 +119,12 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
         for r in tqdm(rows, desc="report: items/s", unit="stage"):
             r["items_per_s"] = items_per_second(Path(r["path"]), n)
     for r in rows:
+        # fidelity: how far each stage's scores moved from its input's (and the teacher's)
+        src = r["from"] if r["from"] in scores else None
+        r["score_mad_vs_input"] = (
+            float(np.abs(scores[r["name"]] - scores[src]).mean()) if src else None
+        )
+        r["score_mad_vs_teacher"] = float(np.abs(scores[r["name"]] - scores["teacher"]).mean())
         r["auc_delta"] = r["auc"] - teacher["auc"]
         r["bytes_ratio"] = teacher["bytes"] / r["bytes"]
         if r.get("items_per_s") and teacher.get("items_per_s"):
@@ -166,18 +176,33 @@ def ablations(rows: list[dict], generative: list[dict]) -> list[dict]:
     for r in rows:
         if r["ablation"] and r["compare_to"] in by:
             base = by[r["compare_to"]]
-            out.append(
-                {
-                    "ablation": r["name"],
-                    "baseline": base["name"],
-                    "metric": "auc",
-                    "value": r["auc"],
-                    "baseline_value": base["auc"],
-                    "delta": r["auc"] - base["auc"],
-                }
-            )
+            # AUC, and fidelity to the teacher (mean |score difference|): finer than AUC when
+            # two variants rank alike (e.g. INT4 GPTQ vs round-to-nearest)
+            for metric in ("auc", "score_mad_vs_teacher"):
+                out.append(
+                    {
+                        "ablation": r["name"],
+                        "baseline": base["name"],
+                        "metric": metric,
+                        "value": r[metric],
+                        "baseline_value": base[metric],
+                        "delta": r[metric] - base[metric],
+                    }
+                )
     gen = {g["name"]: g for g in generative}
     for g in generative:
+        if g["compare_to"] in gen and g.get("val_kl_onpolicy") is not None:
+            base = gen[g["compare_to"]]
+            out.append(
+                {
+                    "ablation": g["name"],
+                    "baseline": base["name"],
+                    "metric": "val_kl_onpolicy",
+                    "value": g["val_kl_onpolicy"],
+                    "baseline_value": base["val_kl_onpolicy"],
+                    "delta": g["val_kl_onpolicy"] - base["val_kl_onpolicy"],
+                }
+            )
         if g["compare_to"] in gen:
             base = gen[g["compare_to"]]
             out.append(
@@ -198,8 +223,9 @@ def markdown(report: dict) -> str:
         f"# Compression report ({report['split']} split; Bayes-optimal AUC "
         f"{report['bayes_auc'] or float('nan'):.4f})",
         "",
-        "| stage | format | AUC | ΔAUC | log loss | params | bytes | × smaller | items/s | × speed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | format | AUC | ΔAUC | log loss | mean \\|Δscore\\| vs input | params | bytes "
+        "| × smaller | items/s | × speed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["stages"]:
         if r["ablation"]:
@@ -246,15 +272,20 @@ def markdown(report: dict) -> str:
             "",
             "Generative variant (validation loss per target token, lower is better):",
             "",
-            "| stage | mode | KL to teacher before | KL after | CE on data |",
-            "| --- | --- | --- | --- | --- |",
+            "| stage | mode | KL to teacher before | KL after, on data | KL after, on own "
+            "samples | CE on data |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for g in report["generative"]:
             lines.append(
                 f"| {g['name']} | {g['mode']} | {g['val_kl_before']:.4f} | {g['val_kl']:.4f} | "
-                f"{g['val_ce']:.4f} |"
+                f"{_num(g.get('val_kl_onpolicy'))} | {g['val_ce']:.4f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def _row(r: dict) -> str:
@@ -262,7 +293,7 @@ def _row(r: dict) -> str:
     spd = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
     return (
         f"| {r['name']} | {r['format']} | {r['auc']:.4f} | {r['auc_delta']:+.4f} | "
-        f"{r['logloss']:.4f} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
+        f"{r['logloss']:.4f} | {_num(r.get('score_mad_vs_input'))} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
         f"{r['bytes_ratio']:.1f} | {ips} | {spd} |"
     )
 

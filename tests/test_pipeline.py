@@ -209,6 +209,7 @@ def test_report_has_every_stage_and_the_ablations(compressed):
     } <= pairs
     gen = {g["name"]: g for g in report["generative"]}
     assert gen["gen-two-stage"]["mode"] == "two-stage" and gen["gen-single"]["val_kl"] > 0
+    assert all(g["val_kl_onpolicy"] > 0 for g in gen.values())
     md = (recipe.output / "report.md").read_text()
     assert "| int8 | int8 |" in md and "## Ablations" in md
     assert (recipe.output / "report.png").stat().st_size > 10_000
