@@ -99,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from compression.verify import verify_recipe_output
 
-    result = verify_recipe_output(Path(args.output), Path(args.data), args.queries)
+    result = verify_recipe_output(Path(args.output), Path(args.data), args.queries, args.ablations)
     print(
         f"[verify] {'all checkpoints serve with matching scores' if result['all_ok'] else 'MISMATCH'}"
         f" -> {args.output}/serving_check.json"
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--output", required=True, help="a recipe's output folder")
     v.add_argument("--data", required=True)
     v.add_argument("--queries", type=int, default=4, help="test-split queries to rank")
+    v.add_argument("--ablations", action="store_true", help="also the ablation checkpoints")
     v.set_defaults(fn=_cmd_verify)
 
     args = p.parse_args(argv)

@@ -176,9 +176,12 @@ def ablations(rows: list[dict], generative: list[dict]) -> list[dict]:
     for r in rows:
         if r["ablation"] and r["compare_to"] in by:
             base = by[r["compare_to"]]
-            # AUC, and fidelity to the teacher (mean |score difference|): finer than AUC when
-            # two variants rank alike (e.g. INT4 GPTQ vs round-to-nearest)
-            for metric in ("auc", "score_mad_vs_teacher"):
+            # AUC, and fidelity (mean |score difference|) to the shared input if both variants
+            # start from the same stage, else to the teacher: finer than AUC when two variants
+            # rank alike (e.g. INT4 GPTQ vs round-to-nearest)
+            same_input = r["from"] == base["from"] and r.get("score_mad_vs_input") is not None
+            fidelity = "score_mad_vs_input" if same_input else "score_mad_vs_teacher"
+            for metric in ("auc", fidelity):
                 out.append(
                     {
                         "ablation": r["name"],

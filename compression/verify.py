@@ -97,12 +97,19 @@ def verify_serving(
     return rows
 
 
-def verify_recipe_output(output: Path, data_dir: Path, n_queries: int = 4) -> dict:
-    """Checks every finished stage folder under ``output``; writes serving_check.json."""
-    stages = sorted(
-        (p for p in output.iterdir() if (p / "stage.json").is_file()),
-        key=lambda p: (p / "stage.json").stat().st_mtime,
-    )
+def verify_recipe_output(
+    output: Path, data_dir: Path, n_queries: int = 4, ablations: bool = False
+) -> dict:
+    """Checks every finished main stage (and the ablations if asked) under ``output``, in the
+    order they were written; writes serving_check.json."""
+    stages = []
+    for p in output.iterdir():
+        info_path = p / "stage.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            if ablations or not info.get("ablation"):
+                stages.append(p)
+    stages.sort(key=lambda p: (p / "stage.json").stat().st_mtime)
     rows = verify_serving(stages, data_dir, output / "logs", n_queries)
     result = {
         "tolerance": TOLERANCE,

@@ -39,7 +39,10 @@ class ServerSettings(BaseSettings):
     # vLLM engine
     vllm_kv_cache_gb: float = Field(default=2.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     vllm_block_size: int | None = Field(
-        default=None, ge=1, description="KV block = prefix-cache granularity (CPU: multiple of 32)"
+        default=None,
+        ge=1,
+        description="KV block = prefix-cache granularity (CPU: a multiple of 32; default 32 on "
+        "CPU, vLLM's own on GPU)",
     )
     vllm_scoring: Literal["logprobs", "classifier"] = Field(
         default="logprobs", description="label log-probs from generation, or a 2-way pooling head"

@@ -68,9 +68,13 @@ class VllmEngine(Engine):
             dtype=dtype,
             enforce_eager=not has_cuda(),  # CPU: torch.compile costs minutes at start
         )
-        # CPU attention needs blocks in multiples of 32 (vLLM-CPU's own default is 128)
-        if s.vllm_block_size:
-            args["block_size"] = s.vllm_block_size
+        # The KV block is the prefix-cache granularity: a request's query is shared by its items
+        # only in whole blocks. vLLM-CPU's default block (128) leaves up to 127 query tokens to
+        # recompute per item; 32 (the smallest its attention supports) measured 2.2x the items/s
+        # on the standard workload. On GPUs vLLM's own default (16) is kept.
+        block = s.vllm_block_size or (None if has_cuda() else 32)
+        if block:
+            args["block_size"] = block
         if s.vllm_max_model_len:
             args["max_model_len"] = s.vllm_max_model_len
         if has_cuda():
