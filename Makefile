@@ -8,7 +8,7 @@ DEMO   ?= artifacts/demo
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo test test-fast lint format bench-scorer evaluate clean serve compress \
-	compress-ablations verify-compressed
+	verify-compressed
 
 # Re-run the installer only when a requirement or the project metadata changes.
 $(STAMP): scripts/install.sh pyproject.toml $(wildcard requirements/*.txt)
@@ -45,14 +45,12 @@ evaluate: demo
 	$(PY) -m compression evaluate --model $(DEMO)/teacher --data $(DEMO)/data --split test --json
 
 # The compression pipeline on the demo teacher (recipes/demo.yaml) into $(DEMO)/compressed/:
-# distill -> OSSCAR prune -> re-distill -> FP8/INT8/INT4, plus report.{json,md,png}.
-# Resumable: finished stages are reused. compress-ablations adds the recipe's ablations.
-RECIPE ?= recipes/demo.yaml
+# distill -> OSSCAR prune -> re-distill -> FP8/INT8/INT4, the recipe's ablations, and
+# report.{json,md,png}. Resumable: finished stages are reused. COMPRESS_FLAGS= skips ablations.
+RECIPE         ?= recipes/demo.yaml
+COMPRESS_FLAGS ?= --ablations
 compress: demo
-	$(PY) -m compression run $(RECIPE)
-
-compress-ablations: demo
-	$(PY) -m compression run $(RECIPE) --ablations
+	$(PY) -m compression run $(RECIPE) $(COMPRESS_FLAGS)
 
 # Serve every compressed checkpoint with both engines and compare scores (serving_check.json).
 verify-compressed: $(STAMP)
@@ -73,4 +71,5 @@ loadtest: $(STAMP)
 		--json artifacts/loadtest/sweep.json
 
 loadtest-compare: demo
-	$(PY) -m loadtest compare --models $(MODELS) --requests 20 --json artifacts/loadtest/compare.json
+	$(PY) -m loadtest compare --models $(MODELS) --requests 24 --distinct 64 \
+		--json artifacts/loadtest/compare.json

@@ -306,6 +306,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = report["stages"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -329,6 +330,8 @@ def plot(report: dict, path: Path) -> None:
         )
         if key == "bytes":
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel(label)
         ax.set_ylabel(f"{report['split']} AUC")
         ax.legend(fontsize=8)
