@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from compression.osscar import METHODS, Selection, select_groups
+from ranking.scorer import pad_right
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 # families whose vLLM model code ignores config.head_dim (see the module docstring)
@@ -183,16 +184,6 @@ def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = torch.as_tensor(p, dtype=torch.long)
-        mask[i, : len(p)] = 1
-    return ids, mask
-
-
 def _batches(prompts, size):
     # sorted by length: less padding per batch
     order = sorted(prompts, key=len)
@@ -257,7 +248,7 @@ def _capture(model, prompts, batch_size) -> list[_Batch]:
     layers = _layers(model)
     out = []
     for chunk in _batches(prompts, batch_size):
-        ids, mask = _pad(chunk, _pad_id(model), model.device)
+        ids, mask = pad_right(chunk, _pad_id(model), model.device)
         seen: dict[int, dict] = {}
         first: list[torch.Tensor] = []
 
@@ -435,7 +426,7 @@ def _answer_logprobs(model, prompts, batch_size, label_ids=None, skip: set[int] 
     rows = []
     try:
         for chunk in _batches(prompts, batch_size):
-            ids, mask = _pad(chunk, _pad_id(model), model.device)
+            ids, mask = pad_right(chunk, _pad_id(model), model.device)
             h = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
             last = h.last_hidden_state[torch.arange(len(chunk)), mask.sum(1) - 1]
             if label_ids is not None:

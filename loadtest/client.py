@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from loadtest import promscrape
-from loadtest.stats import fmt, percentiles, table
+from loadtest.stats import fmt, percentiles, table, throughput_summary
 from loadtest.workload import RequestPool
 
 MAX_SCHEDULE = 5_000_000  # arrival times held in memory at once (40 MB)
@@ -337,13 +337,4 @@ async def closed_loop(
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
-    p = percentiles(ms)
-    return {
-        "requests": n,
-        "concurrency": concurrency,
-        "items_per_s": items / wall,
-        "p50_ms": p["p50"],
-        "p99_ms": p["p99"],
-        "mean_ms": float(ms.mean()),
-    }
+    return throughput_summary(n, concurrency, items, wall, np.array(lat) * 1000)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.stats import percentiles
+from loadtest.stats import throughput_summary
 
 OFFLINE_ENGINES = ("vllm-offline", "transformers")
 Encoded = tuple[list[int], list[list[int]]]
@@ -103,15 +103,7 @@ def measure(
         lat += [time.perf_counter() - t] * len(group)
         items += sum(len(it) for _, it in group)
     wall = time.perf_counter() - t0
-    p = percentiles(np.array(lat) * 1000)
-    return {
-        "requests": n,
-        "concurrency": concurrency,
-        "items_per_s": items / wall,
-        "p50_ms": p["p50"],
-        "p99_ms": p["p99"],
-        "mean_ms": float(np.mean(lat) * 1000),
-    }
+    return throughput_summary(n, concurrency, items, wall, np.array(lat) * 1000)
 
 
 def main() -> None:

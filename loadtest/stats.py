@@ -105,3 +105,17 @@ def write_json(obj: Any, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
     return out
+
+
+def throughput_summary(n: int, concurrency: int, items: int, wall_s: float, lat_ms) -> dict:
+    """The row every closed-loop measurement reports (server and offline engines alike)."""
+    ms = np.asarray(lat_ms, dtype=float)
+    p = percentiles(ms)
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "items_per_s": items / wall_s,
+        "p50_ms": p["p50"],
+        "p99_ms": p["p99"],
+        "mean_ms": float(ms.mean()),
+    }

@@ -54,9 +54,10 @@ class ScoreBatch:
         return sum(len(q) for q in self.queries) + sum(len(it) for it in self.items)
 
 
-def _pad_right(
+def pad_right(
     seqs: Sequence[Sequence[int]], pad_id: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask) for token-id sequences of different lengths."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
@@ -111,7 +112,7 @@ def answer_hidden(
     """
     device = model.device
     base = model.get_decoder()
-    q_ids, q_mask = _pad_right(batch.queries, pad_id, device)
+    q_ids, q_mask = pad_right(batch.queries, pad_id, device)
     q_out = base(input_ids=q_ids, attention_mask=q_mask, use_cache=True)
     q_cache = q_out.past_key_values
     if taps is not None:
@@ -125,7 +126,7 @@ def answer_hidden(
         cache = DynamicCache(config=model.config)
         for layer_idx, (k, v) in enumerate(layers):
             cache.update(k.index_select(0, own), v.index_select(0, own), layer_idx)
-        i_ids, i_mask = _pad_right([batch.items[i] for i in chunk], pad_id, device)
+        i_ids, i_mask = pad_right([batch.items[i] for i in chunk], pad_id, device)
         mask = torch.cat([q_mask.index_select(0, own), i_mask], dim=1)
         pos = q_len.index_select(0, own)[:, None] + torch.arange(i_ids.shape[1], device=device)
         hidden = base(
@@ -173,7 +174,7 @@ def naive_label_logits(
     prompts = [batch.queries[o] + it for o, it in zip(batch.owner, batch.items, strict=True)]
     rows = []
     for s in range(0, len(prompts), batch_size):
-        ids, mask = _pad_right(prompts[s : s + batch_size], pad_id, model.device)
+        ids, mask = pad_right(prompts[s : s + batch_size], pad_id, model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits
         last = mask.sum(dim=1) - 1
         full = logits[torch.arange(len(ids), device=model.device), last]
