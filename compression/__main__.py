@@ -79,15 +79,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from compression.pipeline import run_recipe
-    from compression.recipe import RecipeError, load_recipe
+    from compression.recipe import RecipeError, check_recipe_paths, load_recipe
 
     try:
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, check_paths=not (args.teacher or args.data))
     except RecipeError as exc:
         print(f"error: bad recipe: {exc}", file=sys.stderr)
         return 2
-    if args.output:
-        recipe.output = Path(args.output)
+    for key in ("teacher", "data", "output"):  # e.g. a container's mounted volume
+        if getattr(args, key):
+            setattr(recipe, key, Path(getattr(args, key)))
+    if args.teacher or args.data:
+        try:
+            check_recipe_paths(recipe)
+        except RecipeError as exc:
+            print(f"error: bad recipe: {exc}", file=sys.stderr)
+            return 2
     if args.check:
         n = sum(1 for s in recipe.stages if args.ablations or not s.ablation)
         print(f"recipe OK: {n} stages -> {recipe.output}")
@@ -189,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("recipe")
     r.add_argument("--ablations", action="store_true", help="also run the recipe's ablations")
     r.add_argument("--output", help="override the recipe's output folder")
+    r.add_argument("--teacher", help="override the recipe's teacher checkpoint")
+    r.add_argument("--data", help="override the recipe's benchmark folder")
     r.add_argument("--check", action="store_true", help="validate the recipe and exit")
     r.set_defaults(fn=_cmd_run)
 

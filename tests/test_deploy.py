@@ -40,7 +40,12 @@ K8S_VERSION = "1.32"  # schemas of kubernetes-validate; kubectl on the dev machi
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in the built-in schemas: checked by hand
 OVERLAYS = ("cpu", "gpu")
 SERVER_CMD = ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]
-COMPRESS_CMD = ["python", "-m", "compression", "demo", "--out", "/models"]
+COMPRESS_CMD = [
+    "sh",
+    "-c",
+    "python -m compression demo --out /models && python -m compression run recipes/demo.yaml "
+    "--ablations --teacher /models/teacher --data /models/data --output /models/compressed",
+]
 
 QUERY = (
     "member profile: nurse, expert level. interests: music, travel, cooking. prefers video "
@@ -235,6 +240,9 @@ def test_image_commands_exist():
     assert "--host" in server and "--port" in server and "--model" in server
     comp = run(sys.executable, "-m", "compression", "demo", "--help", timeout=60).stdout
     assert "--out" in comp
+    comp = run(sys.executable, "-m", "compression", "run", "--help", timeout=60).stdout
+    assert all(f in comp for f in ("--teacher", "--data", "--output", "--ablations"))
+    assert (REPO / "recipes" / "demo.yaml").is_file()
 
 
 # ---- docker-compose ----------------------------------------------------------------------------
