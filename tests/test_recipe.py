@@ -129,3 +129,17 @@ def test_stage_commands_run_on_their_own(tiny_demo, tmp_path):
     assert not (tmp_path / "q").exists()
     r = cli("quantize", *common, "--out", str(tmp_path / "q"), "--scheme", "int3")
     assert r.returncode == 2 and "unknown scheme 'int3'" in r.stderr
+
+
+def test_gradual_prune_plan_reaches_the_target_in_equal_steps():
+    from compression.pipeline import gradual_steps
+
+    start = {"intermediate_size": 768, "heads_per_group": 3, "kv_groups": 2}
+    target = {"intermediate_size": 384, "heads_per_group": 1, "kv_groups": None, "drop_layers": 3}
+    plan = gradual_steps(start, target, 2)
+    assert [p["intermediate_size"] for p in plan] == [576, 384]
+    assert [p["heads_per_group"] for p in plan] == [2, 1]
+    assert all("kv_groups" not in p for p in plan)  # None: left alone
+    assert sum(p["drop_layers"] for p in plan) == 3
+    one = gradual_steps(start, target, 1)
+    assert one == [{"intermediate_size": 384, "heads_per_group": 1, "drop_layers": 3}]
