@@ -21,6 +21,11 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    torch_activation_quant: Literal["emulate", "skip"] = Field(
+        default="emulate",
+        description="torch engine, FP8/INT8 checkpoints: emulate the per-token activation "
+        "quantization (scores as with real kernels) or skip it (faster on CPU)",
+    )
 
     # request limits (over a limit -> 422 naming it; nothing is truncated silently)
     max_items: int = Field(default=256, ge=1, description="items per request")

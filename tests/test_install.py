@@ -87,3 +87,29 @@ def test_vllm_runs_our_checkpoints(tiny_demo, tiny_teacher, tiny_quantized, sche
     vllm_score = 1 / (1 + np.exp(lp_no - lp_yes))
     ref = TorchScorer(model, tok, task).score(QUERY, ITEMS[:1])[0]
     assert abs(vllm_score - ref) < 0.05
+
+
+def test_activation_quant_emulation_can_be_skipped(tiny_quantized, tiny_demo):
+    """W8A8/FP8 in the torch engine: per-token activation quantization is emulated by default
+    (scores as with real kernels); skipping it only drops that rounding."""
+    from ranking.checkpoint import load_checkpoint
+    from ranking.scorer import TorchScorer
+    from ranking.synthetic import read_split
+
+    rows = read_split(tiny_demo / "data", "test")[:10]
+    for fmt in ("int8", "fp8"):
+        scores = {}
+        for emulate in (True, False):
+            model, tok, task, _ = load_checkpoint(
+                tiny_quantized[fmt], emulate_activation_quant=emulate
+            )
+            flags = {
+                getattr(m, "quantization_enabled", True)
+                for m in model.modules()
+                if getattr(m, "quantization_scheme", None) is not None
+            }
+            assert flags == {emulate}, (fmt, emulate, flags)
+            scores[emulate] = TorchScorer(model, tok, task).score(
+                rows[0]["query"], [r["item"] for r in rows]
+            )
+        assert abs(scores[True] - scores[False]).max() < 0.03

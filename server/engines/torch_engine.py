@@ -32,7 +32,11 @@ class TorchEngine(Engine):
         loop = asyncio.get_running_loop()
         model, tok, task, info = await loop.run_in_executor(
             self._pool,
-            lambda: load_checkpoint(self.settings.model, dtype=_DTYPES[self.settings.dtype]),
+            lambda: load_checkpoint(
+                self.settings.model,
+                dtype=_DTYPES[self.settings.dtype],
+                emulate_activation_quant=self.settings.torch_activation_quant == "emulate",
+            ),
         )
         self.tokenizer, self.task, self.info = tok, task, info
         self.scorer = TorchScorer(model, tok, task, max_item_tokens=self.settings.max_batch_tokens)
