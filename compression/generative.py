@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from compression.distill import load_student
 from compression.losses import token_kd_loss
 from compression.train import TrainConfig, train
 from ranking.checkpoint import load_checkpoint, save_checkpoint
@@ -220,8 +221,6 @@ def distill_generative(
     desc: str = "distill-generative",
 ) -> dict:
     """Runs single- or two-stage generative KD and writes the student checkpoint ``dst``."""
-    from compression.distill import load_student
-
     cfg.validate()
     t0 = time.time()
     teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)

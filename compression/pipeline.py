@@ -174,19 +174,18 @@ def gradual_prune(recipe: Recipe, src: Path, dst: Path, c, base, prompts) -> dic
         "kv_groups": cfg.num_key_value_heads,
     }
     target = {
-        "intermediate_size": _absolute(base.intermediate_size, start["intermediate_size"]),
+        "intermediate_size": (
+            base.target_intermediate(cfg) if base.intermediate_size is not None else None
+        ),
         "heads_per_group": base.heads_per_group,
         "kv_groups": base.kv_groups,
         "drop_layers": base.drop_layers,
     }
-    objective = RankingObjective(
-        task.label_token_ids(tok), tok.pad_token_id or 0, teacher=teacher, alpha=1.0
-    )
+    label_ids = task.label_token_ids(tok)
+    objective = RankingObjective(label_ids, tok.pad_token_id or 0, teacher=teacher, alpha=1.0)
     steps = []
     for k, widths in enumerate(gradual_steps(start, target, c.gradual_steps)):
-        stats = prune_model(
-            model, prompts, replace(base, **widths), label_ids=task.label_token_ids(tok)
-        )
+        stats = prune_model(model, prompts, replace(base, **widths), label_ids=label_ids)
         steps.append({"widths": widths, "prune": _brief(stats)})
         if k < c.gradual_steps - 1 and c.distill_steps > 0:
             tc = TrainConfig(
@@ -200,12 +199,6 @@ def gradual_prune(recipe: Recipe, src: Path, dst: Path, c, base, prompts) -> dic
             train(model, groups, tc, objective, desc=f"gradual {k + 1}/{c.gradual_steps}")
     save_checkpoint(model, tok, task, dst)
     return {"gradual": steps, "seconds": round(time.time() - t0, 1), "config": asdict(c)}
-
-
-def _absolute(width: int | float | None, full: int) -> int | None:
-    if width is None:
-        return None
-    return int(round(width * full)) if isinstance(width, float) and width <= 1 else int(width)
 
 
 def _brief(stats: dict) -> dict:

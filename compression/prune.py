@@ -180,7 +180,8 @@ def _layers(model) -> nn.ModuleList:
     return model.get_decoder().layers
 
 
-def _head_dim(config) -> int:
+def head_dim(config) -> int:
+    """Per-head width: ``config.head_dim`` where set (pruned models), else hidden / heads."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
@@ -371,7 +372,7 @@ def _prune_mlp(mlp, gram: _Gram, n_keep: int, cfg: PruneConfig) -> dict:
 
 
 def _prune_attention(attn, gram: _Gram, config, kv_keep: int, hpg: int, cfg: PruneConfig):
-    hd = _head_dim(config)
+    hd = head_dim(config)
     n_kv = config.num_key_value_heads
     n_rep = config.num_attention_heads // n_kv
     p = attn.o_proj.in_features
@@ -550,7 +551,7 @@ def prune_model(
                 {k: f"{row[k]['rel_error']:.3f}" for k in ("attention", "mlp") if k in row}
             )
         del batches
-    hd = _head_dim(config)
+    hd = head_dim(config)
     config.head_dim = hd  # explicit: hidden_size / num_attention_heads may no longer equal it
     config.intermediate_size = n_mlp
     config.num_key_value_heads = kv_keep

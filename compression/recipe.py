@@ -33,7 +33,7 @@ import yaml
 
 from compression.distill import DistillConfig, student_config
 from compression.generative import GenerativeDistillConfig
-from compression.prune import PruneConfig
+from compression.prune import PruneConfig, head_dim
 from compression.quantize import QuantizeConfig
 
 
@@ -56,9 +56,7 @@ def pruned_config(cfg: PruneConfig, config):
     stages can be checked before anything runs)."""
     new = copy.deepcopy(config)
     kv, per_group = cfg.target_heads(config)
-    new.head_dim = getattr(config, "head_dim", None) or (
-        config.hidden_size // config.num_attention_heads
-    )
+    new.head_dim = head_dim(config)
     new.intermediate_size = cfg.target_intermediate(config)
     new.num_key_value_heads = kv
     new.num_attention_heads = kv * per_group
@@ -69,13 +67,10 @@ def pruned_config(cfg: PruneConfig, config):
 def check_group_size(config, group_size: int) -> None:
     """INT4 weight groups run along each linear layer's input: every input width must be a
     multiple of the group size (compressed-tensors and vLLM require it)."""
-    head_dim = getattr(config, "head_dim", None) or (
-        config.hidden_size // config.num_attention_heads
-    )
     widths = {
         "hidden_size (q/k/v/gate/up inputs)": config.hidden_size,
         "intermediate_size (down_proj input)": config.intermediate_size,
-        "heads x head_dim (o_proj input)": config.num_attention_heads * head_dim,
+        "heads x head_dim (o_proj input)": config.num_attention_heads * head_dim(config),
     }
     bad = [f"{k} = {v}" for k, v in widths.items() if v % group_size]
     if bad:

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compression.pipeline import STAGE_FILE, stage_dir
 from compression.recipe import Recipe
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
 from ranking.dataset import encode_groups
 from ranking.evaluation import quality_metrics, score_groups
 from ranking.scorer import TorchScorer
-from ranking.synthetic import BenchmarkConfig, read_split, standard_workload
-
-STAGE_FILE = "stage.json"
+from ranking.synthetic import BenchmarkConfig, read_meta, read_split, standard_workload
 
 
 def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
@@ -76,10 +75,10 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
 
     split = recipe.evaluation["split"]
     names = ["teacher", *stage_names]
-    infos = {n: json.loads((recipe.output / n / STAGE_FILE).read_text()) for n in stage_names}
+    infos = {n: json.loads((stage_dir(recipe, n) / STAGE_FILE).read_text()) for n in stage_names}
     rows, generative, scores = [], [], {}
     for name in tqdm(names, desc="report: quality", unit="stage"):
-        ckpt = recipe.teacher if name == "teacher" else recipe.output / name
+        ckpt = stage_dir(recipe, name)
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
         if info["type"] == "distill-generative":
             s = info["summary"]
@@ -140,17 +139,17 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     }
     out = recipe.output
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    table = markdown(report)
+    (out / "report.md").write_text(table)
     plot(report, out / "report.png")
-    print(markdown(report))
+    print(table)
     return report
 
 
 def _bayes(recipe: Recipe, split: str) -> float | None:
-    meta = recipe.data / "meta.json"
-    if not meta.is_file():
+    if not (recipe.data / "meta.json").is_file():
         return None
-    return json.loads(meta.read_text())["splits"].get(split, {}).get("bayes_auc")
+    return read_meta(recipe.data)["splits"].get(split, {}).get("bayes_auc")
 
 
 def checks(rows: list[dict]) -> dict:

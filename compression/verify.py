@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from compression.pipeline import STAGE_FILE
 from loadtest.serverproc import ServerProcess
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
 from ranking.synthetic import group_by_query, read_split
@@ -104,12 +105,12 @@ def verify_recipe_output(
     order they were written; writes serving_check.json."""
     stages = []
     for p in output.iterdir():
-        info_path = p / "stage.json"
+        info_path = p / STAGE_FILE
         if info_path.is_file():
             info = json.loads(info_path.read_text())
             if ablations or not info.get("ablation"):
                 stages.append(p)
-    stages.sort(key=lambda p: (p / "stage.json").stat().st_mtime)
+    stages.sort(key=lambda p: (p / STAGE_FILE).stat().st_mtime)
     rows = verify_serving(stages, data_dir, output / "logs", n_queries)
     result = {
         "tolerance": TOLERANCE,

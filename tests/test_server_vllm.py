@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranking.synthetic import read_split
+from compression.verify import requests_from_split
 from tests.serving import REPO, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -19,14 +19,6 @@ pytestmark = pytest.mark.slow
 # Documented tolerance: vLLM computes in bf16 with its own kernels (and, for INT8, int8
 # activations); the torch engine dequantizes to bf16. Scores are probabilities.
 SCORE_TOL = 0.03
-
-
-def requests_from_test_split(data_dir, n_queries=3):
-    rows = read_split(data_dir, "test")
-    out = {}
-    for r in rows:
-        out.setdefault(r["query"], []).append(r["item"])
-    return list(out.items())[:n_queries]
 
 
 def rank_scores(url, query, items):
@@ -44,7 +36,7 @@ def rank_scores(url, query, items):
 )
 def test_vllm_and_torch_engines_agree(tiny_demo, tiny_quantized, tmp_path, fmt, scoring):
     model = tiny_demo / "teacher" if fmt == "bf16" else tiny_quantized[fmt]
-    reqs = requests_from_test_split(tiny_demo / "data")
+    reqs = requests_from_split(tiny_demo / "data", "test", 3)
     # duplicate items across requests so top-10 order is over >= 10 items
     reqs = [(q, (items * 2)[:12]) for q, items in reqs]
     with ServerProcess(model, "torch", tmp_path) as t:
