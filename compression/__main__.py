@@ -133,26 +133,23 @@ def _stage_cmd(kind: str):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
-        from compression.pipeline import STAGE_RUNNERS
         from compression.recipe import (
-            STAGE_TYPES,
             Recipe,
             RecipeError,
             Stage,
             check_recipe_paths,
             parse_stage_config,
         )
+        from compression.stages import STAGES
 
         spec = _overrides(args.set)
-        if kind == "quantize":
+        if getattr(args, "scheme", None):
             spec.setdefault("scheme", args.scheme)
         model, out = Path(args.model), Path(args.out)
         try:
-            cfg = parse_stage_config(STAGE_TYPES[kind], spec, kind)
+            cfg = parse_stage_config(kind, spec, kind)
             stage = Stage(out.name, kind, "teacher", cfg, spec=spec)
-            # checked against the teacher for distill (student overrides apply to its config),
-            # against the input model for prune and quantize
-            checked = Path(args.teacher) if kind == "distill" else model
+            checked = Path(getattr(args, args.check_against))
             recipe = Recipe(Path("<cli>"), checked, Path(args.data), out.parent, [stage], {})
             check_recipe_paths(recipe)
         except RecipeError as exc:
@@ -160,7 +157,7 @@ def _stage_cmd(kind: str):
             return 2
         recipe = replace(recipe, teacher=Path(args.teacher or args.model))
         t0 = time.time()
-        summary = STAGE_RUNNERS[kind](recipe, stage, model, out)
+        summary = STAGES[kind].run(recipe.context(stage), model, out)
         summary.pop("curve", None)
         seconds = round(time.time() - t0, 1)
         print(json.dumps({"out": args.out, "seconds": seconds, **summary}, default=str))
@@ -210,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--model", required=True, help="input checkpoint (the student for distill)")
         c.add_argument("--out", required=True, help="output checkpoint folder")
         c.add_argument("--data", required=True, help="benchmark folder (train/validation)")
+        # the checkpoint the stage's settings are checked against: the teacher for distill
+        # (student overrides apply to its config), else the input model
+        c.set_defaults(check_against="teacher" if kind == "distill" else "model")
         if kind == "distill":
             c.add_argument("--teacher", required=True)
         elif kind == "prune":

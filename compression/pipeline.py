@@ -13,16 +13,11 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, fields, replace
-from pathlib import Path
 
+from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe, Stage
-
-STAGE_FILE = "stage.json"
-
-
-def stage_dir(recipe: Recipe, name: str) -> Path:
-    return recipe.teacher if name == "teacher" else recipe.output / name
+from compression.report import write_report
+from compression.stages import STAGES
 
 
 def finished(recipe: Recipe, stage: Stage) -> dict | None:
@@ -54,8 +49,6 @@ def run_recipe(recipe: Recipe, ablations: bool = False, report: bool = True) -> 
         print(f"[compress] {stage.name} done in {timings[stage.name]:.0f}s")
     result = {"stage_seconds": timings}
     if report:
-        from compression.report import write_report
-
         result["report"] = write_report(recipe, [s.name for s in todo])
     result["seconds"] = round(time.time() - t0, 1)
     print(f"[compress] recipe finished in {result['seconds']:.0f}s -> {recipe.output}")
@@ -70,7 +63,7 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict:
         if leftover.exists():
             shutil.rmtree(leftover)
     src = stage_dir(recipe, stage.source)
-    summary = STAGE_RUNNERS[stage.type](recipe, stage, src, tmp)
+    summary = STAGES[stage.type].run(recipe.context(stage), src, tmp)
     info = {
         "name": stage.name,
         "type": stage.type,
@@ -90,124 +83,3 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict:
         shutil.rmtree(stale)
     os.replace(tmp, final)
     return info
-
-
-def _run_distill(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
-    from compression.distill import distill
-
-    return distill(recipe.teacher, src, recipe.data, dst, stage.config, desc=stage.name)
-
-
-def _run_generative(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
-    from compression.generative import distill_generative
-
-    return distill_generative(recipe.teacher, src, recipe.data, dst, stage.config, stage.name)
-
-
-def _run_quantize(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
-    from compression.quantize import quantize_checkpoint
-    from ranking.synthetic import read_split
-
-    c = stage.config
-    rows = read_split(recipe.data, "train")
-    return quantize_checkpoint(
-        src, dst, c.scheme, rows, c.num_samples, c.group_size, c.smoothing_strength
-    )
-
-
-def _run_prune(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
-    from compression.prune import PruneConfig, prune_checkpoint
-
-    c = stage.config
-    prompts = calibration_prompts(recipe, src, c.calibration_samples, c.seed)
-    base = PruneConfig(**{f.name: getattr(c, f.name) for f in fields(PruneConfig)})
-    if c.gradual_steps <= 1:
-        return prune_checkpoint(src, dst, base, prompts)
-    return gradual_prune(recipe, src, dst, c, base, prompts)
-
-
-def calibration_prompts(recipe: Recipe, model_dir: Path, n: int, seed: int) -> list[list[int]]:
-    from transformers import AutoTokenizer
-
-    from compression.quantize import task_prompts
-    from ranking.synthetic import read_split
-    from ranking.task import RankingTask
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    return task_prompts(read_split(recipe.data, "train"), tok, RankingTask.load(model_dir), n, seed)
-
-
-def gradual_steps(start: dict, target: dict, steps: int) -> list[dict]:
-    """Widths after each of ``steps`` equal steps from ``start`` to ``target`` (ints, the last
-    one exactly the target); layers to drop are spread over the steps."""
-    plan = []
-    for k in range(1, steps + 1):
-        step = {}
-        for key, end in target.items():
-            if key == "drop_layers":
-                step[key] = round(end * k / steps) - round(end * (k - 1) / steps)
-            elif end is not None:
-                step[key] = round(start[key] - (start[key] - end) * k / steps)
-        plan.append(step)
-    return plan
-
-
-def gradual_prune(recipe: Recipe, src: Path, dst: Path, c, base, prompts) -> dict:
-    """Prune a step -> distill -> repeat; the last prune step is left for the next stage's
-    re-distillation (so one-shot and gradual can be compared at equal distillation steps)."""
-    import torch
-
-    from compression.prune import prune_model
-    from compression.train import RankingObjective, TrainConfig, train
-    from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups
-    from ranking.synthetic import read_split
-
-    t0 = time.time()
-    model, tok, task, _ = load_checkpoint(src, dtype=torch.float32)
-    teacher = load_checkpoint(recipe.teacher, dtype=torch.bfloat16)[0].requires_grad_(False)
-    groups = encode_groups(read_split(recipe.data, "train"), tok, task)
-    cfg = model.config
-    start = {
-        "intermediate_size": cfg.intermediate_size,
-        "heads_per_group": cfg.num_attention_heads // cfg.num_key_value_heads,
-        "kv_groups": cfg.num_key_value_heads,
-    }
-    target = {
-        "intermediate_size": (
-            base.target_intermediate(cfg) if base.intermediate_size is not None else None
-        ),
-        "heads_per_group": base.heads_per_group,
-        "kv_groups": base.kv_groups,
-        "drop_layers": base.drop_layers,
-    }
-    label_ids = task.label_token_ids(tok)
-    objective = RankingObjective(label_ids, tok.pad_token_id or 0, teacher=teacher, alpha=1.0)
-    steps = []
-    for k, widths in enumerate(gradual_steps(start, target, c.gradual_steps)):
-        stats = prune_model(model, prompts, replace(base, **widths), label_ids=label_ids)
-        steps.append({"widths": widths, "prune": _brief(stats)})
-        if k < c.gradual_steps - 1 and c.distill_steps > 0:
-            tc = TrainConfig(
-                steps=c.distill_steps,
-                batch_queries=12,
-                lr=c.distill_lr,
-                warmup_steps=10,
-                eval_every=0,
-                seed=c.seed + k,
-            )
-            train(model, groups, tc, objective, desc=f"gradual {k + 1}/{c.gradual_steps}")
-    save_checkpoint(model, tok, task, dst)
-    return {"gradual": steps, "seconds": round(time.time() - t0, 1), "config": asdict(c)}
-
-
-def _brief(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if not isinstance(v, list | dict)}
-
-
-STAGE_RUNNERS = {
-    "distill": _run_distill,
-    "distill-generative": _run_generative,
-    "prune": _run_prune,
-    "quantize": _run_quantize,
-}

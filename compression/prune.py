@@ -52,7 +52,8 @@ pruning is refused by ``PruneConfig.validate`` (transformers alone would load su
 would build the wrong shapes).
 
 Gradual schedules: the widths are absolute targets (or fractions of the CURRENT width), so the
-pipeline calls ``prune_checkpoint`` repeatedly with decreasing widths, distilling in between.
+prune stage (``compression/stages/prune.py``) calls ``prune_model`` repeatedly with decreasing
+widths, distilling in between.
 """
 
 from __future__ import annotations

@@ -94,22 +94,17 @@ def task_prompts(
 
 
 def quantize_checkpoint(
-    src: str | Path,
-    dst: str | Path,
-    scheme: str,
-    calibration_rows: list[dict],
-    num_samples: int = 64,
-    group_size: int = 128,
-    smoothing_strength: float = 0.8,
+    src: str | Path, dst: str | Path, cfg: QuantizeConfig, calibration_rows: list[dict]
 ) -> dict:
-    """Reads ``src`` (bf16), writes the compressed-tensors checkpoint ``dst``; returns a summary."""
+    """Reads ``src`` (bf16), writes the compressed-tensors checkpoint ``dst``; returns a summary.
+    ``cfg.num_samples`` calibration prompts are drawn from ``calibration_rows``."""
     from llmcompressor import oneshot
 
-    # fail on a bad scheme before loading anything
-    recipe = build_recipe(scheme, group_size, smoothing_strength)
+    cfg.validate()  # fail on bad settings before loading anything
+    recipe = build_recipe(cfg.scheme, cfg.group_size, cfg.smoothing_strength)
     t0 = time.time()
     model, tokenizer, task, _ = load_checkpoint(src)
-    prompts = task_prompts(calibration_rows, tokenizer, task, num_samples)
+    prompts = task_prompts(calibration_rows, tokenizer, task, cfg.num_samples)
     max_len = max(len(p) for p in prompts)
     quantized = oneshot(
         model=model,
@@ -120,7 +115,7 @@ def quantize_checkpoint(
     )
     save_checkpoint(quantized, tokenizer, task, dst, dtype=None, save_compressed=True)
     return {
-        "scheme": scheme,
+        "scheme": cfg.scheme,
         "seconds": round(time.time() - t0, 1),
         "bytes": checkpoint_bytes(dst),
         "calibration_samples": len(prompts),

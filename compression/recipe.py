@@ -1,8 +1,9 @@
 """Compression recipes: a YAML file naming the teacher, the data and an ordered list of stages.
 
 Parsed and checked completely before any work starts, so a typo fails in a second, not after
-ten minutes of distillation. Each stage is one of the modifiers below; its keys are exactly the
-fields of that modifier's config dataclass (anything else is an error naming the stage and key).
+ten minutes of distillation. Each stage's ``type`` is a stage type of ``compression.stages``;
+its keys are exactly the fields of that type's ``Config`` dataclass (anything else is an error
+naming the stage and key), and each type checks its input's config and computes its output's.
 
     teacher: artifacts/demo/teacher     # a slimrank checkpoint
     data: artifacts/demo/data           # benchmark splits (train / validation / test)
@@ -21,8 +22,6 @@ fields of that modifier's config dataclass (anything else is an error naming the
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -31,61 +30,13 @@ from typing import Any
 
 import yaml
 
-from compression.distill import DistillConfig, student_config
-from compression.generative import GenerativeDistillConfig
-from compression.prune import PruneConfig, head_dim
-from compression.quantize import QuantizeConfig
+from compression.stages import STAGES, StageContext
 
 
 class RecipeError(ValueError):
     """The recipe is malformed; the message names the stage and key at fault."""
 
 
-@dataclass
-class GradualPruneConfig(PruneConfig):
-    """Prune in ``gradual_steps`` equal steps of width, distilling ``distill_steps`` between
-    them (the last step is left to the following re-distill stage)."""
-
-    gradual_steps: int = 1
-    distill_steps: int = 0
-    distill_lr: float = 5e-4
-
-
-def pruned_config(cfg: PruneConfig, config):
-    """The config a prune stage will write, computed without touching weights (so later
-    stages can be checked before anything runs)."""
-    new = copy.deepcopy(config)
-    kv, per_group = cfg.target_heads(config)
-    new.head_dim = head_dim(config)
-    new.intermediate_size = cfg.target_intermediate(config)
-    new.num_key_value_heads = kv
-    new.num_attention_heads = kv * per_group
-    new.num_hidden_layers = config.num_hidden_layers - cfg.drop_layers
-    return new
-
-
-def check_group_size(config, group_size: int) -> None:
-    """INT4 weight groups run along each linear layer's input: every input width must be a
-    multiple of the group size (compressed-tensors and vLLM require it)."""
-    widths = {
-        "hidden_size (q/k/v/gate/up inputs)": config.hidden_size,
-        "intermediate_size (down_proj input)": config.intermediate_size,
-        "heads x head_dim (o_proj input)": config.num_attention_heads * head_dim(config),
-    }
-    bad = [f"{k} = {v}" for k, v in widths.items() if v % group_size]
-    if bad:
-        raise ValueError(
-            f"group_size {group_size} does not divide {'; '.join(bad)}: choose a group size "
-            "that divides every input width"
-        )
-
-
-STAGE_TYPES: dict[str, type] = {
-    "distill": DistillConfig,
-    "distill-generative": GenerativeDistillConfig,
-    "prune": GradualPruneConfig,
-    "quantize": QuantizeConfig,
-}
 TOP_KEYS = {"teacher", "data", "output", "evaluation", "stages", "ablations", "seed"}
 EVAL_KEYS = {"split", "throughput", "throughput_requests"}
 
@@ -113,6 +64,10 @@ class Recipe:
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
+    def context(self, stage: Stage) -> StageContext:
+        """What ``stage`` needs from the recipe to run."""
+        return StageContext(stage.name, stage.config, self.teacher, self.data)
+
     def fingerprint(self, name: str) -> str:
         """Hash of a stage's settings and of everything upstream: a finished stage is reused
         only while its fingerprint is unchanged."""
@@ -124,23 +79,13 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def parse_stage_config(cls: type, spec: dict, where: str):
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise RecipeError(
-            f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
-        )
+def parse_stage_config(kind: str, spec: dict, where: str) -> Any:
+    """The settings of a stage of the registered type ``kind`` from its YAML mapping (without
+    name, type, from, compare_to); ``RecipeError`` names the stage (``where``) and the problem."""
     try:
-        cfg = cls(**spec)
-        if cls is GradualPruneConfig:  # the rest is checked against the input's config
-            if cfg.gradual_steps < 1 or cfg.distill_steps < 0:
-                raise ValueError("gradual_steps must be >= 1 and distill_steps >= 0")
-        elif hasattr(cfg, "validate"):
-            cfg.validate()
-    except (TypeError, ValueError) as exc:
+        return STAGES[kind].parse(spec)
+    except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from exc
-    return cfg
 
 
 def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> list[Stage]:
@@ -160,9 +105,9 @@ def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> lis
         where = f"{key}[{i}] ({name})"
         if name in known or name == "teacher" or "/" in name or name.startswith("."):
             raise RecipeError(f"{where}: duplicate or reserved stage name {name!r}")
-        if kind not in STAGE_TYPES:
+        if kind not in STAGES:
             raise RecipeError(
-                f"{where}: unknown stage type {kind!r}; choose one of {', '.join(STAGE_TYPES)}"
+                f"{where}: unknown stage type {kind!r}; choose one of {', '.join(STAGES)}"
             )
         default_src = known[-1] if known else "teacher"
         source = item.pop("from", default_src if not ablation else None)
@@ -177,7 +122,7 @@ def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> lis
                 f"(earlier: {', '.join(['teacher', *known])})"
             )
         spec = dict(item)
-        cfg = parse_stage_config(STAGE_TYPES[kind], item, where)
+        cfg = parse_stage_config(kind, item, where)
         stages.append(Stage(name, kind, source, cfg, ablation, spec, compare_to))
         known.append(name)
     return stages
@@ -219,8 +164,8 @@ def load_recipe(path: str | Path, check_paths: bool = True) -> Recipe:
 
 
 def check_recipe_paths(recipe: Recipe) -> None:
-    """Inputs exist, and every prune stage's input is an architecture the pruner supports
-    with widths it can reach (computed from configs alone: nothing is trained yet)."""
+    """Inputs exist, and every stage can run on the checkpoint its input stage will write:
+    each stage type computes its output config from its input's (nothing is trained yet)."""
     from transformers import AutoConfig
 
     from ranking.checkpoint import CheckpointError, inspect_checkpoint
@@ -234,20 +179,7 @@ def check_recipe_paths(recipe: Recipe) -> None:
             raise RecipeError(f"data: {recipe.data}/{split}.jsonl does not exist")
     configs = {"teacher": AutoConfig.from_pretrained(recipe.teacher)}
     for s in recipe.stages:
-        config = configs[s.source]
-        where = f"stage {s.name}"
         try:
-            if s.type in ("distill", "distill-generative"):
-                student = s.config.student
-                if isinstance(student, dict):
-                    config = student_config(config, student)
-                elif isinstance(student, str):
-                    config = AutoConfig.from_pretrained(student)
-            elif s.type == "prune":
-                s.config.validate(config)
-                config = pruned_config(s.config, config)
-            elif s.type == "quantize" and s.config.scheme.startswith("int4"):
-                check_group_size(config, s.config.group_size)
+            configs[s.name] = STAGES[s.type].check(s.config, configs[s.source])
         except (ValueError, OSError) as exc:
-            raise RecipeError(f"{where}: {exc}") from exc
-        configs[s.name] = config
+            raise RecipeError(f"stage {s.name}: {exc}") from exc

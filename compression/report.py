@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compression.pipeline import STAGE_FILE, stage_dir
+from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe
+from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
 from ranking.dataset import encode_groups
 from ranking.evaluation import quality_metrics, score_groups
@@ -80,19 +81,9 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     for name in tqdm(names, desc="report: quality", unit="stage"):
         ckpt = stage_dir(recipe, name)
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
-        if info["type"] == "distill-generative":
-            s = info["summary"]
-            generative.append(
-                {
-                    "name": name,
-                    "mode": s["mode"],
-                    "val_kl": s["val_kl"],
-                    "val_ce": s["val_ce"],
-                    "val_kl_before": s["val_kl_before"],
-                    "val_kl_onpolicy": s.get("val_kl_onpolicy"),
-                    "compare_to": info.get("compare_to"),
-                }
-            )
+        own = None if name == "teacher" else STAGES[info["type"]].report_metrics(info["summary"])
+        if own is not None:  # not a ranker (the generative student): its own metrics
+            generative.append({"name": name, **own, "compare_to": info.get("compare_to")})
             continue
         m, scores[name] = quality(ckpt, recipe.data, split)
         rows.append(

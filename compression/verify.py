@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from compression.pipeline import STAGE_FILE
+from compression.layout import STAGE_FILE
 from loadtest.serverproc import ServerProcess
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
 from ranking.synthetic import group_by_query, read_split

@@ -32,7 +32,7 @@ def tiny_teacher(tiny_demo):
 @pytest.fixture(scope="session")
 def tiny_quantized(tiny_demo) -> dict[str, Path]:
     """The tiny teacher quantized by llmcompressor: fp8, int8 (W8A8), int4 (W4A16)."""
-    from compression.quantize import quantize_checkpoint
+    from compression.quantize import QuantizeConfig, quantize_checkpoint
     from ranking.synthetic import read_split
 
     rows = read_split(tiny_demo / "data", "train")
@@ -40,6 +40,7 @@ def tiny_quantized(tiny_demo) -> dict[str, Path]:
     for scheme in ("fp8", "int8", "int4"):
         dst = tiny_demo / f"teacher-{scheme}"
         # hidden size 64: int4 groups of 32 (the real pipeline uses 128)
-        quantize_checkpoint(tiny_demo / "teacher", dst, scheme, rows, num_samples=16, group_size=32)
+        cfg = QuantizeConfig(scheme, num_samples=16, group_size=32)
+        quantize_checkpoint(tiny_demo / "teacher", dst, cfg, rows)
         out[scheme] = dst
     return out

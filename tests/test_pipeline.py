@@ -12,6 +12,8 @@ import yaml
 
 import compression.pipeline as pipeline
 from compression.recipe import load_recipe
+from compression.stages import STAGES, StageType
+from compression.stages.quantize import QuantizeStage
 from ranking.checkpoint import inspect_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -218,10 +220,12 @@ def test_report_has_every_stage_and_the_ablations(compressed):
 def test_rerun_reuses_every_finished_stage(compressed, monkeypatch):
     recipe, _ = compressed
 
-    def boom(*a, **k):
-        raise AssertionError("a finished stage was run again")
+    class Boom(StageType):
+        def run(self, ctx, src, dst):
+            raise AssertionError("a finished stage was run again")
 
-    monkeypatch.setattr(pipeline, "STAGE_RUNNERS", {k: boom for k in pipeline.STAGE_RUNNERS})
+    for kind in list(STAGES):
+        monkeypatch.setitem(STAGES, kind, Boom())
     result = pipeline.run_recipe(recipe, ablations=True, report=False)
     assert result["stage_seconds"] == {}
 
@@ -234,25 +238,27 @@ def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_pa
     recipe.output = out
     for name in ("int8", "int4"):
         shutil.rmtree(out / name)
-    real = pipeline.STAGE_RUNNERS["quantize"]
+    real = STAGES["quantize"]
 
-    def crash_midway(rec, stage, src, dst):
-        dst.mkdir(parents=True)
-        (dst / "config.json").write_text("{}")  # half-written
-        raise KeyboardInterrupt
+    class CrashMidway(QuantizeStage):
+        def run(self, ctx, src, dst):
+            dst.mkdir(parents=True)
+            (dst / "config.json").write_text("{}")  # half-written
+            raise KeyboardInterrupt
 
-    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "quantize", crash_midway)
+    monkeypatch.setitem(STAGES, "quantize", CrashMidway())
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_recipe(recipe, report=False)
     assert not (out / "int8").exists()
     assert (out / "redistilled" / "stage.json").is_file()  # finished stages are kept
 
-    def fail(*a, **k):
-        raise AssertionError("only the unfinished stages should run")
+    class Fail(StageType):
+        def run(self, ctx, src, dst):
+            raise AssertionError("only the unfinished stages should run")
 
-    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "distill", fail)
-    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "prune", fail)
-    monkeypatch.setitem(pipeline.STAGE_RUNNERS, "quantize", real)
+    monkeypatch.setitem(STAGES, "distill", Fail())
+    monkeypatch.setitem(STAGES, "prune", Fail())
+    monkeypatch.setitem(STAGES, "quantize", real)
     result = pipeline.run_recipe(recipe, report=False)
     assert set(result["stage_seconds"]) == {"int8", "int4"}
     assert inspect_checkpoint(out / "int8").format == "int8"

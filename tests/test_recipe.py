@@ -71,6 +71,11 @@ def test_the_shipped_demo_recipe_parses():
         (lambda r: r["stages"][0].update(alpha=1.5), "alpha"),
         (lambda r: r["stages"][0].update(student={"hidden_sise": 8}), "hidden_sise"),
         (lambda r: r["stages"][1].update(intermediate_size=100000), "intermediate"),
+        (lambda r: r["stages"][1].update(gradual_steps=0), "gradual_steps must be >= 1"),
+        (
+            lambda r: r["stages"].append({"name": "p2", "type": "prune"}),
+            "stage p2: prune a bf16/fp32 checkpoint, not a quantized one",
+        ),
         (lambda r: r.update(ablations=[{"name": "a", "type": "quantize"}]), "must say 'from'"),
         (
             lambda r: r["stages"][2].update(scheme="int4", group_size=48),
@@ -132,7 +137,7 @@ def test_stage_commands_run_on_their_own(tiny_demo, tmp_path):
 
 
 def test_gradual_prune_plan_reaches_the_target_in_equal_steps():
-    from compression.pipeline import gradual_steps
+    from compression.stages.prune import gradual_steps
 
     start = {"intermediate_size": 768, "heads_per_group": 3, "kv_groups": 2}
     target = {"intermediate_size": 384, "heads_per_group": 1, "kv_groups": None, "drop_layers": 3}

@@ -1,0 +1,22 @@
+"""The stage types a recipe can use, by the name its ``type:`` key gives.
+
+A new stage type is one module (a ``StageType`` subclass: its ``Config``, ``check`` and
+``run``) and one line here.
+"""
+
+from __future__ import annotations
+
+from compression.stages.base import StageContext, StageType
+from compression.stages.distill import DistillStage
+from compression.stages.generative import GenerativeDistillStage
+from compression.stages.prune import PruneStage
+from compression.stages.quantize import QuantizeStage
+
+STAGES: dict[str, StageType] = {
+    "distill": DistillStage(),
+    "distill-generative": GenerativeDistillStage(),
+    "prune": PruneStage(),
+    "quantize": QuantizeStage(),
+}
+
+__all__ = ["STAGES", "StageContext", "StageType"]

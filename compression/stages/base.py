@@ -1,0 +1,61 @@
+"""What every stage type provides: its settings, what it makes of its input, and how it runs.
+
+A stage type is stateless; one instance sits in the registry (``compression.stages.STAGES``).
+The recipe parses each stage's YAML mapping with ``parse``, checks the whole chain with
+``check`` before anything runs (so a bad width fails in seconds, not after an hour of
+distillation), and the pipeline calls ``run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a running stage needs from its recipe (not the recipe itself)."""
+
+    name: str  # the stage's name: progress bars and logs
+    config: Any  # the stage's parsed settings (an instance of its type's ``Config``)
+    teacher: Path  # the recipe's teacher checkpoint (distillation targets)
+    data: Path  # the benchmark folder (train / validation / test splits)
+
+
+class StageType:
+    """Base of the stage types. Subclasses set ``Config`` (a dataclass: the YAML keys a stage
+    accepts) and implement ``run``; ``check`` and ``report_metrics`` have defaults."""
+
+    Config: ClassVar[type]
+
+    def parse(self, spec: dict) -> Any:
+        """The settings from a stage's YAML mapping; ``ValueError`` names an unknown key or a
+        bad value. Checks that need the input checkpoint wait for ``check``."""
+        allowed = {f.name for f in dataclasses.fields(self.Config)}
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        try:
+            cfg = self.Config(**spec)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+        return cfg
+
+    def check(self, cfg: Any, config: Any) -> Any:
+        """The Hugging Face config of the checkpoint this stage will write, given its input's
+        (computed from configs alone: nothing is loaded or trained). ``ValueError`` or
+        ``OSError`` if the stage cannot run on that input. Default: the same architecture."""
+        return config
+
+    def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
+        """Reads the checkpoint ``src``, writes ``dst``; returns the stage's summary (JSON)."""
+        raise NotImplementedError
+
+    def report_metrics(self, summary: dict) -> dict | None:
+        """What the report shows for a stage whose output the ranking scorer does not score
+        (taken from its summary); ``None``: the report scores the checkpoint as a ranker."""
+        return None
