@@ -102,7 +102,7 @@ class RequestAccounting:
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Runs ``work``; if the client disconnects first, cancels it (queued work is then dropped
-    before it costs compute) and answers 499."""
+    before it costs compute, and its queue capacity freed) and answers 499."""
 
     async def listen():
         while True:
@@ -117,4 +117,5 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         listen_task.cancel()
         return work_task.result()
     work_task.cancel()
+    await asyncio.wait({work_task})  # its queue capacity is free before the answer goes out
     raise ApiError(499, "client_disconnected", "client closed the connection")
