@@ -20,8 +20,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtest.client import closed_loop  # noqa: E402
-from loadtest.serverproc import ServerProcess  # noqa: E402
 from loadtest.workload import standard_request  # noqa: E402
+from server.process import ServerProcess  # noqa: E402
 
 
 def main() -> None:

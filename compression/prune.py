@@ -71,10 +71,11 @@ from torch import nn
 
 from compression.osscar import METHODS, Selection, select_groups
 from ranking.scorer import pad_right
+from ranking.support import ENGINE_SUPPORT
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 # families whose vLLM model code ignores config.head_dim (see the module docstring)
-NO_HEAD_DIM_IN_VLLM = {"Qwen2ForCausalLM"}
+NO_HEAD_DIM_IN_VLLM = set(ENGINE_SUPPORT["vllm"].derives_head_dim)
 STATS_FILE = "prune_stats.json"
 
 

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 
 from compression.layout import STAGE_FILE
-from loadtest.serverproc import ServerProcess
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
 from ranking.synthetic import group_by_query, read_split
+from server.process import ServerProcess
 
 TOLERANCE = 0.03  # the documented torch/vLLM score tolerance (probabilities)
 
@@ -43,11 +43,10 @@ def rank(url: str, requests: list[tuple[str, list[str]]]) -> np.ndarray:
 
 
 def vllm_skip_reason(info: CheckpointInfo) -> str | None:
-    from server.engines.base import EngineUnavailable
-    from server.engines.vllm_engine import check_supported
+    from server.engines import EngineUnavailable, check_supported
 
     try:
-        check_supported(str(info.path))
+        check_supported(info.path, "vllm")
     except EngineUnavailable as exc:
         return str(exc).split(" (")[0]
     return None

@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from loadtest.client import closed_loop
 from loadtest.offline import OFFLINE_ENGINES
-from loadtest.serverproc import REPO, ServerProcess
 from loadtest.stats import fmt, table
 from loadtest.workload import RequestPool, request_body
+from server.process import REPO, ServerProcess
 
 ENGINES = ("server-torch", "server-vllm", "vllm-offline", "transformers")
 BASELINE = "transformers"

@@ -48,9 +48,9 @@ def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[Encode
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from server.engines.vllm_engine import check_supported
+    from server.engines import check_supported
 
-    check_supported(model)  # FP8 on a CPU: a clear error instead of a hung first forward
+    check_supported(model, "vllm")  # FP8 on a CPU: a clear error instead of a hung first forward
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     llm = LLM(
         model=model,

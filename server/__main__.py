@@ -35,14 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def preflight(settings: ServerSettings) -> None:
     """Fails fast, before the port opens, on what can be known without loading weights."""
-    from ranking.checkpoint import inspect_checkpoint
+    from server.engines import check_supported
 
-    if settings.engine == "vllm":
-        from server.engines.vllm_engine import check_supported
-
-        check_supported(settings.model)
-    else:
-        inspect_checkpoint(settings.model)
+    check_supported(settings.model, settings.engine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
-"""Test helpers: a real server process on a free port (``loadtest.serverproc``, re-exported
-here) and reading one metric from a ``/metrics`` text."""
+"""Test helpers: a real server process on a free port (``server.process``, re-exported here)
+and reading one metric from a ``/metrics`` text."""
 
 from __future__ import annotations
 
-from loadtest.serverproc import REPO, ServerProcess, free_port
+from server.process import REPO, ServerProcess, free_port
 
 __all__ = ["REPO", "ServerProcess", "free_port", "metric_value"]
 

@@ -26,27 +26,16 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from ranking.checkpoint import count_parameters, inspect_checkpoint
+from ranking.checkpoint import count_parameters
 from ranking.task import RankingTask
-from server.engines.base import EncodedRequest, Engine, EngineUnavailable
+from server.engines import check_supported
+from server.engines.base import EncodedRequest, Engine
 
 _ids = itertools.count()
 
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
-
-
-def check_supported(model: str):
-    """Checkpoint info, or ``EngineUnavailable`` if vLLM cannot run its format on this machine."""
-    info = inspect_checkpoint(model)
-    if info.format == "fp8" and not has_cuda():
-        raise EngineUnavailable(
-            f"{info.path} is an FP8 checkpoint and vLLM runs FP8 only on a CUDA GPU (this CPU "
-            "build has no FP8 kernel). Use --engine torch (it dequantizes FP8 on CPU), or serve "
-            "the INT8/INT4 checkpoint with --engine vllm."
-        )
-    return info
 
 
 class VllmEngine(Engine):
@@ -82,7 +71,7 @@ class VllmEngine(Engine):
         return AsyncEngineArgs(**args)
 
     async def start(self) -> None:
-        info = check_supported(self.settings.model)
+        info = check_supported(self.settings.model, "vllm")
         os.environ.setdefault(
             "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
         )

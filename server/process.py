@@ -1,4 +1,4 @@
-"""Run ``python -m server`` as a real process on a free port (tests, benchmarks, compare).
+"""Run ``python -m server`` as a real process on a free port (tests, serving checks, compare).
 
 A context manager: ``with ServerProcess(model, "vllm") as srv: httpx.post(srv.url + ...)``.
 It waits for ``/health`` then ``/ready`` (model loaded and warmed), and stops the server with

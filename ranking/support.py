@@ -1,0 +1,68 @@
+"""What each serving engine can run: checkpoint formats and architectures, as plain data.
+
+Kept in ``ranking`` (not ``server``) so that whoever writes checkpoints (``compression``) can
+know what will serve them without importing the server. ``server.engines.check_supported``
+applies this table to a checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# every format ``ranking.checkpoint.quant_format`` reports
+FORMATS = ("bf16", "fp16", "fp32", "fp8", "int8", "int4", "quantized")
+
+
+@dataclass(frozen=True)
+class CudaOnly:
+    """A format whose kernels exist only on a CUDA GPU for this engine."""
+
+    why: str  # what is missing elsewhere
+    way_out: str  # what to do instead, as a user would type it
+
+
+@dataclass(frozen=True)
+class EngineSupport:
+    label: str  # the engine's name in messages
+    formats: tuple[str, ...]  # formats it loads (on a CPU unless listed in cuda_only)
+    cuda_only: dict[str, CudaOnly] = field(default_factory=dict)
+    # None: any causal LM its loader accepts; else the architectures (config.architectures[0])
+    architectures: tuple[str, ...] | None = None
+    # architectures whose model code computes head_dim = hidden_size // num_attention_heads and
+    # ignores config.head_dim: a checkpoint with pruned attention heads does not load there
+    # (the pruner refuses to prune heads for these)
+    derives_head_dim: tuple[str, ...] = ()
+
+
+ENGINE_SUPPORT: dict[str, EngineSupport] = {
+    # dequantizes every compressed-tensors format at load; runs on any torch device
+    "torch": EngineSupport(label="torch", formats=FORMATS),
+    "vllm": EngineSupport(
+        label="vLLM",
+        formats=FORMATS,
+        cuda_only={
+            "fp8": CudaOnly(
+                why="this CPU build has no FP8 kernel",
+                way_out="Use --engine torch (it dequantizes FP8 on CPU), or serve the INT8/INT4 "
+                "checkpoint with --engine vllm.",
+            )
+        },
+        derives_head_dim=("Qwen2ForCausalLM",),
+    ),
+}
+
+
+def unsupported_reason(engine: str, fmt: str, architecture: str, *, cuda: bool) -> str | None:
+    """Why ``engine`` cannot run a checkpoint of this format and architecture on a machine with
+    (``cuda=True``) or without a CUDA GPU; ``None`` if it can. The reason names the way out."""
+    if engine not in ENGINE_SUPPORT:
+        return f"unknown engine {engine!r} (known: {', '.join(ENGINE_SUPPORT)})"
+    s = ENGINE_SUPPORT[engine]
+    if fmt not in s.formats:
+        return f"{s.label} does not load {fmt} checkpoints (it loads {', '.join(s.formats)})"
+    if fmt in s.cuda_only and not cuda:
+        c = s.cuda_only[fmt]
+        return f"{s.label} runs {fmt.upper()} checkpoints only on a CUDA GPU ({c.why}). {c.way_out}"
+    if s.architectures is not None and architecture not in s.architectures:
+        return f"{s.label} runs {', '.join(s.architectures)}; this checkpoint is {architecture}"
+    return None

@@ -1,0 +1,70 @@
+"""One error shape for every failure: ``{"error": {"type", "message"}}``, 4xx for the client's
+fault, 5xx for ours. ``type`` values are stable: clients and dashboards match on them."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from server.protocol import ErrorResponse
+
+log = logging.getLogger("slimrank.server")
+
+# the error statuses the scoring routes document in the OpenAPI spec
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 503, 504)}
+
+
+class ApiError(HTTPException):
+    """An error with an HTTP status and a stable ``type``. An HTTPException so that FastAPI
+    passes it through unchanged when it is raised while the body is read (the body limit)."""
+
+    def __init__(self, status: int, type_: str, message: str, headers: dict | None = None):
+        super().__init__(status, message, headers)
+        self.status, self.type, self.message = status, type_, message
+
+
+def error_response(
+    status: int, type_: str, message: str, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error={"type": type_, "message": message}).model_dump(),
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+
+async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return error_response(400, "invalid_json", f"body is not valid JSON: {errs[0].get('msg')}")
+    parts = []
+    for e in errs[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return error_response(422, "invalid_request", "; ".join(parts))
+
+
+async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error")
+    return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app can produce goes out in the one shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(Exception, _internal)

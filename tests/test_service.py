@@ -1,0 +1,429 @@
+"""The app and the ranking service in-process, over ASGI, with the fake engine: the three
+dialects, bad input, readiness, admission (429), deadlines (504), client disconnects and the
+drain at shutdown. The same app with the real model over real HTTP: ``test_server.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from server.app import create_app
+from server.settings import ServerSettings
+from tests.fake_engine import NO_ID, YES_ID, FakeEngine, expected_scores
+from tests.serving import metric_value
+
+QUERY = "member profile: nurse, expert level. interests: music, travel, cooking."
+ITEMS = [
+    "jazz guitar: excellent expert music video.",
+    "budget stocks: poor beginner finance article.",
+    "island journey: good expert travel video.",
+    "bread pasta: mediocre intermediate cooking course.",
+]
+REF = expected_scores(ITEMS)
+LIMITS = dict(max_items=64, max_query_tokens=200, max_item_tokens=40, max_body_bytes=65536)
+
+
+def make_app(delay_s: float = 0.0, **settings):
+    s = ServerSettings(model="fake", served_model_name="fake", **settings)
+    engine = FakeEngine(s, delay_s=delay_s)
+    return create_app(s, engine), engine
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("condition not met")
+
+
+@asynccontextmanager
+async def serving(app, engine):
+    """The app's lifespan entered (engine loaded and warmed), and a client over ASGI."""
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: app.state.service.ready)
+        engine.batches.clear()  # the warm-up batch
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def metrics_text(app) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(app.state.metrics.registry).decode()
+
+
+@pytest.fixture
+async def client():
+    app, engine = make_app(**LIMITS)
+    async with serving(app, engine) as c:
+        yield c
+
+
+# ---- the three dialects ----------------------------------------------------------------------
+async def test_rank_sorted_with_usage(client):
+    body = (await client.post("/v1/rank", json={"query": QUERY, "items": ITEMS})).json()
+    assert [x["index"] for x in body["results"]] == list(np.argsort(-REF, kind="stable"))
+    got = {x["index"]: x["score"] for x in body["results"]}
+    assert [got[i] for i in range(4)] == pytest.approx(REF)
+    q, items = len(QUERY.split()), sum(len(i.split()) + 1 for i in ITEMS)
+    assert body["usage"] == {
+        "prompt_tokens": 4 * q + items,
+        "computed_tokens": q + items,
+        "items": 4,
+        "total_tokens": 4 * q + items,
+    }
+    assert body["model"] == "fake"
+    top = await client.post("/v1/rank", json={"query": QUERY, "items": ITEMS, "top_k": 2})
+    assert top.json()["results"] == body["results"][:2]
+
+
+async def test_score_per_label_token_in_the_order_asked(client):
+    r = await client.post(
+        "/v1/score", json={"query": QUERY, "items": ITEMS, "label_token_ids": [NO_ID, YES_ID]}
+    )
+    scores = np.array(r.json()["scores"])
+    assert r.json()["object"] == "scoring"
+    assert scores[:, 1] == pytest.approx(REF) and scores[:, 0] == pytest.approx(1 - REF)
+    default = (await client.post("/v1/score", json={"query": QUERY, "items": ITEMS})).json()
+    assert np.array(default["scores"])[:, 0] == pytest.approx(REF)
+
+
+async def test_rerank(client):
+    r = await client.post(
+        "/v1/rerank",
+        json={
+            "model": "fake",
+            "query": QUERY,
+            "documents": ITEMS,
+            "top_n": 3,
+            "return_documents": True,
+            "truncate_prompt_tokens": -1,
+        },
+    )
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == list(np.argsort(-REF, kind="stable")[:3])
+    assert all(x["document"]["text"] == ITEMS[x["index"]] for x in body["results"])
+    assert body["id"].startswith("rerank-")
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+    plain = await client.post("/v1/rerank", json={"query": QUERY, "documents": ITEMS})
+    assert all(x["document"] is None for x in plain.json()["results"])
+
+
+async def test_models_health_ready(client):
+    card = (await client.get("/v1/models")).json()["data"][0]
+    assert card == {
+        "id": "fake",
+        "object": "model",
+        "owned_by": "slimrank",
+        "format": "bf16",
+        "engine": "fake",
+        "parameters": 1234,
+        "max_items": 64,
+        "label_tokens": [" yes", " no"],
+    }
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/ready")).json() == {"status": "ready", "model": "fake"}
+
+
+# ---- bad input: 4xx in the error shape, never 500 ---------------------------------------------
+BAD = [
+    ("/v1/rank", {"query": QUERY, "items": []}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": QUERY, "items": "not a list"}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": QUERY, "items": [1, 2]}, 422, "invalid_request", "items"),
+    ("/v1/rank", {"query": "", "items": ITEMS}, 422, "invalid_request", "query"),
+    ("/v1/rank", {"items": ITEMS}, 422, "invalid_request", "query"),
+    (
+        "/v1/rerank",
+        {"query": QUERY, "documents": ITEMS, "truncate_prompt_tokens": 8},
+        422,
+        "invalid_request",
+        "truncate_prompt_tokens",
+    ),
+    ("/v1/rank", {"query": QUERY, "items": ["ok", ""]}, 422, "invalid_request", "items[1]"),
+    ("/v1/rank", {"query": QUERY, "items": ITEMS, "top_k": 0}, 422, "invalid_request", "top_k"),
+    ("/v1/rank", {"query": QUERY, "items": ITEMS, "bogus": 1}, 422, "invalid_request", "bogus"),
+    ("/v1/rank", {"query": QUERY, "items": ["x"] * 65}, 422, "too_many_items", "max_items=64"),
+    (
+        "/v1/rank",
+        {"query": "music " * 300, "items": ITEMS},
+        422,
+        "query_too_long",
+        "max_query_tokens=200",
+    ),
+    (
+        "/v1/rank",
+        {"query": QUERY, "items": ["ok", "long " * 50]},
+        422,
+        "item_too_long",
+        "items[1] is 51 tokens",
+    ),
+    (
+        "/v1/rank",
+        {"query": QUERY, "items": ITEMS, "model": "other"},
+        404,
+        "model_not_found",
+        "other",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "label_token_ids": [1, 2]},
+        422,
+        "unknown_label_tokens",
+        "[1, 2]",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "label_token_ids": [1]},
+        422,
+        "invalid_request",
+        "label_token_ids",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "apply_softmax": False},
+        422,
+        "unsupported",
+        "apply_softmax",
+    ),
+    (
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "item_first": True},
+        422,
+        "unsupported",
+        "item_first",
+    ),
+    (
+        "/v1/rerank",
+        {"query": QUERY, "documents": ITEMS, "top_n": -1},
+        422,
+        "invalid_request",
+        "top_n",
+    ),
+]
+
+
+@pytest.mark.parametrize("path, payload, status, kind, needle", BAD)
+async def test_bad_input(client, path, payload, status, kind, needle):
+    r = await client.post(path, json=payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["type"] == kind and needle in err["message"], err
+
+
+async def test_malformed_json_big_bodies_unknown_paths(client):
+    headers = {"content-type": "application/json"}
+    r = await client.post("/v1/rank", content=b'{"query": "x", "items": [', headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json"
+    # declared too big (content-length)
+    r = await client.post("/v1/rank", json={"query": QUERY, "items": ["x" * 1000] * 70})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+    async def chunks():  # streamed, no content-length: refused once the limit is crossed
+        for _ in range(70):
+            yield b"x" * 1000
+
+    r = await client.post("/v1/rank", content=chunks(), headers=headers)
+    assert r.status_code == 413 and "65536 bytes" in r.json()["error"]["message"]
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = await client.get("/v1/rank")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+async def test_engine_failure_is_500_in_the_error_shape():
+    app, engine = make_app()
+
+    async def broken(requests):
+        raise RuntimeError("kernel exploded")
+
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: app.state.service.ready)
+        engine.score = broken
+        # the app answers, then re-raises to the server (which logs it), as under uvicorn
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+    assert r.status_code == 500
+    assert r.json()["error"] == {
+        "type": "internal_error",
+        "message": "RuntimeError: kernel exploded",
+    }
+
+
+# ---- readiness ---------------------------------------------------------------------------------
+async def test_not_ready_while_loading_then_ready():
+    gate = asyncio.Event()
+    s = ServerSettings(model="fake", served_model_name="fake")
+    app = create_app(s, FakeEngine(s, start_gate=gate))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            r = await c.get("/ready")
+            assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+            assert r.headers["retry-after"] == "5"
+            r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+            assert r.status_code == 503 and r.json()["error"]["message"] == "model is loading"
+            assert (await c.get("/v1/models")).json()["data"][0]["format"] == "loading"
+            gate.set()
+            await wait_until(lambda: app.state.service.ready)
+            assert (await c.get("/ready")).status_code == 200
+            assert (await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})).is_success
+            assert metric_value(metrics_text(app), "slimrank_ready") == 1
+
+
+async def test_load_failure_is_reported_by_ready(monkeypatch):
+    monkeypatch.setenv("SLIMRANK_EXIT_ON_LOAD_ERROR", "0")  # else the process is sent SIGTERM
+    s = ServerSettings(model="fake", served_model_name="fake")
+    app = create_app(s, FakeEngine(s, fail_start=OSError("weights missing")))
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: app.state.service.load_error is not None)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            r = await c.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["error"] == {"type": "not_ready", "message": "OSError: weights missing"}
+
+
+# ---- admission, deadlines ----------------------------------------------------------------------
+async def test_overload_gives_429_with_retry_after():
+    # batches wait 300 ms for company: the first request holds the whole queue meanwhile
+    app, engine = make_app(max_queue_items=8, max_wait_ms=300, max_batch_tokens=100000)
+    async with serving(app, engine) as c:
+        first = asyncio.create_task(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS * 2}))
+        await wait_until(lambda: metric_value(metrics_text(app), "slimrank_queue_items") == 8)
+        refused = await asyncio.gather(
+            *(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS[:1]}) for _ in range(3))
+        )
+        assert (await first).status_code == 200
+    assert [r.status_code for r in refused] == [429] * 3
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    err = refused[0].json()["error"]
+    assert err["type"] == "overloaded" and "8 items queued, limit 8" in err["message"]
+    assert engine.batches == [[8]]
+    text = metrics_text(app)
+    assert metric_value(text, "slimrank_requests_total", 'status="429"') == 3
+    assert metric_value(text, "slimrank_requests_total", 'status="200"') == 1
+
+
+async def test_deadline_in_the_queue_gives_504_and_is_not_computed():
+    app, engine = make_app(max_wait_ms=400, request_timeout_s=0.1, max_batch_tokens=100000)
+    async with serving(app, engine) as c:
+        r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+        assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
+        assert "0.1s deadline" in r.json()["error"]["message"]
+        await asyncio.sleep(0.5)  # past the batch window: the request was dropped, not run
+        assert engine.batches == []
+        assert metric_value(metrics_text(app), "slimrank_queue_items") == 0
+
+
+async def test_deadline_while_scoring_gives_504():
+    app, engine = make_app(delay_s=0.5, max_wait_ms=0, request_timeout_s=0.1)
+    async with serving(app, engine) as c:
+        r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
+
+
+# ---- a client that goes away ------------------------------------------------------------------
+def http_scope(path: str, body: bytes) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+
+
+async def test_disconnected_client_frees_its_queue_capacity_and_costs_no_compute():
+    app, engine = make_app(max_queue_items=4, max_wait_ms=400, max_batch_tokens=100000)
+    async with serving(app, engine) as c:
+        body = json.dumps({"query": QUERY, "items": ITEMS}).encode()
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            sent.append(msg)
+
+        call = asyncio.create_task(app(http_scope("/v1/rank", body), receive, send))
+        await wait_until(lambda: metric_value(metrics_text(app), "slimrank_queue_items") == 4)
+        gone.set()  # the client closes the connection while its request waits for a batch
+        await call
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+        assert metric_value(metrics_text(app), "slimrank_queue_items") == 0
+        # its capacity is free at once: a request needing the whole queue is admitted
+        r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+        assert r.status_code == 200
+    assert engine.batches == [[4]]  # only the second request was computed
+
+
+# ---- drain on shutdown -------------------------------------------------------------------------
+async def test_drain_finishes_in_flight_and_refuses_new_with_503():
+    app, engine = make_app(delay_s=0.3, max_wait_ms=0)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    await wait_until(lambda: app.state.service.ready)
+    engine.batches.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        in_flight = asyncio.create_task(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS}))
+        await wait_until(lambda: engine.running == 1)
+        shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))  # as on SIGTERM
+        await asyncio.sleep(0.05)
+        late = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+        assert late.status_code == 503 and late.json()["error"]["type"] == "shutting_down"
+        assert not shutdown.done()  # still draining
+        r = await in_flight
+        assert r.status_code == 200 and len(r.json()["results"]) == 4
+        await shutdown
+    assert engine.batches == [[4]] and engine.stopped
+
+
+# ---- accounting ------------------------------------------------------------------------------
+async def test_metrics_and_access_log(caplog):
+    app, engine = make_app(**LIMITS)
+    with caplog.at_level(logging.INFO, logger="slimrank.access"):
+        async with serving(app, engine) as c:
+            for _ in range(3):
+                assert (await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})).is_success
+            assert (
+                await c.post("/v1/score", json={"query": QUERY, "items": []})
+            ).status_code == 422
+            assert (await c.post("/v1/other", json={})).status_code == 404
+            text = (await c.get("/metrics")).text
+    assert metric_value(text, "slimrank_items_scored_total") == 12
+    assert metric_value(text, "slimrank_requests_total", 'endpoint="/v1/rank",status="200"') == 3
+    assert metric_value(text, "slimrank_requests_total", 'endpoint="/v1/score",status="422"') == 1
+    assert metric_value(text, "slimrank_requests_total", 'endpoint="other",status="404"') == 1
+    assert metric_value(text, "slimrank_request_duration_seconds_count", 'endpoint="/v1/rank"') == 3
+    assert metric_value(text, "slimrank_requests_in_flight") == 0
+    assert metric_value(text, "slimrank_queue_items") == 0
+    assert metric_value(text, "slimrank_model_info", 'engine="fake",format="bf16"') == 1
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "slimrank.access"]
+    assert [x["status"] for x in lines] == [200, 200, 200, 422, 404]
+    ok = lines[0]
+    assert ok["endpoint"] == "/v1/rank" and ok["items"] == 4 and ok["batch"] == 1
+    assert {"latency_ms", "queue_ms", "prefill_ms"} <= set(ok)
+    assert set(lines[3]) == {"endpoint", "status", "latency_ms"}
