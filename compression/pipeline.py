@@ -106,7 +106,7 @@ def _run_generative(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
 
 def _run_quantize(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
     from compression.quantize import quantize_checkpoint
-    from ranking.synthetic import read_split
+    from ranking.dataset import read_split
 
     c = stage.config
     rows = read_split(recipe.data, "train")
@@ -127,14 +127,12 @@ def _run_prune(recipe: Recipe, stage: Stage, src: Path, dst: Path) -> dict:
 
 
 def calibration_prompts(recipe: Recipe, model_dir: Path, n: int, seed: int) -> list[list[int]]:
-    from transformers import AutoTokenizer
-
     from compression.quantize import task_prompts
-    from ranking.synthetic import read_split
-    from ranking.task import RankingTask
+    from ranking.checkpoint import load_tokenizer_and_task
+    from ranking.dataset import read_split
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    return task_prompts(read_split(recipe.data, "train"), tok, RankingTask.load(model_dir), n, seed)
+    tok, task = load_tokenizer_and_task(model_dir)
+    return task_prompts(read_split(recipe.data, "train"), tok, task, n, seed)
 
 
 def gradual_steps(start: dict, target: dict, steps: int) -> list[dict]:
@@ -160,8 +158,7 @@ def gradual_prune(recipe: Recipe, src: Path, dst: Path, c, base, prompts) -> dic
     from compression.prune import prune_model
     from compression.train import RankingObjective, TrainConfig, train
     from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups
-    from ranking.synthetic import read_split
+    from ranking.dataset import encode_groups, read_split
 
     t0 = time.time()
     model, tok, task, _ = load_checkpoint(src, dtype=torch.float32)

@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ranking.request import EncodedRequest
 from server.engines import Engine, create_engine
-from server.engines.base import EncodedRequest
 from server.metrics import ServerMetrics
 from server.protocol import (
     ErrorResponse,

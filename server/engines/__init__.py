@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.engines.base import EncodedRequest, Engine, EngineUnavailable
+from server.engines.base import Engine, EngineUnavailable
 
 
 def create_engine(settings) -> Engine:
@@ -17,4 +17,4 @@ def create_engine(settings) -> Engine:
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 
-__all__ = ["Engine", "EngineUnavailable", "EncodedRequest", "create_engine"]
+__all__ = ["Engine", "EngineUnavailable", "create_engine"]
