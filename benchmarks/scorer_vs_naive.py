@@ -16,14 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ranking.checkpoint import load_checkpoint
-from ranking.scorer import (
-    ScoreBatch,
-    TorchScorer,
-    label_logits,
-    naive_label_logits,
-    yes_probability,
-)
+from ranking.checkpoint import DTYPES, load_checkpoint
+from ranking.scorer import TorchScorer, label_logits, naive_label_logits, yes_probability
 from ranking.synthetic import BenchmarkConfig, standard_workload
 
 
@@ -40,12 +34,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model, tok, task, info = load_checkpoint(args.model, dtype=dtype)
+    model, tok, task, info = load_checkpoint(args.model, dtype=DTYPES[args.dtype])
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task, args.query_tokens, args.items)
-    q_ids, i_ids = scorer.encode(query, items)
-    batch = ScoreBatch.from_requests([(q_ids, i_ids)])
+    request = scorer.encode(query, items)
+    batch = [request]
     label_ids, pad = scorer.label_ids, scorer.pad_id
 
     def run_shared():
@@ -74,11 +67,11 @@ def main() -> None:
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "workload": {
-            "query_tokens": len(q_ids),
+            "query_tokens": len(request.query_ids),
             "items": n,
-            "mean_item_tokens": batch.computed_tokens / n - len(q_ids) / n,
-            "prompt_tokens_naive": batch.prompt_tokens,
-            "tokens_computed_shared": batch.computed_tokens,
+            "mean_item_tokens": (request.computed_tokens - len(request.query_ids)) / n,
+            "prompt_tokens_naive": request.prompt_tokens,
+            "tokens_computed_shared": request.computed_tokens,
         },
         "results": [
             {"engine": k, "median_s": med[k], "items_per_s": n / med[k], "runs_s": times[k]}
@@ -88,7 +81,7 @@ def main() -> None:
         "max_abs_score_diff": float((outputs["naive"] - outputs["shared_prefix"]).abs().max()),
     }
     print(
-        f"\nworkload: query {len(q_ids)} tokens, {n} items of ~{result['workload']['mean_item_tokens']:.1f} "
+        f"\nworkload: query {len(request.query_ids)} tokens, {n} items of ~{result['workload']['mean_item_tokens']:.1f} "
         f"tokens; {args.dtype}, {torch.get_num_threads()} threads, {args.repeats} runs each"
     )
     print(f"{'engine':<16}{'median ms':>12}{'items/s':>12}")

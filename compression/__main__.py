@@ -41,27 +41,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
+    from ranking.checkpoint import DTYPES, CheckpointError
+    from ranking.evaluation import evaluate_checkpoint
 
-    from ranking.checkpoint import CheckpointError, load_checkpoint
-    from ranking.dataset import encode_groups
-    from ranking.evaluation import evaluate
-    from ranking.scorer import TorchScorer
-    from ranking.synthetic import read_split
-
-    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    t0 = time.time()
     try:
-        model, tok, task, info = load_checkpoint(args.model, dtype=dtype)
-        rows = read_split(args.data, args.split)
+        metrics, _, info = evaluate_checkpoint(
+            args.model,
+            args.data,
+            args.split,
+            dtype=DTYPES[args.dtype],
+            limit=args.limit,
+            progress=not args.json,
+        )
     except (CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.limit:
-        rows = rows[: args.limit]
-    t0 = time.time()
-    metrics = evaluate(
-        TorchScorer(model, tok, task), encode_groups(rows, tok, task), progress=not args.json
-    )
     metrics.update(
         model=str(info.path),
         format=info.format,

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from compression.osscar import METHODS, Selection, select_groups
-from ranking.scorer import pad_right
+from ranking.scorer import head_label_logits, pad_right
 from ranking.support import ENGINE_SUPPORT
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
@@ -432,13 +432,7 @@ def _answer_logprobs(model, prompts, batch_size, label_ids=None, skip: set[int] 
             ids, mask = pad_right(chunk, _pad_id(model), model.device)
             h = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
             last = h.last_hidden_state[torch.arange(len(chunk)), mask.sum(1) - 1]
-            if label_ids is not None:
-                w = head.weight[list(label_ids)]
-                logits = last @ w.T
-                if getattr(head, "bias", None) is not None:
-                    logits = logits + head.bias[list(label_ids)]
-            else:
-                logits = head(last)
+            logits = head(last) if label_ids is None else head_label_logits(model, last, label_ids)
             rows.append(torch.log_softmax(logits.double(), -1))
     finally:
         for h in handles:
@@ -608,21 +602,3 @@ def prune_checkpoint(
     )
     stats["total_seconds"] = round(time.time() - t0, 2)
     return stats
-
-
-def summarize(stats: dict) -> str:
-    """One line for logs."""
-    s = stats["shape"]
-    parts = [
-        f"layers {s['num_hidden_layers']}",
-        f"mlp {s['intermediate_size']}",
-        f"heads {s['num_attention_heads']}/{s['num_key_value_heads']}kv",
-        f"params {stats['params_before'] / 1e6:.1f}M -> {stats['params_after'] / 1e6:.1f}M",
-    ]
-    for key in ("attention", "mlp"):
-        if f"mean_rel_error_{key}" in stats:
-            parts.append(f"rel err {key} {stats[f'mean_rel_error_{key}']:.4f}")
-    parts.append(f"{stats['seconds']:.1f}s")
-    if math.isfinite(stats.get("total_seconds", math.nan)):
-        parts.append(f"total {stats['total_seconds']:.1f}s")
-    return ", ".join(parts)

@@ -25,10 +25,9 @@ from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
-from ranking.dataset import encode_groups
-from ranking.evaluation import quality_metrics, score_groups
+from ranking.evaluation import evaluate_checkpoint
 from ranking.scorer import TorchScorer
-from ranking.synthetic import BenchmarkConfig, read_meta, read_split, standard_workload
+from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
 
 
 def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
@@ -41,10 +40,7 @@ def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
         cached = json.loads(cache.read_text())
         if cached.get("stamp") == stamp:
             return cached["metrics"], np.load(cached_scores)
-    model, tok, task, info = load_checkpoint(ckpt)
-    groups = encode_groups(read_split(data, split), tok, task)
-    scores = score_groups(TorchScorer(model, tok, task), groups)
-    metrics = quality_metrics(groups, scores)
+    metrics, scores, info = evaluate_checkpoint(ckpt, data, split)
     metrics.update(format=info.format, params=info.params, bytes=checkpoint_bytes(ckpt))
     try:
         np.save(cached_scores, scores)

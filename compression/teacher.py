@@ -16,16 +16,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from compression.train import RankingObjective, TrainConfig, ranking_eval, train
-from ranking.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-from ranking.dataset import encode_groups
-from ranking.evaluation import evaluate
-from ranking.scorer import TorchScorer
+from ranking.checkpoint import inspect_checkpoint, save_checkpoint
+from ranking.dataset import encode_groups, read_split
+from ranking.evaluation import evaluate_checkpoint
 from ranking.synthetic import (
     GENERATOR_VERSION,
     BenchmarkConfig,
     corpus,
     read_meta,
-    read_split,
     write_benchmark,
 )
 from ranking.task import RankingTask
@@ -148,9 +146,7 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
 
     save_checkpoint(model, tokenizer, task, teacher_dir)
     # Evaluate the SAVED checkpoint (bf16), exactly as it will be served.
-    model, tokenizer, task, info = load_checkpoint(teacher_dir)
-    test_groups = encode_groups(read_split(data_dir, "test"), tokenizer, task)
-    test = evaluate(TorchScorer(model, tokenizer, task), test_groups, progress=True)
+    test, _, info = evaluate_checkpoint(teacher_dir, data_dir, "test", progress=True)
     summary = {
         "config": _cfg_dict(cfg),
         "params": params,

@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, tap_logits, token_kd_loss
-from ranking.dataset import QueryGroup, to_batch
 from ranking.evaluation import evaluate
-from ranking.scorer import TorchScorer, answer_hidden, label_rows
+from ranking.request import EncodedRequest
+from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
 
 
 @dataclass
@@ -54,7 +54,7 @@ Objective = Callable[[torch.nn.Module, list], torch.Tensor]
 
 @dataclass
 class RankingObjective:
-    """Loss on the ranking task for a minibatch of ``QueryGroup``s.
+    """Loss on the ranking task for a minibatch of labelled ``EncodedRequest``s.
 
     loss = (1 - alpha) * hard-label CE + alpha * answer KD (teacher's yes/no distribution at
     ``temperature``) + lm_weight * next-token CE on prompt tokens + token_kd_weight * forward KL
@@ -74,11 +74,10 @@ class RankingObjective:
         if self.teacher is None and (self.alpha > 0 or self.token_kd_weight > 0):
             raise ValueError("alpha / token_kd_weight > 0 need a teacher")
 
-    def __call__(self, model: torch.nn.Module, groups: list[QueryGroup]) -> torch.Tensor:
-        batch = to_batch(groups)
+    def __call__(self, model: torch.nn.Module, groups: list[EncodedRequest]) -> torch.Tensor:
         want_taps = self.lm_weight > 0 or self.token_kd_weight > 0
         taps: list | None = [] if want_taps else None
-        hidden = answer_hidden(model, batch, self.pad_id, taps=taps)
+        hidden = answer_hidden(model, groups, self.pad_id, taps=taps)
         loss = torch.zeros((), device=hidden.device)
         if self.alpha < 1:
             labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
@@ -88,10 +87,10 @@ class RankingObjective:
         if self.teacher is not None and (self.alpha > 0 or self.token_kd_weight > 0):
             t_taps: list | None = [] if self.token_kd_weight > 0 else None
             with torch.no_grad():
-                t_hidden = answer_hidden(self.teacher, batch, self.pad_id, taps=t_taps)
-                t_logits = _answer_logits(self.teacher, t_hidden, self.label_ids)
+                t_hidden = answer_hidden(self.teacher, groups, self.pad_id, taps=t_taps)
+                t_logits = head_label_logits(self.teacher, t_hidden, self.label_ids)
             if self.alpha > 0:
-                s_logits = _answer_logits(model, hidden, self.label_ids)
+                s_logits = head_label_logits(model, hidden, self.label_ids)
                 loss = loss + self.alpha * answer_kd_loss(s_logits, t_logits, self.temperature)
             if self.token_kd_weight > 0:
                 s_tok = torch.cat(tap_logits(model, taps))
@@ -101,13 +100,9 @@ class RankingObjective:
         return loss
 
 
-def _answer_logits(model, hidden: torch.Tensor, label_ids: tuple[int, int]) -> torch.Tensor:
-    weight, bias = label_rows(model, label_ids)
-    logits = hidden.to(weight.dtype) @ weight.T
-    return logits + bias if bias is not None else logits
-
-
-def ranking_eval(tokenizer, task, groups: list[QueryGroup]) -> Callable[[torch.nn.Module], dict]:
+def ranking_eval(
+    tokenizer, task, groups: list[EncodedRequest]
+) -> Callable[[torch.nn.Module], dict]:
     """Validation callback for ``train``: ranking metrics of the model on ``groups``."""
     return lambda model: evaluate(TorchScorer(model, tokenizer, task), groups)
 

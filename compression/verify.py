@@ -17,17 +17,10 @@ import numpy as np
 
 from compression.layout import STAGE_FILE
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
-from ranking.synthetic import group_by_query, read_split
+from ranking.dataset import requests_from_split
 from server.process import ServerProcess
 
 TOLERANCE = 0.03  # the documented torch/vLLM score tolerance (probabilities)
-
-
-def requests_from_split(data_dir: Path, split: str, n: int) -> list[tuple[str, list[str]]]:
-    return [
-        (rows[0]["query"], [r["item"] for r in rows])
-        for _, rows in group_by_query(read_split(data_dir, split))[:n]
-    ]
 
 
 def rank(url: str, requests: list[tuple[str, list[str]]]) -> np.ndarray:

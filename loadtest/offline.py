@@ -27,23 +27,25 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.stats import throughput_summary
+from ranking.request import EncodedRequest
 
 OFFLINE_ENGINES = ("vllm-offline", "transformers")
-Encoded = tuple[list[int], list[list[int]]]
 
 
-def _encode(model: str, pairs: list[tuple[str, list[str]]]) -> tuple[list[Encoded], object, tuple]:
-    from transformers import AutoTokenizer
+def _encode(
+    model: str, pairs: list[tuple[str, list[str]]]
+) -> tuple[list[EncodedRequest], object, tuple]:
+    from ranking.checkpoint import load_tokenizer_and_task
 
-    from ranking.task import RankingTask
-
-    tok = AutoTokenizer.from_pretrained(model)
-    task = RankingTask.load(model)
-    enc = [(task.encode_query(tok, q), task.encode_items(tok, items)) for q, items in pairs]
+    tok, task = load_tokenizer_and_task(model)
+    enc = [
+        EncodedRequest(task.encode_query(tok, q), task.encode_items(tok, items))
+        for q, items in pairs
+    ]
     return enc, tok, task.label_token_ids(tok)
 
 
-def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[Encoded]], None]:
+def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[EncodedRequest]], None]:
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -59,8 +61,10 @@ def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[Encode
     )
     params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(label_ids))
 
-    def score(requests: list[Encoded]) -> None:
-        prompts = [TokensPrompt(prompt_token_ids=q + it) for q, items in requests for it in items]
+    def score(requests: list[EncodedRequest]) -> None:
+        prompts = [
+            TokensPrompt(prompt_token_ids=r.query_ids + it) for r in requests for it in r.item_ids
+        ]
         outs = llm.generate(prompts, params, use_tqdm=False)
         assert len(outs) == len(prompts)
 
@@ -71,20 +75,20 @@ def transformers_scorer(model: str, label_ids: tuple[int, int], pad_id: int):
     import torch
 
     from ranking.checkpoint import load_checkpoint
-    from ranking.scorer import ScoreBatch, naive_label_logits
+    from ranking.scorer import naive_label_logits
 
     net, _, _, _ = load_checkpoint(model)  # saved dtype, as the torch server loads it
 
-    def score(requests: list[Encoded]) -> None:
+    def score(requests: list[EncodedRequest]) -> None:
         with torch.inference_mode():
-            naive_label_logits(net, ScoreBatch.from_requests(requests), label_ids, pad_id)
+            naive_label_logits(net, requests, label_ids, pad_id)
 
     return score
 
 
 def measure(
-    score: Callable[[list[Encoded]], None],
-    requests: list[Encoded],
+    score: Callable[[list[EncodedRequest]], None],
+    requests: list[EncodedRequest],
     n: int,
     concurrency: int,
     warmup: int,
@@ -101,7 +105,7 @@ def measure(
         t = time.perf_counter()
         score(group)
         lat += [time.perf_counter() - t] * len(group)
-        items += sum(len(it) for _, it in group)
+        items += sum(r.n_items for r in group)
     wall = time.perf_counter() - t0
     return throughput_summary(n, concurrency, items, wall, np.array(lat) * 1000)
 

@@ -121,29 +121,15 @@ def request_body(endpoint: str, query: str, items: list[str]) -> dict[str, Any]:
 
 
 def _load_tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
-
-    from ranking.task import RankingTask
+    from ranking.checkpoint import load_tokenizer_and_task
 
     p = Path(model_dir)
     if not p.is_dir():
         raise WorkloadError(f"tokenizer folder not found: {p} (give a model folder)")
     try:
-        return AutoTokenizer.from_pretrained(str(p)), RankingTask.load(p)
+        return load_tokenizer_and_task(p)
     except Exception as exc:  # noqa: BLE001
         raise WorkloadError(f"cannot load tokenizer/task from {p}: {exc}") from exc
-
-
-def standard_request(
-    model: str | Path, query_tokens: int = 250, n_items: int = 50, seed: int = 12345
-) -> dict[str, Any]:
-    """The project's standard benchmark request ({"query", "items"}): a ~250-token query and
-    50 items of ~30 tokens, from ``ranking.synthetic.standard_workload``."""
-    from ranking.synthetic import BenchmarkConfig, standard_workload
-
-    tok, task = _load_tokenizer(str(model))
-    query, items = standard_workload(BenchmarkConfig(), tok, task, query_tokens, n_items, seed)
-    return {"query": query, "items": items}
 
 
 def _fit_item(text: str, target: int, tok, task, filler: list[str]) -> str:
@@ -192,7 +178,7 @@ class RequestPool:
         return out
 
     def _from_demo(self) -> list[tuple[str, list[str]]]:
-        from ranking.synthetic import group_by_query, read_split
+        from ranking.dataset import group_by_query, read_split
 
         w = self.workload
         try:

@@ -19,6 +19,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ranking.task import TASK_FILE, RankingTask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# dtype names of the command lines and the server settings; None: the checkpoint's own
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +75,11 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(path=p, format=quant_format(config), architecture=arch)
 
 
+def load_tokenizer_and_task(path: str | Path) -> tuple[object, RankingTask]:
+    """The tokenizer and ranking task saved in a checkpoint folder, without its weights."""
+    return AutoTokenizer.from_pretrained(path), RankingTask.load(path)
+
+
 def load_checkpoint(
     path: str | Path,
     dtype: torch.dtype | None = None,
@@ -92,8 +103,7 @@ def load_checkpoint(
     else:
         kwargs["dtype"] = dtype or "auto"
     try:
-        task = RankingTask.load(info.path)
-        tokenizer = AutoTokenizer.from_pretrained(info.path)
+        tokenizer, task = load_tokenizer_and_task(info.path)
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs).to(device).eval()
     except Exception as exc:  # noqa: BLE001 - safetensors, json, config errors: all mean "corrupt"
         raise CheckpointError(f"cannot load checkpoint {info.path}: {exc}") from exc

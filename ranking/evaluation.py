@@ -6,25 +6,31 @@ function, on the same split, so numbers are comparable.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from ranking.dataset import QueryGroup, to_batch
+from ranking.checkpoint import CheckpointInfo, load_checkpoint
+from ranking.dataset import encode_groups, read_split
 from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, roc_auc
+from ranking.request import EncodedRequest
+from ranking.scorer import TorchScorer
 
 
 def score_groups(
-    scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False
+    scorer, groups: list[EncodedRequest], batch_queries: int = 32, progress: bool = False
 ) -> np.ndarray:
     """Flat scores for all items of ``groups`` in order, batched a few queries at a time."""
     out = []
     steps = range(0, len(groups), batch_queries)
     for s in tqdm(steps, desc="scoring", disable=not progress, unit="batch"):
-        out.append(scorer.score_batch(to_batch(groups[s : s + batch_queries])))
+        out.append(scorer.score_batch(groups[s : s + batch_queries]))
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def quality_metrics(groups: list[QueryGroup], scores: np.ndarray) -> dict:
+def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray) -> dict:
     labels = np.concatenate([g.labels for g in groups])
     probs = np.concatenate([g.probs for g in groups])
     qid = np.concatenate([np.full(len(g.labels), i) for i, g in enumerate(groups)])
@@ -43,6 +49,23 @@ def quality_metrics(groups: list[QueryGroup], scores: np.ndarray) -> dict:
 
 
 def evaluate(
-    scorer, groups: list[QueryGroup], batch_queries: int = 32, progress: bool = False
+    scorer, groups: list[EncodedRequest], batch_queries: int = 32, progress: bool = False
 ) -> dict:
     return quality_metrics(groups, score_groups(scorer, groups, batch_queries, progress))
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    data_dir: str | Path,
+    split: str,
+    dtype: torch.dtype | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[dict, np.ndarray, CheckpointInfo]:
+    """(metrics, per-item scores, checkpoint info) of the checkpoint at ``path`` on ``split``
+    (its first ``limit`` rows if given), scored by the torch scorer as the server runs it."""
+    model, tokenizer, task, info = load_checkpoint(path, dtype=dtype)
+    rows = read_split(data_dir, split)
+    groups = encode_groups(rows[:limit] if limit else rows, tokenizer, task)
+    scores = score_groups(TorchScorer(model, tokenizer, task), groups, progress=progress)
+    return quality_metrics(groups, scores), scores, info

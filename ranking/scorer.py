@@ -7,8 +7,8 @@ Why it is fast:
 - label rows only: the final hidden state of each item is multiplied by the two label rows of
   the LM head, never by the whole vocabulary.
 
-The same code path is differentiable and is what training uses (``label_logits``), so the
-model is trained exactly the way it is served. ``naive_label_logits`` is the textbook full
+The same code path is differentiable and is what training uses (``answer_hidden`` and
+``head_label_logits``), so the model is trained exactly the way it is served. ``naive_label_logits`` is the textbook full
 forward, kept as the oracle for parity tests and as the benchmark baseline.
 """
 
@@ -21,37 +21,26 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ranking.request import EncodedRequest
 from ranking.task import RankingTask
 
 
 @dataclass(frozen=True)
-class ScoreBatch:
-    """Token ids of several requests: queries and their items (``owner[i]`` = query of item i)."""
+class _Flat:
+    """Several requests flattened for one forward: ``owner[i]`` is the query of item i."""
 
     queries: list[list[int]]
     items: list[list[int]]
     owner: list[int]
 
-    @classmethod
-    def from_requests(cls, requests: Sequence[tuple[list[int], list[list[int]]]]) -> ScoreBatch:
-        queries, items, owner = [], [], []
-        for q, (query_ids, item_ids) in enumerate(requests):
-            queries.append(list(query_ids))
-            items.extend(list(x) for x in item_ids)
-            owner.extend([q] * len(item_ids))
-        return cls(queries, items, owner)
 
-    @property
-    def prompt_tokens(self) -> int:
-        """Tokens in the prompts as a naive scorer would see them (query repeated per item)."""
-        return sum(
-            len(self.queries[o]) + len(it) for o, it in zip(self.owner, self.items, strict=True)
-        )
-
-    @property
-    def computed_tokens(self) -> int:
-        """Tokens actually run through the model with the shared prefix."""
-        return sum(len(q) for q in self.queries) + sum(len(it) for it in self.items)
+def _flatten(requests: Sequence[EncodedRequest]) -> _Flat:
+    queries, items, owner = [], [], []
+    for q, r in enumerate(requests):
+        queries.append(list(r.query_ids))
+        items.extend(list(x) for x in r.item_ids)
+        owner.extend([q] * r.n_items)
+    return _Flat(queries, items, owner)
 
 
 def pad_right(
@@ -67,16 +56,19 @@ def pad_right(
     return ids, mask
 
 
-def label_rows(model, label_ids: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The (2, hidden) slice of the LM head for (yes, no), and its bias if the head has one."""
+def head_label_logits(model, hidden: torch.Tensor, label_ids: tuple[int, int]) -> torch.Tensor:
+    """(n, 2) logits of (yes, no) from (n, hidden) answer-position hidden states: only the two
+    label rows of the LM head (and their bias), never the whole vocabulary."""
     head = model.get_output_embeddings()
     idx = torch.as_tensor(label_ids, device=head.weight.device)
     weight = head.weight.index_select(0, idx)
-    bias = head.bias.index_select(0, idx) if getattr(head, "bias", None) is not None else None
-    return weight, bias
+    logits = hidden.to(weight.dtype) @ weight.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias.index_select(0, idx)
+    return logits
 
 
-def _item_chunks(batch: ScoreBatch, max_tokens: int) -> list[list[int]]:
+def _item_chunks(batch: _Flat, max_tokens: int) -> list[list[int]]:
     """Split item indices so each chunk's padded item tensor stays under ``max_tokens``.
 
     Items are sorted by length first so padding inside a chunk is small.
@@ -97,7 +89,7 @@ def _item_chunks(batch: ScoreBatch, max_tokens: int) -> list[list[int]]:
 
 def answer_hidden(
     model,
-    batch: ScoreBatch,
+    requests: Sequence[EncodedRequest],
     pad_id: int = 0,
     max_item_tokens: int = 16384,
     taps: list | None = None,
@@ -110,6 +102,7 @@ def answer_hidden(
     (ids, mask, hidden) of every forward (queries, then item chunks) are appended to it, for
     losses on all tokens.
     """
+    batch = _flatten(requests)
     device = model.device
     base = model.get_decoder()
     q_ids, q_mask = pad_right(batch.queries, pad_id, device)
@@ -148,30 +141,28 @@ def answer_hidden(
 
 def label_logits(
     model,
-    batch: ScoreBatch,
+    requests: Sequence[EncodedRequest],
     label_ids: tuple[int, int],
     pad_id: int = 0,
     max_item_tokens: int = 16384,
 ) -> torch.Tensor:
-    """(n_items, 2) logits of (yes, no): the answer hidden state times the two label rows."""
-    if not batch.items:
+    """(n_items, 2) logits of (yes, no) of every item of ``requests``, in order."""
+    if not any(r.item_ids for r in requests):
         return torch.empty((0, 2))
-    weight, bias = label_rows(model, label_ids)
-    h = answer_hidden(model, batch, pad_id, max_item_tokens)
-    logits = h.to(weight.dtype) @ weight.T
-    return logits + bias if bias is not None else logits
+    hidden = answer_hidden(model, requests, pad_id, max_item_tokens)
+    return head_label_logits(model, hidden, label_ids)
 
 
 def naive_label_logits(
     model,
-    batch: ScoreBatch,
+    requests: Sequence[EncodedRequest],
     label_ids: tuple[int, int],
     pad_id: int = 0,
     batch_size: int = 25,
 ) -> torch.Tensor:
     """Oracle/baseline: each full prompt (query + item) run separately through the whole model,
     padded batches, full-vocabulary logits, then the two label columns picked out."""
-    prompts = [batch.queries[o] + it for o, it in zip(batch.owner, batch.items, strict=True)]
+    prompts = [list(r.query_ids) + list(it) for r in requests for it in r.item_ids]
     rows = []
     for s in range(0, len(prompts), batch_size):
         ids, mask = pad_right(prompts[s : s + batch_size], pad_id, model.device)
@@ -198,24 +189,27 @@ class TorchScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_item_tokens = max_item_tokens
 
-    def encode(self, query: str, items: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        return self.task.encode_query(self.tokenizer, query), self.task.encode_items(
-            self.tokenizer, list(items)
+    def encode(self, query: str, items: Sequence[str]) -> EncodedRequest:
+        return EncodedRequest(
+            self.task.encode_query(self.tokenizer, query),
+            self.task.encode_items(self.tokenizer, list(items)),
         )
 
     @torch.inference_mode()
-    def score_batch(self, batch: ScoreBatch) -> np.ndarray:
-        logits = label_logits(self.model, batch, self.label_ids, self.pad_id, self.max_item_tokens)
+    def score_batch(self, requests: Sequence[EncodedRequest]) -> np.ndarray:
+        """Scores of every item of ``requests`` in one flat array, in order."""
+        logits = label_logits(
+            self.model, requests, self.label_ids, self.pad_id, self.max_item_tokens
+        )
         return yes_probability(logits).cpu().numpy()
 
-    def score_ids(self, requests: Sequence[tuple[list[int], list[list[int]]]]) -> list[np.ndarray]:
-        """Scores several already-tokenized requests in one batch (used by the server)."""
-        batch = ScoreBatch.from_requests(requests)
-        flat = self.score_batch(batch)
+    def score_ids(self, requests: Sequence[EncodedRequest]) -> list[np.ndarray]:
+        """Scores of several tokenized requests, one array per request, in one batch."""
+        flat = self.score_batch(requests)
         out, start = [], 0
-        for _, items in requests:
-            out.append(flat[start : start + len(items)])
-            start += len(items)
+        for r in requests:
+            out.append(flat[start : start + r.n_items])
+            start += r.n_items
         return out
 
     def score(self, query: str, items: Sequence[str]) -> np.ndarray:

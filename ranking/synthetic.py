@@ -255,24 +255,8 @@ def write_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> dict:
     return meta
 
 
-def read_split(data_dir: str | Path, split: str) -> list[dict]:
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no {split} split at {path}")
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def read_meta(data_dir: str | Path) -> dict:
     return json.loads((Path(data_dir) / "meta.json").read_text())
-
-
-def group_by_query(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Rows grouped per query, in first-seen order (items of one query share its prefix)."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["query_id"], []).append(r)
-    return list(groups.items())
 
 
 def corpus(rows: list[dict]) -> list[str]:

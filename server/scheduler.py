@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.engines.base import EncodedRequest, Engine
+from ranking.request import EncodedRequest
+from server.engines.base import Engine
 from server.metrics import ServerMetrics
 
 

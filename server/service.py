@@ -13,7 +13,8 @@ import uuid
 
 import numpy as np
 
-from server.engines import EncodedRequest, Engine
+from ranking.request import EncodedRequest
+from server.engines import Engine
 from server.errors import ApiError
 from server.metrics import ServerMetrics
 from server.middleware import note_access

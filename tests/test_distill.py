@@ -15,9 +15,8 @@ from compression.generative import OffPolicyObjective, sample_targets, validatio
 from compression.generative import Sequence_ as Seq
 from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, token_kd_loss
 from compression.train import RankingObjective
-from ranking.dataset import encode_groups, to_batch
+from ranking.dataset import encode_groups, read_split
 from ranking.scorer import answer_hidden
-from ranking.synthetic import read_split
 
 
 def test_answer_kd_hand_computed():
@@ -65,7 +64,7 @@ def test_ranking_objective_hard_only_equals_hard_label_loss(tiny):
     with torch.no_grad():
         got = RankingObjective(ids, tok.pad_token_id, lm_weight=0.3)(model, groups)
         taps: list = []
-        hidden = answer_hidden(model, to_batch(groups), tok.pad_token_id, taps=taps)
+        hidden = answer_hidden(model, groups, tok.pad_token_id, taps=taps)
         labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
         want = hard_label_loss(model, hidden, labels, ids) + 0.3 * lm_loss(model, taps)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)

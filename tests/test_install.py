@@ -93,8 +93,8 @@ def test_activation_quant_emulation_can_be_skipped(tiny_quantized, tiny_demo):
     """W8A8/FP8 in the torch engine: per-token activation quantization is emulated by default
     (scores as with real kernels); skipping it only drops that rounding."""
     from ranking.checkpoint import load_checkpoint
+    from ranking.dataset import read_split
     from ranking.scorer import TorchScorer
-    from ranking.synthetic import read_split
 
     rows = read_split(tiny_demo / "data", "test")[:10]
     for fmt in ("int8", "fp8"):

@@ -11,13 +11,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from ranking.scorer import (
-    ScoreBatch,
-    TorchScorer,
-    label_logits,
-    naive_label_logits,
-    yes_probability,
-)
+from ranking.request import EncodedRequest
+from ranking.scorer import TorchScorer, label_logits, naive_label_logits, yes_probability
 
 SMALL = dict(
     vocab_size=97,
@@ -45,12 +40,10 @@ def ragged_batch():
     """Two requests; items of different lengths, a one-token item, a one-token query."""
     g = torch.Generator().manual_seed(1)
     ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
-    return ScoreBatch.from_requests(
-        [
-            (ids(23), [ids(5), ids(1), ids(17), ids(9), ids(2)]),
-            ([1], [ids(4), ids(11)]),
-        ]
-    )
+    return [
+        EncodedRequest(ids(23), [ids(5), ids(1), ids(17), ids(9), ids(2)]),
+        EncodedRequest([1], [ids(4), ids(11)]),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
@@ -105,6 +98,7 @@ def test_scorer_text_api_and_empty(tiny_teacher):
 
 
 def test_tokens_accounting():
-    b = ScoreBatch.from_requests([([1, 2, 3], [[4], [5, 6]])])
-    assert b.prompt_tokens == 3 + 1 + 3 + 2
-    assert b.computed_tokens == 3 + 1 + 2
+    r = EncodedRequest([1, 2, 3], [[4], [5, 6]])
+    assert r.n_items == 2
+    assert r.prompt_tokens == 3 + 1 + 3 + 2
+    assert r.computed_tokens == 3 + 1 + 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from compression.verify import requests_from_split
+from ranking.dataset import requests_from_split
 from tests.serving import REPO, ServerProcess
 
 pytestmark = pytest.mark.slow

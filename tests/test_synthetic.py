@@ -1,5 +1,6 @@
 import numpy as np
 
+from ranking.dataset import read_split
 from ranking.metrics import expected_auc, roc_auc
 from ranking.synthetic import (
     BenchmarkConfig,
@@ -7,7 +8,6 @@ from ranking.synthetic import (
     bayes_auc,
     generate,
     read_meta,
-    read_split,
     render_item,
     render_member,
     write_benchmark,

@@ -81,8 +81,7 @@ def gradual_prune(
     from compression.quantize import task_prompts
     from compression.train import RankingObjective, TrainConfig, train
     from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups
-    from ranking.synthetic import read_split
+    from ranking.dataset import encode_groups, read_split
 
     t0 = time.time()
     base = c.pruning()
@@ -137,7 +136,7 @@ class PruneStage(StageType):
         return pruned_config(cfg, config)
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        from ranking.synthetic import read_split
+        from ranking.dataset import read_split
 
         c: PruneStageConfig = ctx.config
         if c.gradual_steps > 1:

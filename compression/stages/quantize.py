@@ -40,6 +40,6 @@ class QuantizeStage(StageType):
         return out
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        from ranking.synthetic import read_split
+        from ranking.dataset import read_split
 
         return quantize_checkpoint(src, dst, ctx.config, read_split(ctx.data, "train"))

@@ -9,7 +9,7 @@ import torch
 
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
 from ranking.support import unsupported_reason
-from server.engines.base import EncodedRequest, Engine, EngineUnavailable
+from server.engines.base import Engine, EngineUnavailable
 
 
 def check_supported(model: str | Path, engine: str) -> CheckpointInfo:
@@ -36,4 +36,4 @@ def create_engine(settings) -> Engine:
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 
-__all__ = ["Engine", "EngineUnavailable", "EncodedRequest", "check_supported", "create_engine"]
+__all__ = ["Engine", "EngineUnavailable", "check_supported", "create_engine"]

@@ -7,34 +7,16 @@ scores exactly the prompts ``ranking.task.RankingTask`` builds.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ranking.checkpoint import CheckpointInfo
+from ranking.request import EncodedRequest
 
 
 class EngineUnavailable(RuntimeError):
     """The engine cannot run this checkpoint on this hardware; the message names the way out."""
-
-
-@dataclass
-class EncodedRequest:
-    query_ids: list[int]
-    item_ids: list[list[int]]
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.query_ids) * self.n_items + sum(len(i) for i in self.item_ids)
-
-    @property
-    def computed_tokens(self) -> int:
-        return len(self.query_ids) + sum(len(i) for i in self.item_ids)
 
 
 class Engine(abc.ABC):

@@ -10,13 +10,11 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-from ranking.checkpoint import load_checkpoint
+from ranking.checkpoint import DTYPES, load_checkpoint
+from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
-from server.engines.base import EncodedRequest, Engine
-
-_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+from server.engines.base import Engine
 
 
 class TorchEngine(Engine):
@@ -34,7 +32,7 @@ class TorchEngine(Engine):
             self._pool,
             lambda: load_checkpoint(
                 self.settings.model,
-                dtype=_DTYPES[self.settings.dtype],
+                dtype=DTYPES[self.settings.dtype],
                 emulate_activation_quant=self.settings.torch_activation_quant == "emulate",
             ),
         )
@@ -43,9 +41,8 @@ class TorchEngine(Engine):
         self.label_ids = self.scorer.label_ids
 
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
-        reqs = [(r.query_ids, r.item_ids) for r in requests]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.scorer.score_ids, reqs)
+        return await loop.run_in_executor(self._pool, self.scorer.score_ids, requests)
 
     async def stop(self) -> None:
         self._pool.shutdown(wait=True)

@@ -1,7 +1,7 @@
 """The vLLM engine: vLLM's async engine in this process, asked only for the label log-probs.
 
 What makes scoring cheap in vLLM: one prefill per item, no decode, and only the label rows.
-Two ways, chosen by ``--vllm-scoring`` (compared in ``benchmarks/server_engines.py``):
+Two ways, chosen by ``--vllm-scoring``:
 - ``logprobs`` (default): generation with ``max_tokens=1`` and
   ``logprob_token_ids=[yes, no]``, so vLLM returns exactly the two label log-probabilities;
   score = softmax over the two;
@@ -24,12 +24,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
-from ranking.checkpoint import count_parameters
-from ranking.task import RankingTask
+from ranking.checkpoint import DTYPES, count_parameters, load_tokenizer_and_task
+from ranking.request import EncodedRequest
 from server.engines import check_supported
-from server.engines.base import EncodedRequest, Engine
+from server.engines.base import Engine
 
 _ids = itertools.count()
 
@@ -49,7 +48,8 @@ class VllmEngine(Engine):
         from vllm import AsyncEngineArgs
 
         s = self.settings
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[s.dtype]
+        torch_dtype = DTYPES[s.dtype]
+        dtype = "auto" if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
         args = dict(
             model=str(s.model),
             enable_prefix_caching=True,
@@ -75,8 +75,7 @@ class VllmEngine(Engine):
         os.environ.setdefault(
             "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
         )
-        self.task = RankingTask.load(info.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(info.path)
+        self.tokenizer, self.task = load_tokenizer_and_task(info.path)
         self.label_ids = self.task.label_token_ids(self.tokenizer)
         from vllm.v1.engine.async_llm import AsyncLLM
 
