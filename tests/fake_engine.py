@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ranking.checkpoint import CheckpointInfo
-from server.engines import EncodedRequest, Engine
+from ranking.request import EncodedRequest
+from server.engines import Engine
 from server.settings import ServerSettings
 
 YES_ID, NO_ID = 101, 102

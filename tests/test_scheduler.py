@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.engines import EncodedRequest
+from ranking.request import EncodedRequest
 from server.metrics import ServerMetrics
 from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
 from tests.fake_engine import FakeEngine, item_score
