@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -104,6 +105,28 @@ def rank_scores(url: str, query: str, items: list[str]) -> np.ndarray:
     return s
 
 
+def assert_not_ready_until_ready(url: str, timeout: float) -> None:
+    """Poll until ready: every answer before is 'not ready' (503 with Retry-After, for /ready
+    and for scoring alike), the first 200 is a ready model, and it stays ready. How many
+    not-ready answers come depends on how much of the load the server answers through (the vLLM
+    engine's start blocks the event loop), so none is required here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert httpx.get(url + "/health").status_code == 200
+        ready = httpx.get(url + "/ready")
+        if ready.status_code == 200:
+            break
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["error"]["type"] == "not_ready" and "retry-after" in ready.headers
+        r = httpx.post(url + "/v1/rank", json={"query": "q", "items": ["i"]})
+        if r.status_code != 200:  # the model may become ready between the two requests
+            assert r.status_code == 503 and "retry-after" in r.headers, r.text
+        assert time.monotonic() < deadline, f"not ready after {timeout}s"
+        time.sleep(0.2)
+    assert ready.json()["status"] == "ready"
+    assert httpx.get(url + "/ready").status_code == 200
+
+
 VLLM_CELLS = [
     ("bf16", "logprobs"),
     ("bf16", "classifier"),
@@ -124,15 +147,7 @@ def test_vllm_engine_scores_like_the_torch_engine(
     v = ServerProcess(checkpoints[fmt], "vllm", tmp_path, vllm_scoring=scoring)
     v.start(wait_ready=False)
     try:
-        # alive before ready: vLLM takes many seconds to load, and until then the server says
-        # "not ready" and turns scoring requests away with a hint when to retry
-        assert httpx.get(v.url + "/health").status_code == 200
-        early = httpx.get(v.url + "/ready")
-        assert early.status_code == 503 and early.json()["error"]["type"] == "not_ready"
-        r = httpx.post(v.url + "/v1/rank", json={"query": "q", "items": ["i"]})
-        assert r.status_code == 503 and "retry-after" in r.headers
-        v.wait("/ready", 300)
-        assert httpx.get(v.url + "/ready").json()["status"] == "ready"
+        assert_not_ready_until_ready(v.url, timeout=300)
         card = httpx.get(v.url + "/v1/models").json()["data"][0]
         assert card["engine"] == "vllm" and card["format"] == fmt
         got = [rank_scores(v.url, q, items) for q, items in requests]
