@@ -115,10 +115,17 @@ def test_generative_offpolicy_and_sampling(tiny):
         assert OffPolicyObjective(model, pad)(student, ex).item() == pytest.approx(0, abs=1e-5)
     samples = sample_targets(student, [e.prompt for e in ex], 5, 0.85, pad)
     assert len(samples) == len(ex) and all(1 <= len(s) <= 5 for s in samples)
-    # cut after the stop token (the separator that ends an item)
-    stop = samples[0][0]
-    cut = sample_targets(student, [ex[0].prompt] * 4, 5, 0.85, pad, stop_id=stop)
-    assert all(s[-1] == stop and stop not in s[:-1] or len(s) == 5 for s in cut)
+    # cut right after the stop token (the separator that ends an item): the same seeded draw
+    # with and without a stop token, so the cut rows must be the free rows up to their first stop
+    prompts = [ex[0].prompt] * 4
+    torch.manual_seed(0)
+    free = sample_targets(student, prompts, 5, 0.85, pad)
+    stop = free[0][1]  # row 0 is cut at position 1 at the latest
+    torch.manual_seed(0)
+    cut = sample_targets(student, prompts, 5, 0.85, pad, stop_id=stop)
+    want = [s[: s.index(stop) + 1] if stop in s else s for s in free]
+    assert cut == want, (stop, free, cut)
+    assert len(cut[0]) <= 2 < len(free[0])
     with torch.no_grad():
         v = validation_losses(student, model, ex, pad)
     assert v["kl"] == pytest.approx(0.0, abs=1e-5) and v["ce"] > 0

@@ -185,7 +185,7 @@ def test_connection_refused_is_counted(tiny_demo):
     assert summary["server"] is None
 
 
-# ---- a real server -------------------------------------------------------------------------------
+# ---- a real server (slow: one server process for these tests) -------------------------------
 @pytest.fixture(scope="module")
 def server(tiny_demo, tmp_path_factory):
     """Torch engine; a queue of 64 items, so two 60-item requests at once overflow it (429)."""
@@ -200,6 +200,7 @@ def small(tiny_demo, **kw) -> RequestPool:
     return RequestPool(Workload(**{**w, **kw}))
 
 
+@pytest.mark.slow
 def test_rate_is_honoured_and_run_stops_by_itself(server, tiny_demo):
     cfg = RunConfig(server.url, rate=8, duration_s=5, slo_ms=5000, progress=False, seed=1)
     t = time.perf_counter()
@@ -222,6 +223,7 @@ def test_rate_is_honoured_and_run_stops_by_itself(server, tiny_demo):
     assert s["items_per_s"] == pytest.approx(req["ok"] * 4 / s["elapsed_s"])
 
 
+@pytest.mark.slow
 def test_errors_are_counted_by_type(server, tiny_demo):
     """Invalid bodies (422) and overload (429) counted by type, equal to the server's counts."""
     cfg = RunConfig(server.url, rate=10, duration_s=2, progress=False, arrivals="constant")
@@ -243,6 +245,7 @@ def test_errors_are_counted_by_type(server, tiny_demo):
     assert s["errors"].get("timeout", 0) >= 1
 
 
+@pytest.mark.slow
 def test_sweep_writes_json_and_png(server, tiny_demo, tmp_path):
     base = RunConfig(server.url, rate=1, duration_s=1.5, slo_ms=5000, progress=False)
     rep = sweep(base, small(tiny_demo), [2, 4], settle_s=0, verbose=False)
@@ -256,6 +259,7 @@ def test_sweep_writes_json_and_png(server, tiny_demo, tmp_path):
     assert len(rep["points"]) == 1 and rep["stopped_early"] and rep["max_rate_meeting_slo"] is None
 
 
+@pytest.mark.slow
 def test_cli_run_prints_table_and_json(server, tiny_demo, tmp_path):
     out = tmp_path / "run.json"
     r = subprocess.run(
