@@ -58,6 +58,33 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compression.baseline import run_baseline
+    from ranking.datafolder import DataError
+
+    try:
+        result = run_baseline(args.data, seed=args.seed, bootstrap=args.bootstrap)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[baseline] LightGBM ({', '.join(result['feature_sets'])}; "
+          f"{len(result['features'])} features), {result['best_iteration']} trees, trained in "
+          f"{result['train_seconds']:.0f}s")  # fmt: skip
+    for split in ("validation", "test"):
+        r = result[split]
+        print(f"[baseline]   {split:<10} AUC {r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}]"
+              f"  log loss {r['logloss']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  ({r['rows']:,} "
+              f"pairs, {r['queries']:,} queries)")  # fmt: skip
+    if args.json:
+        print(f"[baseline] -> {args.json}")
+    return 0
+
+
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
     """Adds ``data {check,movielens}`` and ``baseline`` to the main parser's subcommands."""
     data = sub.add_parser("data", help="check a data folder against the contract, or build one")
@@ -91,3 +118,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--source", help="folder of ml-100k.{user,item,inter} (default: recbole's)")
     m.add_argument("--force", action="store_true", help="rebuild even if the folder matches")
     m.set_defaults(fn=_cmd_movielens)
+
+    b = sub.add_parser("baseline", help="train and score the non-LLM baseline (LightGBM)")
+    b.add_argument("--data", required=True, help="a data folder (the contract)")
+    b.add_argument("--json", help="write the metrics here")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--bootstrap", type=int, default=1000, help="replicates for the AUC interval")
+    b.set_defaults(fn=_cmd_baseline)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -24,35 +23,15 @@ from compression.movielens import (
     user_history,
 )
 from ranking.datafolder import check_folder, read_split
+from tests.ml_mini import write_mini_movielens
 
 HAS_RECBOLE = importlib.util.find_spec("recbole") is not None
-GENRES = ["Action", "Comedy", "Drama", "Sci-Fi", "Children's", "Film-Noir"]
 MINI = MovieLensConfig(history=4, items_per_query=3, min_history=2, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
 def mini_source(tmp_path_factory) -> Path:
-    """30 users, 40 movies (40 repeats 39's title, year and genres), ratings in bursts."""
-    rng = random.Random(0)
-    d = tmp_path_factory.mktemp("ml-mini")
-    users = ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"]
-    users += [f"{u}\t{20 + u}\t{'MF'[u % 2]}\t{['student', 'artist'][u % 2]}\t0{u}" for u in
-              range(1, 31)]  # fmt: skip
-    items = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    for i in range(1, 41):
-        title, genres = (f"Movie {i}", rng.sample(GENRES, 2)) if i < 40 else ("Movie 39", None)
-        genres = genres or items[-1].split("\t")[3].split()
-        items.append(f"{i}\t{title}\t{1990 + min(i, 39) % 8}\t{' '.join(genres)}")
-    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    for u in range(1, 31):
-        t = 1000 + rng.randrange(500)
-        for i in rng.sample(range(1, 41), 25):
-            t += rng.choice([0, 0, 0, 7, 40])  # most ratings share a second with the last one
-            inter.append(f"{u}\t{i}\t{rng.randint(1, 5)}\t{t}")
-    rng.shuffle(inter[1:])  # the real file is not sorted either
-    for name, lines in (("user", users), ("item", items), ("inter", inter)):
-        (d / f"ml-100k.{name}").write_text("\n".join(lines) + "\n")
-    return d
+    return write_mini_movielens(tmp_path_factory.mktemp("ml-mini"))
 
 
 def _check_built(out: Path, source: Path | None, cfg: MovieLensConfig) -> dict:
