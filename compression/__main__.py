@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from compression.data_cli import add_data_commands
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from compression.teacher import DemoConfig, build_demo
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--ablations", action="store_true", help="also the ablation checkpoints")
     v.set_defaults(fn=_cmd_verify)
 
+    add_data_commands(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

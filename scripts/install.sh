@@ -20,7 +20,7 @@ else
   stack=requirements/cpu.txt
 fi
 echo "[install] step 1/4: serving stack ($stack)"
-$PIP install -q -r "$stack" -r requirements/dev.txt
+$PIP install -q -r "$stack" -r requirements/dev.txt -r requirements/data.txt
 echo "[install] step 2/4: llmcompressor on top (compressed-tensors 0.19.0; pip warns about vLLM's pin, expected)"
 $PIP install -q -r requirements/compress.txt 2>&1 | grep -v "dependency conflicts\|requires compressed-tensors\|resolver does not currently" || true
 echo "[install] step 3/4: drop torchvision/torchaudio/torchcodec (mismatched builds; text models need none)"
@@ -28,5 +28,7 @@ $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 echo "[install] step 4/4: slimrank itself (editable) and its own loose requirements"
 # Everything pinned is already in place, so this only adds what is missing (e.g. matplotlib).
 $PIP install -q --no-build-isolation -e .
+# MovieLens-100k ships inside the recbole wheel; only its data files are read, so no deps.
+$PIP install -q --no-deps recbole==1.2.1
 "$VENV/bin/python" -c "import torch, transformers, vllm, llmcompressor, compressed_tensors; print('[install] ok: torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__, '| llmcompressor', llmcompressor.__version__, '| compressed-tensors', compressed_tensors.__version__)"
 echo "[install] done in $(( $(date +%s) - start ))s"

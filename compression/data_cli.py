@@ -1,0 +1,127 @@
+"""``python -m compression data ...``: check a data folder against the contract, build one.
+
+Kept apart from ``compression/__main__.py`` so the data commands grow without touching the
+compression commands; ``add_data_commands`` registers them on the main parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ranking.datafolder import DataError, check_folder, format_summary
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    try:
+        summary = check_folder(args.dir, tokenizer=tokenizer)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _cmd_movielens(args: argparse.Namespace) -> int:
+    from compression.movielens import MovieLensConfig, MovieLensError, build_movielens
+
+    cfg = MovieLensConfig(
+        history=args.history,
+        items_per_query=args.items_per_query,
+        min_history=args.min_history,
+        val_share=args.val_share,
+        test_share=args.test_share,
+        leave_last_out=args.leave_last_out,
+        vocab_size=args.vocab_size,
+        max_users=args.max_users,
+    )
+    try:
+        meta = build_movielens(args.out, cfg, source=args.source, force=args.force)
+    except (MovieLensError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    verb = "reused" if meta["reused"] else f"built in {meta['build_seconds']:.0f}s"
+    print(f"[movielens] {args.out} {verb}; cutoffs T1={meta['cutoffs']['T1']} "
+          f"T2={meta['cutoffs']['T2']}")  # fmt: skip
+    for split, c in meta["splits"].items():
+        print(f"[movielens]   {split:<10} {c['rows']:>7,} pairs  {c['queries']:>6,} queries  "
+              f"{c['users']:>4} users  positive rate {c['positive_rate']}")  # fmt: skip
+    if meta["splits"]["test"]["rows"] < 5000:
+        print("[movielens] warning: fewer than 5,000 test pairs: AUC intervals will be wide")
+    print(f"[movielens] {meta['terms']}")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compression.baseline import run_baseline
+    from ranking.datafolder import DataError
+
+    try:
+        result = run_baseline(args.data, seed=args.seed, bootstrap=args.bootstrap)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[baseline] LightGBM ({', '.join(result['feature_sets'])}; "
+          f"{len(result['features'])} features), {result['best_iteration']} trees, trained in "
+          f"{result['train_seconds']:.0f}s")  # fmt: skip
+    for split in ("validation", "test"):
+        r = result[split]
+        print(f"[baseline]   {split:<10} AUC {r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}]"
+              f"  log loss {r['logloss']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  ({r['rows']:,} "
+              f"pairs, {r['queries']:,} queries)")  # fmt: skip
+    if args.json:
+        print(f"[baseline] -> {args.json}")
+    return 0
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """Adds ``data {check,movielens}`` and ``baseline`` to the main parser's subcommands."""
+    data = sub.add_parser("data", help="check a data folder against the contract, or build one")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    c = data_sub.add_parser("check", help="validate a data folder and print its summary")
+    c.add_argument("dir", help="folder with train/validation/test .jsonl or .parquet")
+    c.add_argument("--tokenizer", help="tokenizer folder: adds text lengths in tokens")
+    c.add_argument("--json", action="store_true", help="the summary as JSON")
+    c.set_defaults(fn=_cmd_check)
+
+    from compression.movielens import MovieLensConfig
+
+    d = MovieLensConfig()
+    m = data_sub.add_parser(
+        "movielens", help="build MovieLens-100k ranking prompts (needs the recbole package)"
+    )
+    m.add_argument("--out", default="artifacts/movielens/data")
+    m.add_argument("--history", type=int, default=d.history, help="ratings shown per query")
+    m.add_argument("--items-per-query", type=int, default=d.items_per_query)
+    m.add_argument("--min-history", type=int, default=d.min_history,
+                   help="ratings a query needs before its cutoff")  # fmt: skip
+    m.add_argument("--val-share", type=float, default=d.val_share,
+                   help="share of all ratings in [T1, T2)")  # fmt: skip
+    m.add_argument("--test-share", type=float, default=d.test_share,
+                   help="share of all ratings from T2 on")  # fmt: skip
+    m.add_argument("--vocab-size", type=int, default=d.vocab_size, help="tokenizer vocabulary")
+    m.add_argument("--leave-last-out", action="store_true",
+                   help="also write test_llo (each user's last ratings; overlaps train)")  # fmt: skip
+    m.add_argument("--max-users", type=int, help="the first N users only (a quick slice)")
+    m.add_argument("--source", help="folder of ml-100k.{user,item,inter} (default: recbole's)")
+    m.add_argument("--force", action="store_true", help="rebuild even if the folder matches")
+    m.set_defaults(fn=_cmd_movielens)
+
+    b = sub.add_parser("baseline", help="train and score the non-LLM baseline (LightGBM)")
+    b.add_argument("--data", required=True, help="a data folder (the contract)")
+    b.add_argument("--json", help="write the metrics here")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--bootstrap", type=int, default=1000, help="replicates for the AUC interval")
+    b.set_defaults(fn=_cmd_baseline)
