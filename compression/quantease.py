@@ -59,8 +59,6 @@ from compressed_tensors.quantization import (
     fake_quantize,
 )
 from compressed_tensors.utils import getattr_chain
-from pydantic import Field
-
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.modifiers.gptq.helpers import (
@@ -70,6 +68,7 @@ from llmcompressor.modifiers.gptq.helpers import (
     prepare_batch,
     update_batch_qparams,
 )
+from pydantic import Field
 
 __all__ = [
     "QuantEaseModifier",
@@ -264,9 +263,8 @@ class QuantEaseModifier(GPTQModifier):
 
     def compress_module_list(self, module_list):
         from compressed_tensors.offload import disable_offloading
-        from loguru import logger
-
         from llmcompressor.utils.metric_logging import CompressionLogger
+        from loguru import logger
 
         for batch in assign_batches(module_list, self.batched_quantization, self.block_size):
             quant_args = getattr_chain(batch[0], "quantization_scheme.weights")
