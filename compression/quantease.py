@@ -143,7 +143,7 @@ def quantease_weight(
     global_scale: torch.Tensor | None,
     quant_args: QuantizationArgs,
     *,
-    iterations: int = 4,
+    iterations: int = 3,
     init: Init = "gptq",
     blocksize: int = 128,
     percdamp: float = 0.01,
@@ -258,7 +258,7 @@ class QuantEaseModifier(GPTQModifier):
         or ``"rtn"``
     """
 
-    iterations: int = Field(default=4, ge=0)
+    iterations: int = Field(default=3, ge=0)
     init: Init = "gptq"
 
     def compress_module_list(self, module_list):
