@@ -160,7 +160,6 @@ def fuzz_server(tiny_demo, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_seeded_fuzz_run(fuzz_server):
     from loadtest.fuzz import SCORING, alive, fuzz_schema
 
@@ -177,7 +176,6 @@ def test_seeded_fuzz_run(fuzz_server):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", [_param(c) for c in JSON_CASES])
 def test_hostile_request(fuzz_server, case):
     (row,) = hostile.run_json_cases(fuzz_server.url, [case])
@@ -185,7 +183,6 @@ def test_hostile_request(fuzz_server, case):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", [_param(c) for c in PROTOCOL_CASES])
 def test_protocol_case(fuzz_server, case):
     (row,) = hostile.run_protocol_cases("127.0.0.1", fuzz_server.port, [case], PROTOCOL_WAIT_S)
