@@ -212,7 +212,9 @@ def run_fuzz(
         json_rows = list(hostile.run_json_cases(url, headers=auth))
         parts = urlsplit(url)
         proto_rows = list(
-            hostile.run_protocol_cases(parts.hostname, parts.port or 80, wait_s=protocol_wait_s)
+            hostile.run_protocol_cases(
+                parts.hostname, parts.port or 80, wait_s=protocol_wait_s, headers=auth
+            )
         )
     up = alive(url)
     endpoints = {k: v.summary() for k, v in sorted(stats.items())}

@@ -237,50 +237,51 @@ class ProtocolCase:
     """Broken HTTP on a raw socket; passes with a 4xx/5xx-free answer or a close, never a hang."""
 
     name: str
-    chunks: Callable[[str, int], list[bytes]]  # (host, port) -> the bytes to send, in pieces
+    chunks: Callable[[str, int, str], list[bytes]]  # (host, port, extra header lines) -> pieces
     gap_s: float = 0.0
     expect: tuple[int, ...] = (400, 408, 413)
 
 
-def _request_head(host: str, port: int, path: str, extra: str) -> bytes:
+def _request_head(host: str, port: int, extra: str, more: str = "") -> bytes:
+    """A POST /v1/rank head; ``extra``: header lines (each ending in CRLF), e.g. the API key."""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"{extra}\r\n"
+        f"POST /v1/rank HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"{extra}{more}\r\n"
     ).encode()
 
 
-def _lying_length(host: str, port: int) -> list[bytes]:
+def _lying_length(host: str, port: int, extra: str) -> list[bytes]:
     body = _rank()
-    return [_request_head(host, port, "/v1/rank", f"Content-Length: {len(body) + 1000}\r\n"), body]
+    return [_request_head(host, port, extra, f"Content-Length: {len(body) + 1000}\r\n"), body]
 
 
-def _short_length(host: str, port: int) -> list[bytes]:
+def _short_length(host: str, port: int, extra: str) -> list[bytes]:
     body = _rank()
-    return [_request_head(host, port, "/v1/rank", "Content-Length: 10\r\n") + body]
+    return [_request_head(host, port, extra, "Content-Length: 10\r\n") + body]
 
 
-def _endless_chunked(host: str, port: int) -> list[bytes]:
-    head = _request_head(host, port, "/v1/rank", "Transfer-Encoding: chunked\r\n")
+def _endless_chunked(host: str, port: int, extra: str) -> list[bytes]:
+    head = _request_head(host, port, extra, "Transfer-Encoding: chunked\r\n")
     return [head] + [b"1\r\n \r\n"] * 10_000  # a space per chunk, never the final 0-chunk
 
 
-def _byte_headers(host: str, port: int) -> list[bytes]:
-    head = _request_head(host, port, "/v1/rank", "Content-Length: 2\r\n")
+def _byte_headers(host: str, port: int, extra: str) -> list[bytes]:
+    head = _request_head(host, port, extra, "Content-Length: 2\r\n")
     return [bytes([b]) for b in head[:-2]]  # slowloris: a byte at a time, never the blank line
 
 
-def _idle(host: str, port: int) -> list[bytes]:
+def _idle(host: str, port: int, extra: str) -> list[bytes]:
     return []
 
 
-def _huge_header(host: str, port: int) -> list[bytes]:
+def _huge_header(host: str, port: int, extra: str) -> list[bytes]:
     body = _rank()
-    extra = f"X-Padding: {'a' * 200_000}\r\nContent-Length: {len(body)}\r\n"
-    return [_request_head(host, port, "/v1/rank", extra) + body]
+    padding = f"X-Padding: {'a' * 200_000}\r\nContent-Length: {len(body)}\r\n"
+    return [_request_head(host, port, extra, padding) + body]
 
 
-def _bad_length(host: str, port: int) -> list[bytes]:
-    return [_request_head(host, port, "/v1/rank", "Content-Length: -5\r\n") + b"{}"]
+def _bad_length(host: str, port: int, extra: str) -> list[bytes]:
+    return [_request_head(host, port, extra, "Content-Length: -5\r\n") + b"{}"]
 
 
 PROTOCOL_CASES: list[ProtocolCase] = [
@@ -363,11 +364,17 @@ def run_json_cases(
 
 
 def run_protocol_cases(
-    host: str, port: int, cases: Iterable[ProtocolCase] = PROTOCOL_CASES, wait_s: float = 10.0
+    host: str,
+    port: int,
+    cases: Iterable[ProtocolCase] = PROTOCOL_CASES,
+    wait_s: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[dict]:
+    """Sends each case on its own raw connection; yields one result row per case."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     for case in cases:
         try:
-            res = raw_exchange(host, port, case.chunks(host, port), case.gap_s, wait_s)
+            res = raw_exchange(host, port, case.chunks(host, port, extra), case.gap_s, wait_s)
             problem = protocol_case_problem(case, res)
             row = {"status": res.status, "closed": res.closed, "seconds": round(res.seconds, 3)}
         except OSError as exc:
