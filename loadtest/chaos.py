@@ -57,7 +57,7 @@ SCENARIOS = ("overload", "drain", "engine-fault", "slow-clients")
 CONNECTION_ERRORS = ("connect_error", "transport_error")
 CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled once it is done
 REQUEST_TIMEOUT_S = 30.0  # the server's default request deadline: nothing may take longer
-RATE_LADDER = [0.25 * 1.5**k for k in range(18)]  # 0.25 .. ~250 req/s
+LADDER_STEPS = 16  # capacity sweep: start, x1.5, x1.5^2, ... (start from the unloaded latency)
 
 
 @dataclass(frozen=True)
@@ -207,22 +207,26 @@ def unloaded_latency(url: str, pool: RequestPool, n: int) -> dict[str, float]:
     return percentiles(lat, (50, 99))
 
 
-def measure_capacity(cfg: ChaosConfig, url: str, pool: RequestPool) -> dict[str, Any]:
-    """The highest rate of ``RATE_LADDER`` meeting the SLO, with a short open-loop run per
-    rate, stopping at the first miss (a short sweep: ``loadtest.sweep.sweep``). When not even
-    the lowest rate meets the SLO (a machine too slow for it), the highest throughput seen."""
+def measure_capacity(
+    cfg: ChaosConfig, url: str, pool: RequestPool, unloaded: dict[str, float]
+) -> dict[str, Any]:
+    """The highest rate meeting the SLO, from a short sweep (``loadtest.sweep.sweep``): rates
+    rising by 1.5x from half what one request at a time would reach (``unloaded`` p50), a short
+    constant-rate run each (at least 3 requests), stopping at the first miss. When not even
+    the first rate meets the SLO (a machine too slow for it), the highest throughput seen."""
     from loadtest.sweep import sweep
 
-    step = cfg.pick(4.0, 1.5)
-    base = _run_config(cfg, url, 1.0, step, timeout_s=10.0)
-    rep = sweep(
-        base, pool, RATE_LADDER, broken_goodput=1.0, patience=1, settle_s=0.5, verbose=False
-    )
+    p50 = unloaded["p50"] if not math.isnan(unloaded["p50"]) else 1000.0
+    start = max(0.05, 0.5 * 1000.0 / p50)
+    ladder = [start * 1.5**k for k in range(LADDER_STEPS)]
+    step = max(cfg.pick(4.0, 1.5), 3 / start)
+    base = _run_config(cfg, url, start, step, timeout_s=10.0, arrivals="constant")
+    rep = sweep(base, pool, ladder, broken_goodput=1.0, patience=1, settle_s=0.5, verbose=False)
     best = rep["max_rate_meeting_slo"]
     throughput = max(p["throughput_rps"] for p in rep["points"])
     return {
-        "capacity_rps": best if best is not None else throughput,
-        "slo_met_at_lowest_rate": best is not None,
+        "capacity_rps": best if best is not None else max(throughput, start / 2),
+        "slo_met_at_first_rate": best is not None,
         "sweep": [
             {
                 "rate": p["offered_rate"],
@@ -280,7 +284,7 @@ def overload(cfg: ChaosConfig) -> Report:
     with server(cfg) as srv:
         pool = _pool(cfg)
         base = unloaded_latency(srv.url, pool, cfg.pick(20, 8))
-        cap = measure_capacity(cfg, srv.url, pool)
+        cap = measure_capacity(cfg, srv.url, pool, base)
         rate = 3 * cap["capacity_rps"]
         duration = cfg.pick(60.0, 5.0)
         recovery_window = cfg.pick(10.0, 6.0)
@@ -380,7 +384,7 @@ def drain(cfg: ChaosConfig) -> Report:
     env = {"SLIMRANK_DRAIN_WINDOW_S": str(window)}
     with server(cfg, env) as srv:
         pool = _pool(cfg)
-        cap = measure_capacity(cfg, srv.url, pool)
+        cap = measure_capacity(cfg, srv.url, pool, unloaded_latency(srv.url, pool, cfg.pick(20, 8)))
         before_s = cfg.pick(10.0, 3.0)
         after_s = 0.8 * window  # arrivals stop inside the drain window: the server is still up
         # ~70 % of capacity, but at least a few arrivals after the signal on a slow machine
