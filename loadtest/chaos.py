@@ -444,8 +444,7 @@ def drain(cfg: ChaosConfig) -> Report:
     wrong_after = [
         o
         for o in after
-        if o.status is not None
-        and o.status != 200
+        if o.status != 200
         and not (
             o.status == 503
             and (o.headers or {}).get("connection", "").lower() == "close"
@@ -455,7 +454,7 @@ def drain(cfg: ChaosConfig) -> Report:
     rep.check(
         "after the signal: 503 shutting_down with Connection: close",
         not wrong_after and ta["sent"] > 0,
-        f"{ta['sent']} sent after the signal, statuses {ta['by_status']}, {len(wrong_after)} not a 200 or a closing 503",
+        f"{ta['sent']} sent after the signal, statuses {ta['by_status']}, {len(wrong_after)} neither a 200 nor a closing 503",
     )
     rep.check(
         "no refused or reset connection",
