@@ -1,9 +1,10 @@
-"""``python -m loadtest {run,sweep,compare}``: load tests of the ranking server against an SLO.
+"""``python -m loadtest {run,sweep,compare,chaos}``: load tests of the ranking server against an SLO.
 
     python -m loadtest run --url http://127.0.0.1:8000 --rate 5 --duration 30 --slo-p99-ms 500
     python -m loadtest sweep --url http://127.0.0.1:8000 --rates 1,2,4,8 --duration 20 \
         --slo-p99-ms 500 --json artifacts/loadtest/sweep.json
     python -m loadtest compare --model artifacts/demo/teacher --json artifacts/loadtest/compare.json
+    python -m loadtest chaos overload --model artifacts/demo/teacher --json artifacts/loadtest/chaos.json
 
 The workload (what each request holds) comes from ``--workload FILE`` (JSON/YAML with the
 fields of ``loadtest.workload.Workload``) and/or the workload flags, which win over the file.
@@ -122,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.add_argument("--json", help="write the report here")
     _workload_args(cmp_)
+
+    from loadtest.chaos import SCENARIOS
+
+    ch = sub.add_parser("chaos", help="fault scenarios (starts its own servers)")
+    ch.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    ch.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder [{DEFAULT_MODEL}]")
+    ch.add_argument("--engine", choices=["torch", "vllm"], default="torch")
+    ch.add_argument("--short", action="store_true", help="the test-sized form (seconds)")
+    ch.add_argument("--slo-p99-ms", type=_positive(float), default=500.0)
+    ch.add_argument("--items", type=_positive(int), default=50, help="items per request [50]")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--log-dir", help="server logs [/tmp]")
+    ch.add_argument("--json", help="write the report here")
     return ap
 
 
@@ -152,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "chaos":
+            return _chaos(args)
         from loadtest.client import RunConfig
 
         rates: list[float] = []
@@ -208,6 +224,30 @@ def _sweep(args: argparse.Namespace, cfg, pool: RequestPool, rates: list[float])
     if png:
         print(f"wrote {plot_sweep(rep, png)}")
     return 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from loadtest.chaos import SCENARIOS, ChaosConfig, format_chaos, run_scenario
+
+    if not Path(args.model).is_dir():
+        raise ValueError(f"model folder not found: {args.model}")
+    cfg = ChaosConfig(
+        model=args.model,
+        engine=args.engine,
+        short=args.short,
+        slo_ms=args.slo_p99_ms,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        items=args.items,
+    )
+    names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    reports = []
+    for name in names:
+        rep = run_scenario(name, cfg)
+        print("\n" + format_chaos(rep), flush=True)
+        reports.append(rep)
+    _write(reports[0] if len(reports) == 1 else {"scenarios": reports}, args.json)
+    return 0 if all(r["passed"] for r in reports) else 1
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ class Outcome:
     done_s: float | None = None
     status: int | None = None
     error: str | None = None  # None: a 200 response
+    headers: dict[str, str] | None = None  # the response headers named in keep_headers
 
     @property
     def ok(self) -> bool:
@@ -149,8 +150,11 @@ class RunResult:
         return summarize(self)
 
 
-async def open_loop(cfg: RunConfig, pool: RequestPool) -> RunResult:
-    """Runs one open-loop load test (see the module docstring) and returns every outcome."""
+async def open_loop(
+    cfg: RunConfig, pool: RequestPool, keep_headers: tuple[str, ...] = ()
+) -> RunResult:
+    """Runs one open-loop load test (see the module docstring) and returns every outcome;
+    ``keep_headers`` (e.g. ``retry-after``) are kept on each outcome that carried them."""
     times = arrival_times(cfg.rate, cfg.duration_s, cfg.max_requests, cfg.arrivals, cfg.seed)
     requests = pool.sequence(len(times))
     outcomes = [Outcome(float(t), r.items) for t, r in zip(times, requests, strict=True)]
@@ -182,6 +186,8 @@ async def open_loop(cfg: RunConfig, pool: RequestPool) -> RunResult:
                     try:
                         r = await client.post(cfg.path, content=requests[i].body)
                         o.status = r.status_code
+                        if keep_headers:
+                            o.headers = {h: r.headers[h] for h in keep_headers if h in r.headers}
                         if r.status_code != 200:
                             o.error = classify(r)
                     except httpx.TimeoutException:
@@ -223,8 +229,8 @@ async def open_loop(cfg: RunConfig, pool: RequestPool) -> RunResult:
     return result
 
 
-def run(cfg: RunConfig, pool: RequestPool) -> RunResult:
-    return asyncio.run(open_loop(cfg, pool))
+def run(cfg: RunConfig, pool: RequestPool, keep_headers: tuple[str, ...] = ()) -> RunResult:
+    return asyncio.run(open_loop(cfg, pool, keep_headers))
 
 
 def summarize(res: RunResult) -> dict[str, Any]:

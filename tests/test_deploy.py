@@ -482,6 +482,7 @@ def test_kustomize_renders_valid_objects(rendered, overlay):
         assert {
             "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler",
             "ServiceMonitor", "PrometheusRule", "PersistentVolumeClaim", "Job", "Namespace",
+            "NetworkPolicy",
         } <= kinds  # fmt: skip
 
 
@@ -574,6 +575,45 @@ def test_k8s_ranker(rendered, overlay):
         assert ranker["image"].endswith(":cpu") and comp["image"].endswith(":cpu")
         assert config["SLIMRANK_ENGINE"] == "torch"
         assert gpu_limit is None and "nodeSelector" not in spec
+
+
+# the sources allowed to reach the ranker: (namespace, pod labels) of the ingress controller and
+# of Prometheus; nothing else
+ALLOWED_SOURCES = {
+    ("ingress-nginx", (("app.kubernetes.io/name", "ingress-nginx"),)),
+    ("monitoring", (("app.kubernetes.io/name", "prometheus"),)),
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_networkpolicy_admits_only_ingress_and_prometheus(rendered, overlay):
+    docs = rendered[overlay]
+    pol = one(docs, "NetworkPolicy")
+    spec = pol["spec"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = spec["podSelector"]["matchLabels"]
+    assert selector and matches(selector, pod_labels), "the policy must select the ranker pods"
+    for other in ("Job",):  # the compression Job is not a ranker: not selected
+        labels = one(docs, other)["spec"]["template"]["metadata"].get("labels", {})
+        assert not matches(selector, labels), f"the policy selects the {other}'s pods"
+    assert spec["policyTypes"] == ["Ingress"], "Ingress listed: all but the rules is denied"
+    sources, ports = set(), []
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without 'from' would admit every source"
+        ports.append(rule["ports"])
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector", "podSelector"}, f"too broad a peer: {peer}"
+            ns = peer["namespaceSelector"]["matchLabels"]
+            assert set(ns) == {"kubernetes.io/metadata.name"}, ns
+            pods = peer["podSelector"]["matchLabels"]
+            assert pods, "an empty podSelector admits the whole namespace"
+            sources.add((ns["kubernetes.io/metadata.name"], tuple(sorted(pods.items()))))
+    assert sources == ALLOWED_SOURCES
+    ranker = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    serving = {p["name"]: p["containerPort"] for p in ranker["ports"]}
+    for rule_ports in ports:
+        assert len(rule_ports) == 1 and rule_ports[0]["protocol"] == "TCP"
+        assert rule_ports[0]["port"] in ("http", serving["http"]), "only the serving port"
 
 
 def adapter_rules() -> list[dict]:

@@ -1,0 +1,131 @@
+"""Fault scenarios (loadtest/chaos.py): each runs in its short form on the tiny teacher.
+
+The assertions are on the scenarios' structural outcomes (nothing lost, no 5xx but the faulty
+batch's, refusals carry Retry-After, ...), never on latency: the scenario's own pass/fail,
+which also judges p99 and recovery time, is in its report, not asserted here. Scenarios that
+need server behaviour not built yet are strict xfails naming it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loadtest.chaos import (
+    CLEAN_EXIT,
+    SCENARIOS,
+    ChaosConfig,
+    format_chaos,
+    recovery_seconds,
+    run_scenario,
+    tally,
+)
+from loadtest.client import Outcome
+
+
+def test_tally_counts_each_kind():
+    outs = [
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.1, status=200),
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.3, status=200),
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.1, status=429, error="http_429:overloaded"),
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.1, status=503, error="http_503:shutting_down"),
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.1, error="connect_error"),
+        Outcome(0.0, 2, sent_s=0.0, done_s=0.1, error="transport_error:ReadError"),
+        Outcome(0.0, 2, sent_s=0.0, error="not_completed"),
+        Outcome(0.0, 2, sent_s=0.0, done_s=35.0, error="timeout"),
+        Outcome(0.0, 2, error="not_sent"),
+    ]
+    t = tally(outs)
+    assert t["sent"] == 8 and t["not_sent"] == 1
+    assert t["by_status"] == {"200": 2, "429": 1, "503": 1}
+    assert t["5xx"] == 1 and t["connection_errors"] == 2 and t["lost"] == 2
+    assert t["admitted_p50_ms"] == pytest.approx(200.0)
+
+
+def test_recovery_is_the_start_of_the_last_good_stretch():
+    probes = [(0.0, 429, 5.0), (0.5, 200, 900.0), (1.0, 200, 40.0), (1.5, 200, 50.0)]
+    assert recovery_seconds(probes, 100.0) == 1.0
+    assert recovery_seconds(probes[:2], 100.0) is None
+    assert recovery_seconds([(0.0, 200, 10.0), (0.3, None, 0.0)], 100.0) is None
+
+
+def test_cli_lists_the_scenarios():
+    from loadtest.__main__ import _parser
+
+    args = _parser().parse_args(["chaos", "drain", "--short", "--json", "x.json"])
+    assert args.scenario == "drain" and args.short
+    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients"}
+
+
+@pytest.fixture(scope="module")
+def short_cfg(tiny_demo, tmp_path_factory) -> ChaosConfig:
+    # 10 items a request: the tiny teacher on a shared CI core still reaches overload quickly
+    return ChaosConfig(
+        model=str(tiny_demo / "teacher"),
+        short=True,
+        items=10,
+        log_dir=str(tmp_path_factory.mktemp("chaos")),
+        progress=False,
+    )
+
+
+def _run(name: str, cfg: ChaosConfig) -> dict:
+    rep = run_scenario(name, cfg)
+    print(format_chaos(rep))  # shown by pytest on failure
+    return rep
+
+
+def _check(rep: dict, name: str) -> dict:
+    (c,) = [c for c in rep["checks"] if c["name"] == name]
+    return c
+
+
+@pytest.mark.slow
+def test_overload(short_cfg):
+    rep = _run("overload", short_cfg)
+    t = rep["requests"]["burst"]
+    assert t["sent"] > 0
+    assert t["5xx"] == 0 and t["connection_errors"] == 0 and t["lost"] == 0, t
+    assert _check(rep, "refusals are 429")["ok"], rep["reason"]
+    assert _check(rep, "429 carries Retry-After")["ok"], rep["reason"]
+    assert rep["capacity"]["capacity_rps"] > 0 and rep["recovery"]["probes"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="SIGTERM handled before uvicorn's: drain window with 503 + close"
+)
+def test_drain(short_cfg):
+    rep = _run("drain", short_cfg)
+    before, after = rep["requests"]["before_signal"], rep["requests"]["after_signal"]
+    assert before["lost"] == 0 and before["connection_errors"] == 0, before
+    assert set(before["by_status"]) <= {"200", "429"}, before
+    assert after["connection_errors"] == 0 and after["lost"] == 0, after
+    assert _check(rep, "after the signal: 503 shutting_down with Connection: close")["ok"]
+    assert any(s == 503 for _, s in rep["ready_after_signal"]), "/ready never turned 503"
+    assert rep["exit_code"] in CLEAN_EXIT
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the engine fault switch (SLIMRANK_FAULT_BATCHES)")
+def test_engine_fault(short_cfg):
+    rep = _run("engine-fault", short_cfg)
+    t = rep["requests"]["requests"]
+    assert t["5xx"] == 1 and t["connection_errors"] == 0 and t["lost"] == 0, t
+    assert _check(rep, "the faulty batch fails with engine_error")["ok"], rep["reason"]
+    assert _check(rep, "every other request succeeds")["ok"], rep["reason"]
+    assert _check(rep, "healthy after the fault")["ok"], rep["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="header and body read timeouts")
+def test_slow_clients(short_cfg):
+    rep = _run("slow-clients", short_cfg)
+    t = rep["requests"]["normal"]
+    assert t["sent"] > 0 and set(t["by_status"]) == {"200"}, t
+    assert t["5xx"] == 0 and t["connection_errors"] == 0 and t["lost"] == 0, t
+    assert not math.isnan(t["admitted_p50_ms"])
+    assert not rep["slow_connect_errors"], rep["slow_connect_errors"]
+    assert not rep["held_open_past_timeout"], rep["held_open_past_timeout"]
+    assert _check(rep, "server alive after")["ok"]
