@@ -49,9 +49,9 @@ import httpx
 
 from loadtest.client import Outcome, RunConfig, open_loop
 from loadtest.hostile import ITEMS, QUERY
-from loadtest.serverproc import ServerProcess
 from loadtest.stats import fmt, percentiles, table
 from loadtest.workload import DEFAULT_MODEL, RequestPool, Workload
+from server.process import ServerProcess
 
 SCENARIOS = ("overload", "drain", "engine-fault", "slow-clients")
 CONNECTION_ERRORS = ("connect_error", "transport_error")
