@@ -94,6 +94,18 @@ def test_parity_without_the_fused_kernel(kind, monkeypatch):
         )
 
 
+def test_parity_long_items_fused_kernel():
+    """Items of at least ``FUSED_MIN_ITEM_TOKENS`` take the fused kernel for their own block."""
+    g = torch.Generator().manual_seed(2)
+    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
+    requests = [Req(ids(9), [ids(mi.FUSED_MIN_ITEM_TOKENS + 6), ids(3)]), Req(ids(4), [ids(70)])]
+    model = random_model("qwen3")
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            multi_item(model, requests), oracle(model, requests), atol=1e-4, rtol=0
+        )
+
+
 def test_parity_bf16_within_tolerance():
     model, requests = random_model("llama").to(torch.bfloat16), ragged_requests()
     with torch.inference_mode():
