@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,7 +56,9 @@ def build_random_teacher(path: Path) -> Path:
     cfg = DemoConfig()
     rows = generate(BenchmarkConfig(train_queries=3000, val_queries=1, test_queries=1))["train"]
     task = RankingTask()
-    tok = train_tokenizer(corpus(rows), cfg.vocab_size, must_have=[task.yes, task.no, task.question])
+    tok = train_tokenizer(
+        corpus(rows), cfg.vocab_size, must_have=[task.yes, task.no, task.question]
+    )
     return save_checkpoint(make_teacher_model(cfg.model, tok), tok, task, path)
 
 
@@ -157,7 +160,9 @@ def bench_dtype(args, dtype_name: str) -> dict:
     w = torch.randn(cfg.intermediate_size, cfg.hidden_size, dtype=DTYPES[dtype_name])
     runs: dict[str, Callable] = {
         "kv_copy": lambda: label_logits(model, batch, labels, pad),
-        "multi_item": lambda: head_logits(model, mi.multi_item_answer_hidden(model, requests), labels),
+        "multi_item": lambda: head_logits(
+            model, mi.multi_item_answer_hidden(model, requests), labels
+        ),
         "naive": lambda: naive_label_logits(model, batch, labels, pad, args.naive_batch),
         "matmul": lambda: F.linear(a, w),
     }
@@ -204,6 +209,13 @@ def bench_dtype(args, dtype_name: str) -> dict:
     }
 
 
+def random_request(gen: torch.Generator, vocab: int, query: int, items: list[int]) -> Request:
+    def ids(n: int) -> list[int]:
+        return torch.randint(10, vocab, (n,), generator=gen).tolist()
+
+    return Request(ids(query), [ids(n) for n in items])
+
+
 def sweep(args, shapes: list[tuple[int, int, int]]) -> list[dict]:
     """KV-copy vs one pass over (n_items, query_tokens, item_tokens), random ids."""
     out = []
@@ -212,12 +224,11 @@ def sweep(args, shapes: list[tuple[int, int, int]]) -> list[dict]:
         labels = task.label_token_ids(tok)
         g = torch.Generator().manual_seed(0)
         for n_items, lq, li in shapes:
-            ids = lambda n: torch.randint(10, len(tok), (n,), generator=g).tolist()  # noqa: E731
-            req = Request(ids(lq), [ids(li) for _ in range(n_items)])
+            req = random_request(g, len(tok), lq, [li] * n_items)
             batch = ScoreBatch.from_requests([(req.query_ids, req.item_ids)])
             runs = {
-                "kv_copy": lambda b=batch: label_logits(model, b, labels),
-                "multi_item": lambda r=req: mi.multi_item_answer_hidden(model, [r]),
+                "kv_copy": partial(label_logits, model, batch, labels),
+                "multi_item": partial(mi.multi_item_answer_hidden, model, [req]),
             }
             with torch.inference_mode():
                 for fn in runs.values():
@@ -310,7 +321,9 @@ def main() -> None:
             build_random_teacher(DEFAULT_MODEL)
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.sweep:
-        print(f"{'dtype':<5}{'items':>6}{'Lq':>6}{'Li':>6}{'kv ms':>10}{'one ms':>10}{'speedup':>10}")
+        print(
+            f"{'dtype':<5}{'items':>6}{'Lq':>6}{'Li':>6}{'kv ms':>10}{'one ms':>10}{'speedup':>10}"
+        )
         out["sweep"] = sweep(args, SWEEP_SHAPES)
     else:
         out["runs"] = []
