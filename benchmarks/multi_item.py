@@ -243,12 +243,12 @@ def sweep(args, shapes: list[tuple[int, int, int]]) -> list[dict]:
                 "kv_copy_cpu_s": cpu["kv_copy"],
                 "multi_item_cpu_s": cpu["multi_item"],
                 "speedup": cpu["kv_copy"] / cpu["multi_item"],
-                "predicted_multi_item": mi.prefer_multi_item(n_items, lq, li),
+                "rule_picks_multi_item": mi.prefer_multi_item(model, [req]),
             }
             print(
                 f"{dtype_name:<5}{n_items:>6}{lq:>6}{li:>6}{row['kv_copy_cpu_s'] * 1e3:>10.1f}"
                 f"{row['multi_item_cpu_s'] * 1e3:>10.1f}{row['speedup']:>9.2f}x"
-                f"  rule: {'multi_item' if row['predicted_multi_item'] else 'kv_copy'}",
+                f"  rule: {'multi_item' if row['rule_picks_multi_item'] else 'kv_copy'}",
                 flush=True,
             )
             out.append(row)
@@ -264,6 +264,10 @@ SWEEP_SHAPES = [
     (10, 250, 30),
     (10, 1000, 30),
     (50, 32, 30),
+    (50, 32, 100),
+    (20, 16, 200),
+    (10, 250, 300),
+    (100, 250, 10),
     (50, 250, 30),
     (50, 250, 100),
     (50, 1000, 30),

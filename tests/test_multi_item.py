@@ -126,6 +126,14 @@ def test_no_items_and_unsupported_models():
         mi.multi_item_answer_hidden(windowed, [Req(list(range(3, 20)), [[5, 6]])])
 
 
-def test_choose_by_shape():
-    assert mi.prefer_multi_item(n_items=50, query_tokens=250, item_tokens=30)
-    assert isinstance(mi.prefer_multi_item(n_items=1, query_tokens=8, item_tokens=4), bool)
+def test_prefer_multi_item():
+    requests = ragged_requests()
+    assert mi.prefer_multi_item(random_model("qwen3"), requests)
+    assert not mi.prefer_multi_item(random_model("llama"), [Req([], [[4]])])
+    windowed = random_model("mistral", sliding_window=16)
+    assert not mi.prefer_multi_item(windowed, [Req(list(range(3, 20)), [[5, 6]])])
+    assert mi.prefer_multi_item(windowed, [Req([3, 4], [[5, 6]])])
+    gpt2_like = SimpleNamespace(
+        device=torch.device("cpu"), config=SimpleNamespace(model_type="gpt2")
+    )
+    assert not mi.prefer_multi_item(gpt2_like, requests)
