@@ -120,7 +120,7 @@ def profile_checkpoint(
 
 def format_profile(result: dict) -> str:
     lines = [
-        f"[profile] {result['model']} ({result['format']}, {result['dtype']}, "
+        f"[profile] {result['model']} ({result['format']} checkpoint, run in {result['dtype']}, "
         f"{result['threads']} threads): {result['workload']['query_tokens']}-token query + "
         f"{result['workload']['items']} items, {result['seconds_per_request'] * 1e3:.1f} ms/request"
     ]
