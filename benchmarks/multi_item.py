@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import ranking.multi_item as mi
 from ranking.checkpoint import load_checkpoint
-from ranking.scorer import ScoreBatch, TorchScorer, label_logits, naive_label_logits
+from ranking.scorer import ScoreBatch, TorchScorer, answer_hidden, naive_label_logits
 from ranking.synthetic import BenchmarkConfig, standard_workload
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -159,7 +159,7 @@ def bench_dtype(args, dtype_name: str) -> dict:
     a = torch.randn(tokens, cfg.hidden_size, dtype=DTYPES[dtype_name])
     w = torch.randn(cfg.intermediate_size, cfg.hidden_size, dtype=DTYPES[dtype_name])
     runs: dict[str, Callable] = {
-        "kv_copy": lambda: label_logits(model, batch, labels, pad),
+        "kv_copy": lambda: head_logits(model, answer_hidden(model, batch, pad), labels),
         "multi_item": lambda: head_logits(
             model, mi.multi_item_answer_hidden(model, requests), labels
         ),
@@ -220,14 +220,13 @@ def sweep(args, shapes: list[tuple[int, int, int]]) -> list[dict]:
     """KV-copy vs one pass over (n_items, query_tokens, item_tokens), random ids."""
     out = []
     for dtype_name in args.dtypes:
-        model, tok, task, _ = load_checkpoint(args.model, dtype=DTYPES[dtype_name])
-        labels = task.label_token_ids(tok)
+        model, tok, _, _ = load_checkpoint(args.model, dtype=DTYPES[dtype_name])
         g = torch.Generator().manual_seed(0)
         for n_items, lq, li in shapes:
             req = random_request(g, len(tok), lq, [li] * n_items)
             batch = ScoreBatch.from_requests([(req.query_ids, req.item_ids)])
             runs = {
-                "kv_copy": partial(label_logits, model, batch, labels),
+                "kv_copy": partial(answer_hidden, model, batch),
                 "multi_item": partial(mi.multi_item_answer_hidden, model, [req]),
             }
             with torch.inference_mode():

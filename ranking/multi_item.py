@@ -7,10 +7,12 @@ the only part that sees the structure:
 
 - query tokens: ordinary causal attention within their query;
 - item tokens: attention over [their query's keys] + [their own item's keys, causal], computed
-  as two score blocks: one matrix product of all of a request's item rows against the query's
-  keys (the query's K/V are read once, shared by all items, not copied), and one batched
-  product per item against its own keys. The two partial softmaxes are merged with their
-  log-sum-exp, so no (item, query) block is ever concatenated with anything.
+  as two blocks: all of a request's item rows against the query's keys in one call (the
+  query's K/V are read once, shared by all items, not copied), and each item's rows against
+  its own keys, batched over items. The two partial softmaxes are merged with their
+  log-sum-exp, so no (item, query) block is ever concatenated with anything. On CPU the
+  query block runs in torch's fused flash-attention kernel (which returns the log-sum-exp);
+  elsewhere, and for short items' own block, explicit matrix products.
 
 Item positions restart after the query (``len(query) + t``), exactly as if each item were
 appended to its query alone, so the scores equal the naive full forward of each prompt.
@@ -52,7 +54,7 @@ class RequestIds(Protocol):
 
 
 def check_supported(model) -> None:
-    """Raises ``ValueError`` naming what this path cannot run (model type, sliding window)."""
+    """Raises ``ValueError`` naming the model type if this path cannot run it."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
