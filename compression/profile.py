@@ -1,0 +1,164 @@
+"""Per-module prefill profile: the share of scoring time spent in each module type.
+
+Pruning pays where the time goes: if the MLP dominates, pruning its channels buys speed; if
+attention does, heads or layers. This runs the standard workload (one ~250-token query and 50
+items) through the served scoring path (``TorchScorer``) and times modules with forward hooks:
+
+- embeddings, mlp, norms (every RMSNorm/LayerNorm, Qwen3's per-head q/k norms included), head:
+  the time inside those modules;
+- attention: everything else of the forward: the q/k/v/o projections (also reported alone as
+  ``attention_projections``), the attention itself, the rotary embedding and the scorer's
+  cache handling.
+
+The scorer multiplies the final hidden states by the two label rows of the head directly, so
+the head module is never called and its share is ~0: that is where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+MODULE_TYPES = ("attention", "mlp", "norms", "embeddings", "head")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _hooked_modules(model) -> dict[str, list[torch.nn.Module]]:
+    """The modules timed directly, by type (none nested in another of the lists)."""
+    groups: dict[str, list[torch.nn.Module]] = {
+        "embeddings": [model.get_input_embeddings()],
+        "head": [model.get_output_embeddings()],
+        "mlp": [],
+        "norms": [],
+        "attention_projections": [],
+    }
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "mlp":
+            groups["mlp"].append(module)
+        elif type(module).__name__.endswith(("RMSNorm", "LayerNorm")):
+            groups["norms"].append(module)
+        elif leaf in PROJECTIONS:
+            groups["attention_projections"].append(module)
+    return groups
+
+
+def module_seconds(model, run: Callable[[], object], repeats: int = 3) -> dict[str, float]:
+    """Seconds per call of ``run`` in total (``total``) and inside each module type."""
+    spent = {k: 0.0 for k in (*MODULE_TYPES, "attention_projections")}
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    handles = []
+
+    def timed(kind: str):
+        starts: list[float] = []
+
+        def pre(module, args):
+            sync()
+            starts.append(time.perf_counter())
+
+        def post(module, args, output):
+            sync()
+            spent[kind] += time.perf_counter() - starts.pop()
+
+        return pre, post
+
+    run()  # warm-up, untimed
+    for kind, modules in _hooked_modules(model).items():
+        pre, post = timed(kind)
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+    try:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        sync()
+        total = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    direct = sum(spent[k] for k in MODULE_TYPES if k != "attention")
+    spent["attention"] = max(total - direct, 0.0)
+    return {"total": total / repeats, **{k: v / repeats for k, v in spent.items()}}
+
+
+def profile_checkpoint(
+    path: str | Path,
+    dtype: torch.dtype | None = torch.bfloat16,
+    query_tokens: int = 250,
+    n_items: int = 50,
+    repeats: int = 3,
+) -> dict:
+    """Shares of scoring time per module type for one checkpoint on the standard workload."""
+    from ranking.checkpoint import load_checkpoint
+    from ranking.scorer import TorchScorer
+    from ranking.synthetic import BenchmarkConfig, standard_workload
+
+    model, tok, task, info = load_checkpoint(path, dtype=dtype)
+    scorer = TorchScorer(model, tok, task)
+    query, items = standard_workload(BenchmarkConfig(), tok, task, query_tokens, n_items)
+    request = scorer.encode(query, items)
+    seconds = module_seconds(model, lambda: scorer.score_ids([request]), repeats)
+    total = seconds["total"]
+    return {
+        "model": str(info.path),
+        "format": info.format,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "workload": {"query_tokens": len(task.encode_query(tok, query)), "items": len(items)},
+        "seconds_per_request": total,
+        "shares": {k: seconds[k] / total for k in MODULE_TYPES},
+        "attention_projections_share": seconds["attention_projections"] / total,
+    }
+
+
+def format_profile(result: dict) -> str:
+    lines = [
+        f"[profile] {result['model']} ({result['format']} checkpoint, run in {result['dtype']}, "
+        f"{result['threads']} threads): {result['workload']['query_tokens']}-token query + "
+        f"{result['workload']['items']} items, {result['seconds_per_request'] * 1e3:.1f} ms/request"
+    ]
+    for kind, share in result["shares"].items():
+        extra = ""
+        if kind == "attention":
+            extra = f"  (q/k/v/o projections {result['attention_projections_share']:.1%})"
+        lines.append(f"  {kind:<11}{share:>7.1%}{extra}")
+    return "\n".join(lines)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ranking.checkpoint import CheckpointError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    try:
+        result = profile_checkpoint(args.model, dtype, args.query_tokens, args.items, args.repeats)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_profile(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def add_profile_parser(sub) -> argparse.ArgumentParser:
+    """``profile``: the subcommand of ``python -m compression``."""
+    p = sub.add_parser("profile", help="share of scoring time per module type")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--dtype", default="bf16", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--query-tokens", type=int, default=250)
+    p.add_argument("--items", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_profile)
+    return p

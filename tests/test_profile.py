@@ -1,0 +1,74 @@
+"""The per-module prefill profile: every module type measured, shares summing to one."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from compression.profile import MODULE_TYPES, add_profile_parser, module_seconds
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from compression.teacher import ModelShape, make_teacher_model
+    from ranking.checkpoint import save_checkpoint
+    from ranking.synthetic import BenchmarkConfig, corpus, generate
+    from ranking.task import RankingTask
+    from ranking.tokenizer import train_tokenizer
+
+    rows = generate(BenchmarkConfig(train_queries=40, val_queries=1, test_queries=1))["train"]
+    task = RankingTask()
+    tok = train_tokenizer(corpus(rows), 300, must_have=[task.yes, task.no, task.question])
+    shape = ModelShape(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=1024,
+    )
+    path = tmp_path_factory.mktemp("profile") / "model"
+    return save_checkpoint(make_teacher_model(shape, tok), tok, task, path)
+
+
+def test_cli_profile_shares(tiny_checkpoint, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_profile_parser(parser.add_subparsers())
+    out = tmp_path / "profile.json"
+    args = parser.parse_args(
+        ["profile", "--model", str(tiny_checkpoint), "--json", str(out), "--items", "8"]
+    )
+    assert args.fn(args) == 0
+    result = json.loads(out.read_text())
+    shares = result["shares"]
+    assert set(shares) == set(MODULE_TYPES)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(v >= 0 for v in shares.values())
+    assert shares["attention"] > 0 and shares["mlp"] > 0 and shares["norms"] > 0
+    assert shares["embeddings"] > 0
+    assert 0 < result["attention_projections_share"] < shares["attention"]
+    assert result["workload"]["items"] == 8 and result["workload"]["query_tokens"] >= 250
+    assert "attention" in capsys.readouterr().out
+
+
+def test_module_seconds_times_the_head_and_qwen3_norms():
+    """A full forward calls the head; Qwen3's per-head q/k norms count as norms."""
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    model = Qwen3ForCausalLM(cfg).eval()
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.inference_mode():
+        seconds = module_seconds(model, lambda: model(input_ids=ids), repeats=2)
+    parts = sum(seconds[k] for k in MODULE_TYPES)
+    assert parts == pytest.approx(seconds["total"], rel=1e-6)
+    assert all(seconds[k] > 0 for k in MODULE_TYPES)
