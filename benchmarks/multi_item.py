@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 import ranking.multi_item as mi
 from ranking.checkpoint import load_checkpoint
-from ranking.scorer import ScoreBatch, TorchScorer, answer_hidden, naive_label_logits
+from ranking.request import EncodedRequest
+from ranking.scorer import TorchScorer, answer_hidden, naive_label_logits
 from ranking.synthetic import BenchmarkConfig, standard_workload
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -151,11 +152,11 @@ def bench_dtype(args, dtype_name: str) -> dict:
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task, args.query_tokens, args.items)
     q_ids, i_ids = scorer.encode(query, items)
-    batch = ScoreBatch.from_requests([(q_ids, i_ids)])
+    batch = [EncodedRequest(q_ids, i_ids)]
     requests = [Request(q_ids, i_ids)]
     labels, pad = scorer.label_ids, scorer.pad_id
     cfg = model.config
-    tokens = batch.computed_tokens
+    tokens = batch[0].computed_tokens
     a = torch.randn(tokens, cfg.hidden_size, dtype=DTYPES[dtype_name])
     w = torch.randn(cfg.intermediate_size, cfg.hidden_size, dtype=DTYPES[dtype_name])
     runs: dict[str, Callable] = {
@@ -224,7 +225,7 @@ def sweep(args, shapes: list[tuple[int, int, int]]) -> list[dict]:
         g = torch.Generator().manual_seed(0)
         for n_items, lq, li in shapes:
             req = random_request(g, len(tok), lq, [li] * n_items)
-            batch = ScoreBatch.from_requests([(req.query_ids, req.item_ids)])
+            batch = [EncodedRequest(req.query_ids, req.item_ids)]
             runs = {
                 "kv_copy": partial(answer_hidden, model, batch),
                 "multi_item": partial(mi.multi_item_answer_hidden, model, [req]),

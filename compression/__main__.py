@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from compression.data_cli import add_data_commands
+from compression.profile import add_profile_parser
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     v.set_defaults(fn=_cmd_verify)
 
     add_data_commands(sub)
+    add_profile_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ranking.multi_item import multi_item_answer_hidden, prefer_multi_item
 from ranking.request import EncodedRequest
 from ranking.task import RankingTask
 
@@ -146,10 +147,17 @@ def label_logits(
     pad_id: int = 0,
     max_item_tokens: int = 16384,
 ) -> torch.Tensor:
-    """(n_items, 2) logits of (yes, no) of every item of ``requests``, in order."""
+    """(n_items, 2) logits of (yes, no) of every item of ``requests``, in order.
+
+    Serving picks the one-pass multi-item forward (``ranking.multi_item``) where it supports
+    the model and device (faster at every measured shape on CPU); training keeps the
+    differentiable KV-copy path of ``answer_hidden``."""
     if not any(r.item_ids for r in requests):
         return torch.empty((0, 2))
-    hidden = answer_hidden(model, requests, pad_id, max_item_tokens)
+    if not torch.is_grad_enabled() and prefer_multi_item(model, requests):
+        hidden = multi_item_answer_hidden(model, requests)
+    else:
+        hidden = answer_hidden(model, requests, pad_id, max_item_tokens)
     return head_label_logits(model, hidden, label_ids)
 
 

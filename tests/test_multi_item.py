@@ -17,7 +17,8 @@ from transformers import (
 )
 
 import ranking.multi_item as mi
-from ranking.scorer import ScoreBatch, naive_label_logits
+from ranking.request import EncodedRequest
+from ranking.scorer import naive_label_logits
 
 SMALL = dict(
     vocab_size=97,
@@ -65,7 +66,7 @@ def ragged_requests() -> list[Req]:
 
 
 def oracle(model, requests: list[Req]) -> torch.Tensor:
-    batch = ScoreBatch.from_requests([(r.query_ids, r.item_ids) for r in requests])
+    batch = [EncodedRequest(r.query_ids, r.item_ids) for r in requests]
     return naive_label_logits(model, batch, LABELS)
 
 
