@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from ranking.task import TASK_FILE, RankingTask
 
@@ -75,7 +75,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(path=p, format=quant_format(config), architecture=arch)
 
 
-def load_tokenizer_and_task(path: str | Path) -> tuple[object, RankingTask]:
+def load_tokenizer_and_task(path: str | Path) -> tuple[PreTrainedTokenizerBase, RankingTask]:
     """The tokenizer and ranking task saved in a checkpoint folder, without its weights."""
     return AutoTokenizer.from_pretrained(path), RankingTask.load(path)
 

@@ -1,7 +1,8 @@
 """Score a benchmark split with one scorer and compute the quality metrics.
 
-Every stage of the pipeline (teacher, distilled, pruned, quantized) is evaluated by this one
-function, on the same split, so numbers are comparable.
+Every checkpoint (teacher, distilled, pruned, quantized) is evaluated by ``evaluate_checkpoint``
+with the same scorer on the same split, so numbers are comparable; ``evaluate`` does the same
+for a model in memory (validation during training).
 """
 
 from __future__ import annotations
