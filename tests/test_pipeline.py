@@ -4,6 +4,7 @@ finished, and the compressed students serve with matching scores in both engines
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -231,7 +232,7 @@ def test_rerun_reuses_every_finished_stage(compressed, monkeypatch):
 
 
 def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_path, monkeypatch):
-    recipe, _ = compressed
+    recipe = copy.deepcopy(compressed[0])  # the module-scoped fixture stays untouched
     # a copy of the finished run, with the int8 stage and everything after it removed
     out = tmp_path / "run"
     shutil.copytree(recipe.output, out)
@@ -266,7 +267,7 @@ def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_pa
 
 
 def test_changed_settings_rerun_that_stage_and_everything_downstream(compressed, tmp_path):
-    recipe, _ = compressed
+    recipe = copy.deepcopy(compressed[0])  # the module-scoped fixture stays untouched
     out = tmp_path / "run"
     shutil.copytree(recipe.output, out)
     recipe.output = out
