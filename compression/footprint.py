@@ -120,8 +120,8 @@ def rows(checkpoints: list[tuple[str, Path]]) -> list[dict]:
     ]
 
 
-def markdown(rows: list[dict]) -> str:
-    """The report's table of ``rows``: MB and share of the total per part, one row each."""
+def markdown(entries: list[dict]) -> str:
+    """The report's table of ``entries`` (from ``rows``): MB and share of the total per part."""
     lines = [
         "",
         "## Bytes per part",
@@ -129,7 +129,7 @@ def markdown(rows: list[dict]) -> str:
         "| stage | " + " | ".join(PARTS) + " | total |",
         "| --- |" + " --- |" * (len(PARTS) + 1),
     ]
-    for r in rows:
+    for r in entries:
         parts, total = r["bytes_by_part"], sum(r["bytes_by_part"].values())
         cells = [
             f"{parts[p] / 1e6:.3f} MB ({parts[p] / total:.0%})"
