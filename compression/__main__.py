@@ -5,7 +5,7 @@ Commands:
   run        run a compression recipe (YAML): its stages in order, resumably, then the report
   distill    one distillation stage: teacher -> student checkpoint
   prune      one OSSCAR structured-pruning stage
-  quantize   one llmcompressor quantization stage (fp8 / int8 / int4 / int4-rtn)
+  quantize   one llmcompressor quantization stage (a scheme of compression.quantize.SCHEMES)
   evaluate   score a checkpoint on a benchmark split and print the quality metrics
   verify     serve every checkpoint of a recipe's output (torch and vllm engines), compare scores
 """
@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             c.set_defaults(teacher=None)
         if kind == "quantize":
-            c.add_argument("--scheme", default="int8", help="fp8 | int8 | int4 | int4-rtn")
+            from compression.quantize import SCHEMES
+
+            c.add_argument("--scheme", default="int8", help=" | ".join(SCHEMES))
         c.add_argument(
             "--set",
             action="append",

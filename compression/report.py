@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compression import footprint
 from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe
 from compression.stages import STAGES
@@ -124,9 +125,10 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
         "generative": generative,
         "torch_threads": torch.get_num_threads(),
     }
+    report["bytes_by_part"] = footprint.rows([(r["name"], Path(r["path"])) for r in rows])
     out = recipe.output
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
+    table = markdown(report) + footprint.markdown(report["bytes_by_part"])
     (out / "report.md").write_text(table)
     plot(report, out / "report.png")
     print(table)

@@ -4,7 +4,6 @@ planted ill-conditioned layers, and an end-to-end oneshot run on the tiny teache
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -115,65 +114,27 @@ def test_modifier_is_a_gptq_modifier_with_its_own_options():
         QuantEaseModifier(targets="Linear", scheme="W4A16", init="nearest")
 
 
-def _quantize(src, dst, recipe, rows, n=16) -> float:
-    """oneshot on the task's own prompts, saved as compressed-tensors; seconds taken."""
-    from llmcompressor import oneshot
-
-    from compression.quantize import calibration_dataset, task_prompts
-    from ranking.checkpoint import load_checkpoint, save_checkpoint
-
-    t0 = time.time()
-    model, tokenizer, task, _ = load_checkpoint(src)
-    prompts = task_prompts(rows, tokenizer, task, n)
-    model = oneshot(
-        model=model,
-        dataset=calibration_dataset(prompts),
-        recipe=recipe,
-        max_seq_length=max(len(p) for p in prompts),
-        num_calibration_samples=len(prompts),
-    )
-    save_checkpoint(model, tokenizer, task, dst, dtype=None, save_compressed=True)
-    return time.time() - t0
-
-
 @pytest.mark.slow
 def test_tiny_teacher_int4_checkpoint_loads_and_scores_close(tiny_demo):
-    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-
+    from compression.quantize import QuantizeConfig, quantize_checkpoint
     from ranking.checkpoint import inspect_checkpoint, load_checkpoint
     from ranking.dataset import encode_groups
     from ranking.evaluation import score_groups
     from ranking.scorer import TorchScorer
     from ranking.synthetic import read_split
 
-    # hidden size 64: groups of 32
-    groups_cfg = {
-        "group_0": {
-            "targets": ["Linear"],
-            "weights": {
-                "num_bits": 4,
-                "type": "int",
-                "symmetric": True,
-                "strategy": "group",
-                "group_size": 32,
-            },
-        }
-    }
-    recipes = {
-        "rtn": QuantizationModifier(config_groups=groups_cfg, ignore=["lm_head"]),
-        "gptq": GPTQModifier(config_groups=groups_cfg, ignore=["lm_head"]),
-        "quantease": QuantEaseModifier(config_groups=groups_cfg, ignore=["lm_head"]),
-    }
     rows = read_split(tiny_demo / "data", "train")
     model, tok, task, _ = load_checkpoint(tiny_demo / "teacher")
     groups = encode_groups(read_split(tiny_demo / "data", "test"), tok, task)[:20]
     ref = score_groups(TorchScorer(model, tok, task), groups)
 
     mad, configs = {}, {}
-    for name, recipe in recipes.items():
+    for name, scheme in (("rtn", "int4-rtn"), ("gptq", "int4"), ("quantease", "int4-quantease")):
         dst = tiny_demo / f"teacher-int4-{name}"
         if not dst.exists():
-            _quantize(tiny_demo / "teacher", dst, [recipe], rows)
+            # hidden size 64: groups of 32
+            cfg = QuantizeConfig(scheme, num_samples=16, group_size=32)
+            quantize_checkpoint(tiny_demo / "teacher", dst, cfg, rows)
         assert inspect_checkpoint(dst).format == "int4"
         configs[name] = json.loads((dst / "config.json").read_text())["quantization_config"]
         m, t, k, _ = load_checkpoint(dst)

@@ -12,9 +12,12 @@ from compression.quantize import QuantizeConfig, quantize_checkpoint
 from compression.stages.base import StageContext, StageType
 
 
-def check_group_size(config: Any, group_size: int) -> None:
+def check_group_size(config: Any, group_size: int | None) -> None:
     """INT4 weight groups run along each linear layer's input: every input width must be a
-    multiple of the group size (compressed-tensors and vLLM require it)."""
+    multiple of the group size (compressed-tensors and vLLM require it). ``0`` / ``None``
+    (per-channel scales) fits any width."""
+    if not group_size:
+        return
     widths = {
         "hidden_size (q/k/v/gate/up inputs)": config.hidden_size,
         "intermediate_size (down_proj input)": config.intermediate_size,
@@ -24,7 +27,7 @@ def check_group_size(config: Any, group_size: int) -> None:
     if bad:
         raise ValueError(
             f"group_size {group_size} does not divide {'; '.join(bad)}: choose a group size "
-            "that divides every input width"
+            "that divides every input width, or group_size: 0 for per-channel scales"
         )
 
 
