@@ -22,22 +22,30 @@ import numpy as np
 import torch
 
 from compression.layout import STAGE_FILE, stage_dir
-from compression.recipe import Recipe
+from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
+from ranking.datafolder import split_path
 from ranking.evaluation import evaluate_checkpoint
+from ranking.fingerprint import content_hash
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
 
 
 def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
     """Quality metrics and the per-item scores of one checkpoint on ``split``; cached beside
-    the checkpoint (``eval-<split>.json`` / ``.npy``) and keyed by the weights' mtime."""
+    the checkpoint (``eval-<split>.json`` / ``.npy``), keyed on the content of the checkpoint
+    and of the split file, so new weights or a rebuilt split are scored again."""
     cache, cached_scores = ckpt / f"eval-{split}.json", ckpt / f"eval-{split}.npy"
-    weights = ckpt / "model.safetensors"
-    stamp = f"{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.exists() else ""
+    stamp = {
+        "checkpoint": content_hash(ckpt, exclude=[*NOT_CHECKPOINT, STAGE_FILE]),
+        "data": content_hash(split_path(data, split)),
+    }
     if cache.is_file() and cached_scores.is_file():
-        cached = json.loads(cache.read_text())
+        try:
+            cached = json.loads(cache.read_text())
+        except json.JSONDecodeError:
+            cached = {}
         if cached.get("stamp") == stamp:
             return cached["metrics"], np.load(cached_scores)
     metrics, scores, info = evaluate_checkpoint(ckpt, data, split)

@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from ranking.checkpoint import CheckpointInfo, load_checkpoint
-from ranking.dataset import encode_groups, read_split
+from ranking.datafolder import head_rows, read_split
+from ranking.dataset import encode_groups
 from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, roc_auc
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
@@ -65,7 +66,7 @@ def evaluate_checkpoint(
     """(metrics, per-item scores, checkpoint info) of the checkpoint at ``path`` on ``split``
     (its first ``limit`` rows if given), scored by the torch scorer as the server runs it."""
     model, tokenizer, task, info = load_checkpoint(path, dtype=dtype)
-    rows = read_split(data_dir, split)
-    groups = encode_groups(rows[:limit] if limit else rows, tokenizer, task)
+    rows = head_rows(data_dir, split, limit) if limit else read_split(data_dir, split)
+    groups = encode_groups(rows, tokenizer, task)
     scores = score_groups(TorchScorer(model, tokenizer, task), groups, progress=progress)
     return quality_metrics(groups, scores), scores, info

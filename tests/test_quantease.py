@@ -141,10 +141,10 @@ def test_tiny_teacher_int4_checkpoint_loads_and_scores_close(tiny_demo):
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
     from ranking.checkpoint import inspect_checkpoint, load_checkpoint
+    from ranking.datafolder import read_split
     from ranking.dataset import encode_groups
     from ranking.evaluation import score_groups
     from ranking.scorer import TorchScorer
-    from ranking.synthetic import read_split
 
     # hidden size 64: groups of 32
     groups_cfg = {
