@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from compression.train import RankingObjective, TrainConfig, ranking_eval, train
 from ranking.checkpoint import inspect_checkpoint, save_checkpoint
-from ranking.datafolder import read_split
+from ranking.datafolder import read_split, split_path
 from ranking.dataset import encode_groups
 from ranking.evaluation import evaluate_checkpoint
 from ranking.fingerprint import content_hash
@@ -163,8 +163,8 @@ def train_teacher(
     (also ``training_summary.json``).
 
     Reused when ``training_summary.json`` records the same ``key`` (default: the shape, the
-    training settings and the data folder's content hash), so a rerun costs seconds and a
-    changed data folder retrains.
+    training settings and the content of the splits it trains on and of the tokenizer), so a
+    rerun costs seconds and changed data retrains.
     """
     data_dir, teacher_dir = Path(data_dir), Path(teacher_dir)
     if not (data_dir / "tokenizer").is_dir():
@@ -173,7 +173,7 @@ def train_teacher(
         key = {
             "model": asdict(shape),
             "train": asdict(train_cfg),
-            "data": content_hash(data_dir, exclude=["tokenizer/*"]),
+            "data": {s: content_hash(split_path(data_dir, s)) for s in ("train", "validation")},
             "tokenizer": content_hash(data_dir / "tokenizer"),
         }
         key = json.loads(json.dumps(key))
