@@ -8,7 +8,7 @@ DEMO   ?= artifacts/demo
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo test test-fast lint format bench-scorer evaluate clean serve compress \
-	verify-compressed
+	verify-compressed movielens
 
 # Re-run the installer only when a requirement or the project metadata changes.
 $(STAMP): scripts/install.sh pyproject.toml $(wildcard requirements/*.txt)
@@ -55,6 +55,19 @@ compress: demo
 # Serve every compressed checkpoint with both engines and compare scores (serving_check.json).
 verify-compressed: $(STAMP)
 	$(PY) -m compression verify --output $(DEMO)/compressed --data $(DEMO)/data
+
+# MovieLens-100k end to end into $(ML)/ (docs/data.md): build and check the data (from the
+# recbole package), train a teacher on it, score the LightGBM baseline ($(ML)/data/baseline.json),
+# run recipes/movielens.yaml and write $(ML)/compressed/report.{json,md,png}. Each step reuses
+# what is already built for the same inputs.
+ML ?= artifacts/movielens
+movielens: $(STAMP)
+	$(PY) -m compression data movielens --out $(ML)/data
+	$(PY) -m compression data check $(ML)/data --tokenizer $(ML)/data/tokenizer
+	$(PY) -m compression teacher --data $(ML)/data --out $(ML)/teacher --preset movielens
+	$(PY) -m compression baseline --data $(ML)/data
+	$(PY) -m compression run recipes/movielens.yaml --data $(ML)/data --teacher $(ML)/teacher \
+		--output $(ML)/compressed
 
 clean:
 	rm -rf artifacts .pytest_cache

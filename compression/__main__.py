@@ -2,6 +2,7 @@
 
 Commands:
   demo       build the embedded benchmark and train the demo teacher (``make demo``)
+  teacher    train a teacher with the demo's code on any data folder (the contract)
   run        run a compression recipe (YAML): its stages in order, resumably, then the report
   distill    one distillation stage: teacher -> student checkpoint
   prune      one OSSCAR structured-pruning stage
@@ -39,6 +40,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"[demo]   test log loss  {test['logloss']:.4f}   NDCG@10 {test['ndcg@10']:.4f}\n"
         f"[demo]   training time  {s['train_seconds']:.0f}s; build time {s['total_seconds']:.0f}s; "
         f"this run {time.time() - t0:.0f}s"
+    )
+    return 0
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from compression.teacher import PRESETS, train_teacher
+
+    cfg = PRESETS[args.preset]()
+    train_cfg = replace(
+        cfg.train,
+        **{k: v for k, v in (("steps", args.steps), ("batch_queries", args.batch_queries),
+                             ("eval_every", args.eval_every)) if v is not None},
+    )  # fmt: skip
+    try:
+        s = train_teacher(args.data, args.out, cfg.model, train_cfg, force=args.force)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    test = s["test"]
+    print(
+        f"[teacher] {'reused' if s['reused'] else 'trained'}: {args.out}\n"
+        f"[teacher]   parameters     {s['params']:,} ({s['params'] / 1e6:.1f}M, {s['format']})\n"
+        f"[teacher]   test AUC       {test['auc']:.4f}   log loss {test['logloss']:.4f}   "
+        f"NDCG@10 {test['ndcg@10']:.4f}\n"
+        f"[teacher]   training time  {s['train_seconds']:.0f}s; total {s['total_seconds']:.0f}s"
     )
     return 0
 
@@ -177,6 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--tiny", action="store_true", help="test-sized config (seconds)")
     d.add_argument("--force", action="store_true", help="retrain even if a teacher exists")
     d.set_defaults(fn=_cmd_demo)
+
+    t = sub.add_parser("teacher", help="train a teacher (the demo's code) on a data folder")
+    t.add_argument("--data", required=True, help="a data folder with a tokenizer/ (the contract)")
+    t.add_argument("--out", required=True, help="the teacher checkpoint folder")
+    t.add_argument("--preset", default="demo", choices=["demo", "movielens", "tiny"],
+                   help="model shape and training settings (compression/teacher.py)")  # fmt: skip
+    t.add_argument("--steps", type=int, help="override the preset's training steps")
+    t.add_argument("--batch-queries", type=int, help="override the preset's queries per step")
+    t.add_argument("--eval-every", type=int, help="validation AUC every N steps (0: never)")
+    t.add_argument("--force", action="store_true", help="retrain even if a teacher matches")
+    t.set_defaults(fn=_cmd_teacher)
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a benchmark split")
     e.add_argument("--model", required=True)

@@ -61,7 +61,7 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from compression.baseline import run_baseline
+    from compression.baseline import BASELINE_FILE, run_baseline
     from ranking.datafolder import DataError
 
     try:
@@ -69,9 +69,9 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.json or Path(args.data) / BASELINE_FILE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"[baseline] LightGBM ({', '.join(result['feature_sets'])}; "
           f"{len(result['features'])} features), {result['best_iteration']} trees, trained in "
           f"{result['train_seconds']:.0f}s")  # fmt: skip
@@ -80,8 +80,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
         print(f"[baseline]   {split:<10} AUC {r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}]"
               f"  log loss {r['logloss']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  ({r['rows']:,} "
               f"pairs, {r['queries']:,} queries)")  # fmt: skip
-    if args.json:
-        print(f"[baseline] -> {args.json}")
+    print(f"[baseline] -> {out}")
     return 0
 
 
@@ -121,7 +120,11 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser("baseline", help="train and score the non-LLM baseline (LightGBM)")
     b.add_argument("--data", required=True, help="a data folder (the contract)")
-    b.add_argument("--json", help="write the metrics here")
+    b.add_argument(
+        "--json",
+        help="write the metrics here (default: DATA/baseline.json, which "
+        "the compression report shows next to the LLM rows)",
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--bootstrap", type=int, default=1000, help="replicates for the AUC interval")
     b.set_defaults(fn=_cmd_baseline)

@@ -20,7 +20,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from compression.train import RankingObjective, TrainConfig, ranking_eval, train
 from ranking.checkpoint import load_checkpoint, save_checkpoint
-from ranking.dataset import encode_groups, read_split
+from ranking.datafolder import read_split
+from ranking.dataset import encode_groups
 
 
 @dataclass

@@ -24,7 +24,7 @@ from compression.distill import load_student
 from compression.losses import token_kd_loss
 from compression.train import TrainConfig, train
 from ranking.checkpoint import load_checkpoint, save_checkpoint
-from ranking.dataset import read_split
+from ranking.datafolder import read_split
 
 MODES = ("single", "two-stage")
 

@@ -31,12 +31,17 @@ from typing import Any
 import yaml
 
 from compression.stages import STAGES, StageContext
+from ranking.datafolder import split_path
+from ranking.fingerprint import content_hash
 
 
 class RecipeError(ValueError):
     """The recipe is malformed; the message names the stage and key at fault."""
 
 
+# Files written next to a checkpoint after it is made (the report's evaluation cache, plots):
+# not part of what the checkpoint is, so they do not change its content hash.
+NOT_CHECKPOINT = ("eval-*", "*.png")
 TOP_KEYS = {"teacher", "data", "output", "evaluation", "stages", "ablations", "seed"}
 EVAL_KEYS = {"split", "throughput", "throughput_requests"}
 
@@ -69,13 +74,25 @@ class Recipe:
         return StageContext(stage.name, stage.config, self.teacher, self.data)
 
     def fingerprint(self, name: str) -> str:
-        """Hash of a stage's settings and of everything upstream: a finished stage is reused
-        only while its fingerprint is unchanged."""
+        """Hash of a stage's settings, of the content of the data splits it reads and of
+        everything upstream, down to the teacher's content: a finished stage is reused only
+        while its fingerprint is unchanged. Content, not paths: a teacher retrained at the same
+        path, or a data folder rebuilt in place, reruns what depends on it (and nothing else:
+        a stage reading only ``train`` ignores a new ``test`` split, which only the report's
+        evaluation reads). File digests are cached per process, so a recipe hashes each file
+        once."""
         s = self.stage(name)
-        upstream = "teacher:" + str(self.teacher.resolve())
-        if s.source != "teacher":
+        if s.source == "teacher":
+            upstream = "teacher:" + content_hash(self.teacher, exclude=NOT_CHECKPOINT)
+        else:
             upstream = self.fingerprint(s.source)
-        blob = json.dumps({"type": s.type, "spec": s.spec, "up": upstream}, sort_keys=True)
+        data = {
+            split: content_hash(split_path(self.data, split))
+            for split in STAGES[s.type].data_splits
+        }
+        blob = json.dumps(
+            {"type": s.type, "spec": s.spec, "data": data, "up": upstream}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -169,14 +186,17 @@ def check_recipe_paths(recipe: Recipe) -> None:
     from transformers import AutoConfig
 
     from ranking.checkpoint import CheckpointError, inspect_checkpoint
+    from ranking.datafolder import DataError
 
     try:
         inspect_checkpoint(recipe.teacher)
     except CheckpointError as exc:
         raise RecipeError(f"teacher: {exc}") from exc
     for split in ("train", "validation", recipe.evaluation.get("split", "test")):
-        if not (recipe.data / f"{split}.jsonl").is_file():
-            raise RecipeError(f"data: {recipe.data}/{split}.jsonl does not exist")
+        try:
+            split_path(recipe.data, split)
+        except DataError as exc:
+            raise RecipeError(f"data: {exc}") from exc
     configs = {"teacher": AutoConfig.from_pretrained(recipe.teacher)}
     for s in recipe.stages:
         try:

@@ -22,23 +22,32 @@ import numpy as np
 import torch
 
 from compression import footprint
+from compression.baseline import BASELINE_FILE
 from compression.layout import STAGE_FILE, stage_dir
-from compression.recipe import Recipe
+from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
+from ranking.datafolder import split_path
 from ranking.evaluation import evaluate_checkpoint
+from ranking.fingerprint import content_hash
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
 
 
 def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
     """Quality metrics and the per-item scores of one checkpoint on ``split``; cached beside
-    the checkpoint (``eval-<split>.json`` / ``.npy``) and keyed by the weights' mtime."""
+    the checkpoint (``eval-<split>.json`` / ``.npy``), keyed on the content of the checkpoint
+    and of the split file, so new weights or a rebuilt split are scored again."""
     cache, cached_scores = ckpt / f"eval-{split}.json", ckpt / f"eval-{split}.npy"
-    weights = ckpt / "model.safetensors"
-    stamp = f"{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.exists() else ""
+    stamp = {
+        "checkpoint": content_hash(ckpt, exclude=[*NOT_CHECKPOINT, STAGE_FILE]),
+        "data": content_hash(split_path(data, split)),
+    }
     if cache.is_file() and cached_scores.is_file():
-        cached = json.loads(cache.read_text())
+        try:
+            cached = json.loads(cache.read_text())
+        except json.JSONDecodeError:
+            cached = {}
         if cached.get("stamp") == stamp:
             return cached["metrics"], np.load(cached_scores)
     metrics, scores, info = evaluate_checkpoint(ckpt, data, split)
@@ -92,6 +101,8 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                 "compare_to": info.get("compare_to"),
                 "format": m["format"],
                 "auc": m["auc"],
+                "auc_lo": m.get("auc_lo"),
+                "auc_hi": m.get("auc_hi"),
                 "logloss": m["logloss"],
                 "ndcg@10": m["ndcg@10"],
                 "expected_auc": m.get("expected_auc"),
@@ -119,6 +130,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     report = {
         "split": split,
         "bayes_auc": _bayes(recipe, split),
+        "baseline": baseline(recipe.data, split, teacher["auc"]),
         "stages": rows,
         "checks": checks(rows),
         "ablations": ablations(rows, generative),
@@ -133,6 +145,22 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     plot(report, out / "report.png")
     print(table)
     return report
+
+
+def baseline(data: Path, split: str, teacher_auc: float) -> dict | None:
+    """The non-LLM baseline's metrics on ``split`` from ``<data>/baseline.json`` (written by
+    ``python -m compression baseline --data DIR``), if the data folder has one; marked stale
+    (and not compared) when the split's content differs from what the baseline was scored on."""
+    path = data / BASELINE_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if split not in result:
+        return None
+    out = {"model": result.get("model", "baseline"), **result[split], "path": str(path)}
+    if result.get("data_hash", {}).get(split) != content_hash(split_path(data, split)):
+        return {**out, "stale": True}
+    return {**out, "stale": False, "auc_delta_vs_teacher": out["auc"] - teacher_auc}
 
 
 def _bayes(recipe: Recipe, split: str) -> float | None:
@@ -211,13 +239,19 @@ def ablations(rows: list[dict], generative: list[dict]) -> list[dict]:
 
 def markdown(report: dict) -> str:
     lines = [
-        f"# Compression report ({report['split']} split; Bayes-optimal AUC "
-        f"{report['bayes_auc'] or float('nan'):.4f})",
+        f"# Compression report ({report['split']} split"
+        + (f"; Bayes-optimal AUC {report['bayes_auc']:.4f})" if report["bayes_auc"] else ")"),
         "",
         "| stage | format | AUC | ΔAUC | log loss | mean \\|Δscore\\| vs input | params | bytes "
         "| × smaller | items/s | × speed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    b = report.get("baseline")
+    if b and not b["stale"]:
+        lines.append(
+            f"| baseline ({b['model']}) | - | {_auc(b)} | {b['auc_delta_vs_teacher']:+.4f} | "
+            f"{b['logloss']:.4f} | - | - | - | - | - | - |"
+        )
     for r in report["stages"]:
         if r["ablation"]:
             continue
@@ -226,6 +260,12 @@ def markdown(report: dict) -> str:
     if abl:
         lines += ["", "Ablation checkpoints:", "", lines[2], lines[3]]
         lines += [_row(r) for r in abl]
+    lines += ["", "AUC: [95% interval, bootstrap resampling queries]."]
+    if b and b["stale"]:
+        lines.append(
+            f"The baseline in {b['path']} was scored on other {report['split']} data: rerun "
+            "`python -m compression baseline --data DIR` to show it here."
+        )
     c = report["checks"]
     if c:
         lines += ["", "## Targets", ""]
@@ -275,6 +315,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _auc(r: dict) -> str:
+    if r.get("auc_lo") is None:
+        return f"{r['auc']:.4f}"
+    return f"{r['auc']:.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}]"
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
@@ -283,7 +329,7 @@ def _row(r: dict) -> str:
     ips = f"{r['items_per_s']:.0f}" if r.get("items_per_s") else "-"
     spd = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
     return (
-        f"| {r['name']} | {r['format']} | {r['auc']:.4f} | {r['auc_delta']:+.4f} | "
+        f"| {r['name']} | {r['format']} | {_auc(r)} | {r['auc_delta']:+.4f} | "
         f"{r['logloss']:.4f} | {_num(r.get('score_mad_vs_input'))} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
         f"{r['bytes_ratio']:.1f} | {ips} | {spd} |"
     )

@@ -42,7 +42,7 @@ class Workload:
     items: int = 50  # items per request
     item_tokens: int | None = None  # synthetic: fit each item (question included); None: ~30
     distinct: int = 8  # distinct request bodies, cycled
-    data: str = "artifacts/demo/data"  # demo source: the benchmark folder
+    data: str = "artifacts/demo/data"  # demo source: a data folder (ranking.datafolder)
     split: str = "test"
     tokenizer: str = DEFAULT_MODEL  # model folder: tokenizer + ranking_task.json
     seed: int = 0
@@ -178,16 +178,17 @@ class RequestPool:
         return out
 
     def _from_demo(self) -> list[tuple[str, list[str]]]:
-        from ranking.dataset import group_by_query, read_split
+        from ranking.datafolder import DataError, read_split
+        from ranking.dataset import group_by_query
 
         w = self.workload
-        try:
+        try:  # any data folder (the contract): JSONL or Parquet, validated as read
             rows = read_split(w.data, w.split)
-        except FileNotFoundError as exc:
+        except DataError as exc:
             raise WorkloadError(str(exc)) from exc
         groups = group_by_query(rows)
         if not groups:
-            raise WorkloadError(f"{w.data}/{w.split}.jsonl has no rows")
+            raise WorkloadError(f"the {w.split} split of {w.data} has no rows")
         pool = [r["item"] for r in rows]
         rng = np.random.default_rng(w.seed)
         out = []

@@ -170,6 +170,49 @@ def read_split(folder: str | Path, split: str) -> list[dict]:
     return [row for batch in iter_rows(folder, split) for row in batch]
 
 
+def first_queries(folder: str | Path, split: str, n: int) -> list[dict]:
+    """The rows of the first ``n`` query_ids of a split (in file order), wherever in the split
+    their rows are: one streaming pass that holds only those rows (requests, workloads)."""
+    keep: set = set()
+    out = []
+    for batch in iter_rows(folder, split):
+        for row in batch:
+            qid = row["query_id"]
+            if qid not in keep and len(keep) < n:
+                keep.add(qid)
+            if qid in keep:
+                out.append(row)
+    return out
+
+
+def head_rows(folder: str | Path, split: str, n: int) -> list[dict]:
+    """The first ``n`` rows of a split, reading no further."""
+    out: list[dict] = []
+    for batch in iter_rows(folder, split, batch_size=min(DEFAULT_BATCH, max(1, n))):
+        out.extend(batch[: n - len(out)])
+        if len(out) >= n:
+            break
+    return out
+
+
+def sample_rows(folder: str | Path, split: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` rows drawn uniformly without replacement from a split (all of them if it has fewer),
+    in one streaming pass holding ``n`` rows (reservoir sampling): calibration sets."""
+    rng = random.Random(seed)
+    sample: list[dict] = []
+    seen = 0
+    for batch in iter_rows(folder, split):
+        for row in batch:
+            seen += 1
+            if len(sample) < n:
+                sample.append(row)
+            else:
+                j = rng.randrange(seen)
+                if j < n:
+                    sample[j] = row
+    return sample
+
+
 def read_meta(folder: str | Path) -> dict:
     """``meta.json`` if the folder has one, else ``{}``."""
     path = Path(folder) / "meta.json"

@@ -1,27 +1,19 @@
-"""Benchmark splits on disk -> rows -> per-query groups -> tokenized requests.
+"""Rows of a data folder -> per-query groups -> tokenized requests.
 
-A split is ``{split}.jsonl`` in a data folder, one row per (query, item) pair with at least
-``query_id``, ``query``, ``item`` and ``label`` (``p``, the true probability, where known).
-Training, evaluation, calibration, the serving check and load tests all read splits here.
+Splits are read only through the data contract (``ranking.datafolder``: JSONL or Parquet,
+validated row by row); this module turns its rows into the units training, evaluation and
+the serving check work on.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ranking.datafolder import first_queries
 from ranking.request import EncodedRequest
 from ranking.task import RankingTask
-
-
-def read_split(data_dir: str | Path, split: str) -> list[dict]:
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no {split} split at {path}")
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def group_by_query(rows: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -36,7 +28,7 @@ def requests_from_split(data_dir: str | Path, split: str, n: int) -> list[tuple[
     """The first ``n`` queries of a split as text requests: (query, items)."""
     return [
         (rows[0]["query"], [r["item"] for r in rows])
-        for _, rows in group_by_query(read_split(data_dir, split))[:n]
+        for _, rows in group_by_query(first_queries(data_dir, split, n))
     ]
 
 

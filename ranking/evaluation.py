@@ -13,11 +13,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ranking.bootstrap import bootstrap_auc
 from ranking.checkpoint import CheckpointInfo, load_checkpoint
-from ranking.dataset import encode_groups, read_split
+from ranking.datafolder import head_rows, read_split
+from ranking.dataset import encode_groups
 from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, roc_auc
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
+
+BOOTSTRAP = 1000  # replicates for a checkpoint's AUC interval
 
 
 def score_groups(
@@ -31,7 +35,11 @@ def score_groups(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray) -> dict:
+def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap: int = 0) -> dict:
+    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes and
+    expected AUC). ``bootstrap`` > 0 adds ``auc_lo`` / ``auc_hi``: a 95% interval over that many
+    replicates resampling queries (``ranking.bootstrap``), so a difference can be told from
+    noise; only for 0/1 labels."""
     labels = np.concatenate([g.labels for g in groups])
     probs = np.concatenate([g.probs for g in groups])
     qid = np.concatenate([np.full(len(g.labels), i) for i, g in enumerate(groups)])
@@ -42,6 +50,8 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray) -> dict:
         "logloss": log_loss(labels, scores),
         "ndcg@10": mean_ndcg_at_k(qid, labels, scores, k=10),
     }
+    if bootstrap > 0 and np.isin(labels, (0.0, 1.0)).all():
+        _, metrics["auc_lo"], metrics["auc_hi"] = bootstrap_auc(labels, scores, qid, n=bootstrap)
     if not np.isnan(probs).any():
         metrics["bayes_auc"] = expected_auc(probs, probs)
         # AUC against the true probabilities in expectation: less noisy than sampled labels
@@ -62,11 +72,13 @@ def evaluate_checkpoint(
     dtype: torch.dtype | None = None,
     limit: int | None = None,
     progress: bool = False,
+    bootstrap: int = BOOTSTRAP,
 ) -> tuple[dict, np.ndarray, CheckpointInfo]:
     """(metrics, per-item scores, checkpoint info) of the checkpoint at ``path`` on ``split``
-    (its first ``limit`` rows if given), scored by the torch scorer as the server runs it."""
+    (its first ``limit`` rows if given), scored by the torch scorer as the server runs it; the
+    AUC with a bootstrap interval over ``bootstrap`` replicates (0: none)."""
     model, tokenizer, task, info = load_checkpoint(path, dtype=dtype)
-    rows = read_split(data_dir, split)
-    groups = encode_groups(rows[:limit] if limit else rows, tokenizer, task)
+    rows = head_rows(data_dir, split, limit) if limit else read_split(data_dir, split)
+    groups = encode_groups(rows, tokenizer, task)
     scores = score_groups(TorchScorer(model, tokenizer, task), groups, progress=progress)
-    return quality_metrics(groups, scores), scores, info
+    return quality_metrics(groups, scores, bootstrap), scores, info

@@ -33,7 +33,7 @@ def tiny_teacher(tiny_demo):
 def tiny_quantized(tiny_demo) -> dict[str, Path]:
     """The tiny teacher quantized by llmcompressor: fp8, int8 (W8A8), int4 (W4A16)."""
     from compression.quantize import QuantizeConfig, quantize_checkpoint
-    from ranking.dataset import read_split
+    from ranking.datafolder import read_split
 
     rows = read_split(tiny_demo / "data", "train")
     out = {}

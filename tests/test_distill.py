@@ -15,7 +15,8 @@ from compression.generative import OffPolicyObjective, sample_targets, validatio
 from compression.generative import Sequence_ as Seq
 from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, token_kd_loss
 from compression.train import RankingObjective
-from ranking.dataset import encode_groups, read_split
+from ranking.datafolder import read_split
+from ranking.dataset import encode_groups
 from ranking.scorer import answer_hidden
 
 

@@ -24,7 +24,7 @@ from compression.prune import (
 )
 from compression.quantize import task_prompts
 from ranking.checkpoint import load_checkpoint, save_checkpoint
-from ranking.dataset import read_split
+from ranking.datafolder import read_split
 from ranking.scorer import TorchScorer
 from ranking.task import RankingTask
 

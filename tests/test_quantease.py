@@ -118,10 +118,10 @@ def test_modifier_is_a_gptq_modifier_with_its_own_options():
 def test_tiny_teacher_int4_checkpoint_loads_and_scores_close(tiny_demo):
     from compression.quantize import QuantizeConfig, quantize_checkpoint
     from ranking.checkpoint import inspect_checkpoint, load_checkpoint
+    from ranking.datafolder import read_split
     from ranking.dataset import encode_groups
     from ranking.evaluation import score_groups
     from ranking.scorer import TorchScorer
-    from ranking.synthetic import read_split
 
     rows = read_split(tiny_demo / "data", "train")
     model, tok, task, _ = load_checkpoint(tiny_demo / "teacher")

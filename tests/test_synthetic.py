@@ -1,6 +1,6 @@
 import numpy as np
 
-from ranking.dataset import read_split
+from ranking.datafolder import read_split
 from ranking.metrics import expected_auc, roc_auc
 from ranking.synthetic import (
     BenchmarkConfig,

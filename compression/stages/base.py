@@ -29,6 +29,9 @@ class StageType:
     accepts) and implement ``run``; ``check`` and ``report_metrics`` have defaults."""
 
     Config: ClassVar[type]
+    # The data splits ``run`` reads: the stage's fingerprint keys on their content, so new data
+    # reruns the stages that read it (and their downstream) and nothing else.
+    data_splits: ClassVar[tuple[str, ...]] = ("train", "validation")
 
     def parse(self, spec: dict) -> Any:
         """The settings from a stage's YAML mapping; ``ValueError`` names an unknown key or a

@@ -81,7 +81,8 @@ def gradual_prune(
     from compression.quantize import task_prompts
     from compression.train import RankingObjective, TrainConfig, train
     from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups, read_split
+    from ranking.datafolder import read_split
+    from ranking.dataset import encode_groups
 
     t0 = time.time()
     base = c.pruning()
@@ -130,16 +131,19 @@ def _brief(stats: dict) -> dict:
 
 class PruneStage(StageType):
     Config = PruneStageConfig
+    data_splits = ("train",)  # calibration prompts (and, gradual, the distillation between steps)
 
     def check(self, cfg: PruneStageConfig, config: Any) -> Any:
         cfg.validate(config)
         return pruned_config(cfg, config)
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        from ranking.dataset import read_split
+        from ranking.datafolder import sample_rows
 
         c: PruneStageConfig = ctx.config
         if c.gradual_steps > 1:
             return gradual_prune(ctx.teacher, ctx.data, src, dst, c)
-        # benchmark rows: turned into calibration prompts with the input's tokenizer and task
-        return prune_checkpoint(src, dst, c.pruning(), read_split(ctx.data, "train"))
+        # train rows, sampled in one streaming pass: turned into calibration prompts with the
+        # input's tokenizer and task
+        rows = sample_rows(ctx.data, "train", c.calibration_samples, c.seed)
+        return prune_checkpoint(src, dst, c.pruning(), rows)

@@ -33,6 +33,7 @@ def check_group_size(config: Any, group_size: int | None) -> None:
 
 class QuantizeStage(StageType):
     Config = QuantizeConfig
+    data_splits = ("train",)  # calibration prompts
 
     def check(self, cfg: QuantizeConfig, config: Any) -> Any:
         if cfg.scheme.startswith("int4"):
@@ -43,6 +44,8 @@ class QuantizeStage(StageType):
         return out
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        from ranking.dataset import read_split
+        from ranking.datafolder import sample_rows
 
-        return quantize_checkpoint(src, dst, ctx.config, read_split(ctx.data, "train"))
+        # the calibration rows, sampled from train in one streaming pass
+        rows = sample_rows(ctx.data, "train", ctx.config.num_samples)
+        return quantize_checkpoint(src, dst, ctx.config, rows)

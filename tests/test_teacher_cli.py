@@ -1,0 +1,58 @@
+"""A teacher on any data folder (``python -m compression teacher``), and the MovieLens recipe
+checked against the shape that command trains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from transformers import LlamaConfig
+
+from compression.__main__ import main
+from compression.recipe import load_recipe
+from compression.stages import STAGES
+from compression.teacher import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_movielens_recipe_fits_the_movielens_teacher_shape():
+    recipe = load_recipe(ROOT / "recipes/movielens.yaml", check_paths=False)
+    names = [s.name for s in recipe.stages]
+    assert names == ["distilled", "pruned", "redistilled", "int8", "int4"]
+    cfg = PRESETS["movielens"]()
+    configs = {"teacher": LlamaConfig(vocab_size=cfg.vocab_size, **asdict(cfg.model))}
+    for s in recipe.stages:  # the recipe's own check, on the preset's shape (no checkpoint)
+        configs[s.name] = STAGES[s.type].check(s.config, configs[s.source])
+
+
+def test_a_teacher_trains_on_a_data_folder_and_is_reused_until_its_data_changes(
+    tiny_demo, tmp_path, capsys
+):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo / "data", data)
+    out = tmp_path / "teacher"
+    args = ["teacher", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    first = json.loads((out / "training_summary.json").read_text())
+    assert not first["reused"] and 0.0 <= first["test"]["auc"] <= 1.0
+    assert first["test"]["auc_lo"] <= first["test"]["auc"] <= first["test"]["auc_hi"]
+    assert main(args) == 0
+    assert "[teacher] reused:" in capsys.readouterr().out
+    # the same train split with one label flipped: trained again
+    lines = (data / "train.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["label"] = 1 - row["label"]
+    (data / "train.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    assert main(args) == 0
+    assert "[teacher] trained:" in capsys.readouterr().out
+
+
+def test_a_folder_without_a_tokenizer_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    args = ["teacher", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "t")]
+    assert main(args) == 2
+    assert "no tokenizer/ in" in capsys.readouterr().err
