@@ -3,6 +3,7 @@
 Commands:
   demo       build the embedded benchmark and train the demo teacher (``make demo``)
   teacher    train a teacher with the demo's code on any data folder (the contract)
+  import     a Hugging Face causal LM folder -> a slimrank checkpoint (prompt preset)
   run        run a compression recipe (YAML): its stages in order, resumably, then the report
   distill    one distillation stage: teacher -> student checkpoint
   prune      one OSSCAR structured-pruning stage
@@ -140,6 +141,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["all_ok"] else 1
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from compression.importer import ModelImportError, import_model
+
+    try:
+        report = import_model(args.model, args.preset, args.out, args.instruction, args.copy)
+    except ModelImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0
+
+
 def _overrides(pairs: list[str]) -> dict:
     """``key=value`` pairs (values parsed as YAML: numbers, booleans, mappings)."""
     import yaml
@@ -225,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--limit", type=int, default=0, help="first N rows only")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=_cmd_evaluate)
+
+    from ranking.task import PRESETS
+
+    i = sub.add_parser("import", help="a Hugging Face causal LM folder -> a slimrank checkpoint")
+    i.add_argument("--model", required=True, help="local Hugging Face model folder")
+    i.add_argument("--preset", default="plain", choices=list(PRESETS), help="prompt layout")
+    i.add_argument("--instruction", help="the template's default instruction (if it has one)")
+    i.add_argument("--out", required=True, help="the checkpoint folder to write")
+    i.add_argument("--copy", action="store_true", help="copy the weights (default: symlink)")
+    i.set_defaults(fn=_cmd_import)
 
     r = sub.add_parser("run", help="run a compression recipe (YAML)")
     r.add_argument("recipe")

@@ -76,8 +76,11 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
 
 
 def load_tokenizer_and_task(path: str | Path) -> tuple[PreTrainedTokenizerBase, RankingTask]:
-    """The tokenizer and ranking task saved in a checkpoint folder, without its weights."""
-    return AutoTokenizer.from_pretrained(path), RankingTask.load(path)
+    """The tokenizer and ranking task saved in a checkpoint folder, without its weights. The
+    task's prompt template is checked against the tokenizer (``RankingTask.check_prompts``)."""
+    tokenizer, task = AutoTokenizer.from_pretrained(path), RankingTask.load(path)
+    task.check_prompts(tokenizer)
+    return tokenizer, task
 
 
 def load_checkpoint(

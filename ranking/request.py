@@ -20,6 +20,10 @@ class EncodedRequest:
     labels: np.ndarray | None = None  # per item, 0/1, where the request comes from a split
     probs: np.ndarray | None = None  # per item, true probability where the data knows it, or NaN
     query_id: str | None = None
+    # the label token ids to answer with (None: the task's yes/no, scored as P(yes)/(P(yes)+P(no)))
+    # and whether their probabilities are over the whole vocabulary (else over these ids only)
+    label_ids: tuple[int, ...] | None = None
+    full_vocab: bool = False
 
     @property
     def n_items(self) -> int:

@@ -186,6 +186,15 @@ def yes_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[:, 0]
 
 
+def _split(flat, requests: Sequence[EncodedRequest]) -> list:
+    """A flat per-item sequence cut into one piece per request."""
+    out, start = [], 0
+    for r in requests:
+        out.append(flat[start : start + r.n_items])
+        start += r.n_items
+    return out
+
+
 class TorchScorer:
     """Scores (query, items) with a loaded model; the reference engine of the server."""
 
@@ -211,14 +220,28 @@ class TorchScorer:
         )
         return yes_probability(logits).cpu().numpy()
 
+    @torch.inference_mode()
     def score_ids(self, requests: Sequence[EncodedRequest]) -> list[np.ndarray]:
-        """Scores of several tokenized requests, one array per request, in one batch."""
-        flat = self.score_batch(requests)
-        out, start = [], 0
-        for r in requests:
-            out.append(flat[start : start + r.n_items])
-            start += r.n_items
-        return out
+        """Scores of several tokenized requests, one array per request, in one batch. A request
+        with its own ``label_ids`` gets those rows of the LM head (and the full-vocabulary
+        normaliser only if it asks for ``full_vocab``); see ``Engine.score``."""
+        if all(r.label_ids is None for r in requests):
+            flat = self.score_batch(requests)
+            return _split(flat, requests)
+        hidden = answer_hidden(self.model, requests, self.pad_id, self.max_item_tokens)
+        out = []
+        for r, h in zip(requests, _split(hidden, requests), strict=True):
+            if r.label_ids is None:
+                out.append(yes_probability(head_label_logits(self.model, h, self.label_ids)))
+                continue
+            if r.full_vocab:  # the whole LM head, only for requests that ask
+                head = self.model.get_output_embeddings()
+                full = head(h.to(head.weight.dtype)).float()
+                out.append(torch.softmax(full, dim=-1)[:, list(r.label_ids)])
+            else:
+                logits = head_label_logits(self.model, h, r.label_ids).float()
+                out.append(torch.softmax(logits, dim=-1))
+        return [o.cpu().numpy() for o in out]
 
     def score(self, query: str, items: Sequence[str]) -> np.ndarray:
         return self.score_ids([self.encode(query, items)])[0]

@@ -27,6 +27,8 @@ from server.protocol import (
     RankResponse,
     RerankRequest,
     RerankResponse,
+    RerankV2Request,
+    RerankV2Response,
     ScoreRequest,
     ScoreResponse,
 )
@@ -83,15 +85,23 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         """SGLang-compatible scoring: a probability per item per label token id.
 
-        Only the model's own label tokens can be asked for (this server computes just those
-        rows of the LM head), with ``apply_softmax=true`` (normalised over them)."""
+        Query and items as text (templated) or token ids (used as given); any label ids (only
+        those rows of the LM head are computed); ``apply_softmax=false`` (the default, as in
+        SGLang): probabilities over the whole vocabulary, else over the asked ids."""
         return await cancel_on_disconnect(request, _service(request).score(body))
 
     @app.post(
         "/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, tags=["scoring"]
     )
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
-        """Cohere / Jina / vLLM-compatible rerank."""
+        """Cohere v1 / Jina / vLLM-compatible rerank."""
+        return await cancel_on_disconnect(request, _service(request).rerank(body))
+
+    @app.post(
+        "/v2/rerank", response_model=RerankV2Response, responses=ERROR_RESPONSES, tags=["scoring"]
+    )
+    async def rerank_v2(body: RerankV2Request, request: Request) -> RerankV2Response:
+        """Cohere v2 (``cohere.ClientV2``) / vLLM v2 rerank."""
         return await cancel_on_disconnect(request, _service(request).rerank(body))
 
     @app.get("/v1/models", response_model=ModelList, tags=["info"])

@@ -1,16 +1,28 @@
 """API schemas of the ranking server (pydantic). Serving logic lives in ``server/app.py``.
 
-Three dialects over one engine:
+Four dialects over one engine:
 - ``/v1/rank``   native: query + items -> results sorted by score;
-- ``/v1/score``  SGLang-compatible scoring API (query, items, label_token_ids, apply_softmax);
-- ``/v1/rerank`` Cohere / Jina / vLLM-compatible rerank API (query, documents, top_n).
+- ``/v1/score``  SGLang-compatible scoring API (query and items as text or token ids,
+  any label_token_ids, apply_softmax);
+- ``/v1/rerank`` Cohere v1 / Jina / vLLM-compatible rerank API (query, documents, top_n);
+- ``/v2/rerank`` Cohere v2 (``cohere.ClientV2``) and vLLM's v2 rerank.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_LABEL_IDS = 64  # label_token_ids per /v1/score request
+
+Text = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+INSTRUCTION = Field(
+    default=None,
+    description="replaces the template's default instruction; only for models whose prompt "
+    "template has an {instruction} placeholder (else 422)",
+)
 
 
 class _Strict(BaseModel):
@@ -35,6 +47,7 @@ class RankRequest(_Strict):
     query: str = Field(min_length=1, description="member context: profile, history, instructions")
     items: list[str] = Field(min_length=1, description="candidates, each scored with the query")
     top_k: int | None = Field(default=None, ge=1, description="return only the best k")
+    instruction: str | None = INSTRUCTION
     model: str | None = Field(default=None, description="optional; must match the served model")
 
 
@@ -51,16 +64,25 @@ class RankResponse(BaseModel):
 
 # ---- SGLang-compatible ------------------------------------------------------------------------
 class ScoreRequest(_Strict):
-    query: str = Field(min_length=1)
-    items: list[str] = Field(min_length=1)
+    query: Text | TokenIds = Field(description="text (templated) or token ids (used as given)")
+    items: (
+        Text
+        | Annotated[list[Text], Field(min_length=1)]
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(description="text (one string or a list) or token-id lists; same kind as the query")
     label_token_ids: list[int] | None = Field(
         default=None,
-        min_length=2,
-        max_length=2,
-        description="[yes_id, no_id]; must be the model's label tokens (default: them)",
+        min_length=1,
+        max_length=MAX_LABEL_IDS,
+        description="token ids to report a probability for (default: the model's [yes, no])",
     )
-    apply_softmax: bool = Field(default=True, description="normalise over the label tokens")
+    apply_softmax: bool = Field(
+        default=False,
+        description="true: normalise over label_token_ids; false (SGLang's default): each "
+        "id's probability over the whole vocabulary",
+    )
     item_first: bool = Field(default=False, description="item before query (not supported: 422)")
+    instruction: str | None = INSTRUCTION
     model: str | None = None
 
 
@@ -72,11 +94,18 @@ class ScoreResponse(BaseModel):
 
 
 # ---- Cohere / Jina / vLLM rerank --------------------------------------------------------------
+class RerankDocument(BaseModel):
+    text: str
+
+
 class RerankRequest(_Strict):
     query: str = Field(min_length=1)
-    documents: list[str] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
+    documents: list[str | RerankDocument] = Field(
+        min_length=1, description='strings or {"text": ...} objects'
+    )
+    top_n: int | None = Field(default=None, ge=0, description="0 or absent: all documents")
     return_documents: bool = False
+    instruction: str | None = INSTRUCTION
     model: str | None = None
     # vLLM's field (its benchmark client always sends -1). Prompts are never truncated here:
     # a too-long query or item is a 400 naming the limit, so only "no truncation" is accepted.
@@ -84,9 +113,18 @@ class RerankRequest(_Strict):
         default=None, ge=-1, le=-1, description="only -1 / null (no truncation) is supported"
     )
 
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
 
-class RerankDocument(BaseModel):
-    text: str
+
+class RerankV2Request(RerankRequest):
+    """Cohere v2 (``cohere.ClientV2.rerank``): the v1 fields plus ``max_tokens_per_doc``."""
+
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="documents are never truncated: one longer than this (in tokens) is a 422",
+    )
 
 
 class RerankResult(BaseModel):
@@ -105,6 +143,15 @@ class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
     usage: RerankUsage
+
+
+class RerankMeta(BaseModel):
+    api_version: dict = Field(default_factory=lambda: {"version": "2"})
+    billed_units: dict = Field(description="search_units: 1 per request, as Cohere bills")
+
+
+class RerankV2Response(RerankResponse):
+    meta: RerankMeta
 
 
 # ---- misc -----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 
@@ -25,10 +26,13 @@ from server.protocol import (
     RankResponse,
     RankResult,
     RerankDocument,
+    RerankMeta,
     RerankRequest,
     RerankResponse,
     RerankResult,
     RerankUsage,
+    RerankV2Request,
+    RerankV2Response,
     ScoreRequest,
     ScoreResponse,
     Usage,
@@ -97,9 +101,10 @@ class RankingService:
         self.check_ready()
         return {"status": "ready", "model": self.engine.model_name}
 
-    # ---- the three dialects ------------------------------------------------------------------
+    # ---- the dialects ------------------------------------------------------------------------
     async def rank(self, req: RankRequest) -> RankResponse:
-        scores, usage = await self._score(req.query, req.items, req.model)
+        enc = self.encode(req.query, req.items, req.model, req.instruction)
+        scores, usage = await self._submit(enc)
         order = np.argsort(-scores, kind="stable")[: req.top_k]
         return RankResponse(
             model=self.engine.model_name,
@@ -108,51 +113,92 @@ class RankingService:
         )
 
     async def score(self, req: ScoreRequest) -> ScoreResponse:
-        """Only the model's own label tokens, normalised over them: the engines compute just
-        those rows of the LM head."""
+        """SGLang's scoring: a probability per item per asked label id. The engines compute
+        only the asked rows of the LM head, and the full-vocabulary normaliser only for
+        ``apply_softmax=false``."""
         if req.item_first:
             raise ApiError(
                 422,
                 "unsupported",
                 "item_first=true is not supported: the query is the shared prefix",
             )
-        if not req.apply_softmax:
+        self.check_ready()
+        eng = self.engine
+        wanted = tuple(req.label_token_ids or eng.label_ids)
+        for i, t in enumerate(wanted):
+            self._check_token_id(t, f"label_token_ids[{i}]")
+        if not eng.any_label_ids and (
+            not req.apply_softmax or sorted(wanted) != sorted(eng.label_ids)
+        ):
             raise ApiError(
                 422,
                 "unsupported",
-                "apply_softmax=false is not supported: only the label rows are computed, "
-                "so probabilities are normalised over the label tokens",
+                f"label_token_ids {list(wanted)} with apply_softmax={req.apply_softmax}: this "
+                f"engine scores with a classifier head and answers only the model's label tokens "
+                f"{list(eng.label_ids)} with apply_softmax=true (serve with --vllm-scoring "
+                "logprobs for any label ids)",
             )
-        yes, no = self.engine.label_ids if self.engine.label_ids else (None, None)
-        wanted = req.label_token_ids or [yes, no]
-        if self.ready and sorted(wanted) != sorted([yes, no]):
-            raise ApiError(
-                422,
-                "unknown_label_tokens",
-                f"label_token_ids {wanted} are not this model's label tokens [{yes}, {no}] (yes, no)",
-            )
-        scores, usage = await self._score(req.query, req.items, req.model)
-        rows = [[float(s) if t == yes else float(1 - s) for t in wanted] for s in scores]
-        return ScoreResponse(scores=rows, model=self.engine.model_name, usage=usage)
+        items = [req.items] if isinstance(req.items, str) else req.items
+        if isinstance(req.query, str):
+            if any(not isinstance(it, str) for it in items):
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "items: token ids with a text query; send both as text or both as token ids",
+                )
+            enc = self.encode(req.query, items, req.model, req.instruction)
+        else:
+            if any(isinstance(it, str) for it in items):
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "items: text with a token-id query; send both as text or both as token ids",
+                )
+            if req.instruction is not None:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "instruction: token-id prompts are used as given, "
+                    "with no template to put an instruction in",
+                )
+            enc = self.encode_ids(req.query, items, req.model)
+        enc = replace(enc, label_ids=wanted, full_vocab=not req.apply_softmax)
+        scores, usage = await self._submit(enc)
+        rows = [[float(p) for p in row] for row in scores]
+        return ScoreResponse(scores=rows, model=eng.model_name, usage=usage)
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
-        scores, usage = await self._score(req.query, req.documents, req.model)
-        order = np.argsort(-scores, kind="stable")[: req.top_n]
-        return RerankResponse(
+        docs = req.texts()
+        enc = self.encode(req.query, docs, req.model, req.instruction)
+        limit = getattr(req, "max_tokens_per_doc", None)
+        if limit is not None:
+            for i, d in enumerate(docs):
+                n = len(self.engine.tokenizer.encode(d, add_special_tokens=False))
+                if n > limit:
+                    raise ApiError(
+                        422,
+                        "item_too_long",
+                        f"documents[{i}] is {n} tokens; max_tokens_per_doc={limit} (documents "
+                        "are not truncated)",
+                    )
+        scores, usage = await self._submit(enc)
+        order = np.argsort(-scores, kind="stable")[: req.top_n or None]
+        fields = dict(
             id=f"rerank-{uuid.uuid4().hex}",
             model=self.engine.model_name,
             results=[
                 RerankResult(
                     index=int(i),
                     relevance_score=float(scores[i]),
-                    document=RerankDocument(text=req.documents[i])
-                    if req.return_documents
-                    else None,
+                    document=RerankDocument(text=docs[i]) if req.return_documents else None,
                 )
                 for i in order
             ],
             usage=RerankUsage(prompt_tokens=usage.prompt_tokens, total_tokens=usage.prompt_tokens),
         )
+        if isinstance(req, RerankV2Request):
+            return RerankV2Response(**fields, meta=RerankMeta(billed_units={"search_units": 1}))
+        return RerankResponse(**fields)
 
     def models(self) -> ModelList:
         eng, info = self.engine, self.engine.info
@@ -170,32 +216,41 @@ class RankingService:
         )
 
     # ---- shared by the dialects --------------------------------------------------------------
-    def encode(self, query: str, items: list[str], model: str | None) -> EncodedRequest:
-        """Checks readiness, the model name and the limits; tokenizes. Nothing is truncated:
-        over a limit is a 422 naming it."""
-        self.check_ready()
-        eng, s = self.engine, self.settings
-        if model is not None and model != eng.model_name:
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.engine.model_name:
             raise ApiError(
                 404,
                 "model_not_found",
-                f"model {model!r} is not served here (serving {eng.model_name!r})",
+                f"model {model!r} is not served here (serving {self.engine.model_name!r})",
             )
-        if len(items) > s.max_items:
+
+    def _check_token_id(self, token: int, where: str) -> None:
+        vocab = self.engine.vocab_size
+        if token < 0 or (vocab is not None and token >= vocab):
             raise ApiError(
-                422, "too_many_items", f"{len(items)} items; the limit is max_items={s.max_items}"
+                422,
+                "invalid_token_id",
+                f"{where} = {token} is not a token id of this model (valid: 0..{vocab - 1})"
+                if vocab is not None
+                else f"{where} = {token} is negative",
             )
-        for i, it in enumerate(items):
-            if not it:
-                raise ApiError(422, "invalid_request", f"items[{i}] is empty")
-        q_ids = eng.task.encode_query(eng.tokenizer, query)
+
+    def _check_item_count(self, n: int) -> None:
+        if n > self.settings.max_items:
+            raise ApiError(
+                422,
+                "too_many_items",
+                f"{n} items; the limit is max_items={self.settings.max_items}",
+            )
+
+    def _check_lengths(self, q_ids: list[int], i_ids: list[list[int]]) -> None:
+        s = self.settings
         if len(q_ids) > s.max_query_tokens:
             raise ApiError(
                 422,
                 "query_too_long",
                 f"query is {len(q_ids)} tokens; the limit is max_query_tokens={s.max_query_tokens}",
             )
-        i_ids = eng.task.encode_items(eng.tokenizer, items)
         for i, ids in enumerate(i_ids):
             if len(ids) > s.max_item_tokens:
                 raise ApiError(
@@ -204,12 +259,47 @@ class RankingService:
                     f"items[{i}] is {len(ids)} tokens with the question; the limit is "
                     f"max_item_tokens={s.max_item_tokens}",
                 )
+
+    def encode(
+        self, query: str, items: list[str], model: str | None, instruction: str | None = None
+    ) -> EncodedRequest:
+        """Checks readiness, the model name and the limits; tokenizes with the model's prompt
+        template. Nothing is truncated: over a limit is a 422 naming it."""
+        self.check_ready()
+        eng = self.engine
+        self._check_model(model)
+        self._check_item_count(len(items))
+        for i, it in enumerate(items):
+            if not it:
+                raise ApiError(422, "invalid_request", f"items[{i}] is empty")
+        if instruction is not None and not getattr(eng.task, "has_instruction", False):
+            raise ApiError(
+                422,
+                "invalid_request",
+                "instruction: this model's prompt template has no {instruction} placeholder",
+            )
+        q_ids = eng.task.encode_query(eng.tokenizer, query, instruction)
+        i_ids = eng.task.encode_items(eng.tokenizer, items)
+        self._check_lengths(q_ids, i_ids)
         return EncodedRequest(q_ids, i_ids)
 
-    async def _score(
-        self, query: str, items: list[str], model: str | None
-    ) -> tuple[np.ndarray, Usage]:
-        enc = self.encode(query, items, model)
+    def encode_ids(
+        self, query: list[int], items: list[list[int]], model: str | None
+    ) -> EncodedRequest:
+        """A prompt given as token ids (SGLang's /v1/score): used as given, query + item, after
+        the same checks; every id must be in the model's vocabulary."""
+        self.check_ready()
+        self._check_model(model)
+        self._check_item_count(len(items))
+        self._check_lengths(query, items)
+        for i, t in enumerate(query):
+            self._check_token_id(t, f"query[{i}]")
+        for i, ids in enumerate(items):
+            for j, t in enumerate(ids):
+                self._check_token_id(t, f"items[{i}][{j}]")
+        return EncodedRequest(list(query), [list(x) for x in items])
+
+    async def _submit(self, enc: EncodedRequest) -> tuple[np.ndarray, Usage]:
         try:
             scores, timing = await self.scheduler.submit(enc, self.settings.request_timeout_s)
         except Overloaded as exc:

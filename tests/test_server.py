@@ -77,14 +77,19 @@ def test_score_sglang_compatible(server, reference):
     tok = AutoTokenizer.from_pretrained(server.args[server.args.index("--model") + 1])
     yes, no = tok.convert_tokens_to_ids(["Ġyes", "Ġno"])
     body = post(
-        server, "/v1/score", {"query": QUERY, "items": ITEMS, "label_token_ids": [no, yes]}
+        server,
+        "/v1/score",
+        {"query": QUERY, "items": ITEMS, "label_token_ids": [no, yes], "apply_softmax": True},
     ).json()
     scores = np.array(body["scores"])
     assert scores.shape == (4, 2)
     assert scores[:, 1] == pytest.approx(reference, abs=TOL)
     assert scores.sum(axis=1) == pytest.approx(np.ones(4))
-    default = post(server, "/v1/score", {"query": QUERY, "items": ITEMS}).json()
-    assert np.array(default["scores"])[:, 0] == pytest.approx(reference, abs=TOL)
+    # SGLang's default, apply_softmax=false: probabilities over the whole vocabulary, whose
+    # ratio over the two labels is the score
+    default = np.array(post(server, "/v1/score", {"query": QUERY, "items": ITEMS}).json()["scores"])
+    assert (default.sum(axis=1) < 1 + 1e-6).all()
+    assert default[:, 0] / default.sum(axis=1) == pytest.approx(reference, abs=TOL)
 
 
 def test_rerank_compatible(server, reference):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ranking.checkpoint import CheckpointInfo
 from ranking.request import EncodedRequest
+from ranking.task import WARMUP_ITEM, WARMUP_QUERY
 
 
 class EngineUnavailable(RuntimeError):
@@ -30,6 +31,9 @@ class Engine(abc.ABC):
         self.task = None
         self.info: CheckpointInfo | None = None
         self.label_ids: tuple[int, int] | None = None
+        self.vocab_size: int | None = None  # rows of the LM head: valid token ids are below it
+        # whether a request may ask for other label ids than the task's (``EncodedRequest``)
+        self.any_label_ids = True
 
     @property
     def model_name(self) -> str:
@@ -41,13 +45,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
-        """P(yes)/(P(yes)+P(no)) for every item of every request (one engine batch)."""
+        """Per request of the batch: P(yes)/(P(yes)+P(no)) per item, shape (n_items,); for a
+        request that carries ``label_ids``, shape (n_items, len(label_ids)): the probability of
+        each label id, normalised over those ids, or over the whole vocabulary where the
+        request says ``full_vocab``."""
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         pass
 
     async def warmup(self) -> None:
         """One real request through the whole path (first-call costs: allocation, kernels)."""
-        q = self.task.encode_query(self.tokenizer, "member profile: warm-up.")
-        items = self.task.encode_items(self.tokenizer, ["item: warm-up."] * 4)
+        q = self.task.encode_query(self.tokenizer, WARMUP_QUERY)
+        items = self.task.encode_items(self.tokenizer, [WARMUP_ITEM] * 4)
         await self.score([EncodedRequest(q, items)])

@@ -39,6 +39,7 @@ class TorchEngine(Engine):
         self.tokenizer, self.task, self.info = tok, task, info
         self.scorer = TorchScorer(model, tok, task, max_item_tokens=self.settings.max_batch_tokens)
         self.label_ids = self.scorer.label_ids
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
 
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()

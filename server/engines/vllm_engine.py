@@ -77,6 +77,12 @@ class VllmEngine(Engine):
         )
         self.tokenizer, self.task = load_tokenizer_and_task(info.path)
         self.label_ids = self.task.label_token_ids(self.tokenizer)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(info.path)
+        self.vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+        # the classifier head holds one row (yes - no): other label ids need the logprobs way
+        self.any_label_ids = self.settings.vllm_scoring == "logprobs"
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.llm = AsyncLLM.from_engine_args(self.engine_args())
@@ -97,7 +103,11 @@ class VllmEngine(Engine):
             },
         )
 
-    async def _one(self, prompt: list[int]) -> float:
+    async def _one(
+        self, prompt: list[int], label_ids: tuple[int, ...] | None = None, full_vocab=False
+    ) -> float | np.ndarray:
+        """P(yes)/(P(yes)+P(no)) of one prompt; with ``label_ids``, the probability of each,
+        normalised over them or (``full_vocab``) as vLLM returns it, over the vocabulary."""
         from vllm import PoolingParams, SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -110,21 +120,30 @@ class VllmEngine(Engine):
             ):
                 final = out
             return float(final.outputs.data.reshape(-1)[0])
-        yes, no = self.label_ids
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[yes, no])
+        wanted = list(label_ids or self.label_ids)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=list(dict.fromkeys(wanted))
+        )
         final = None
         async for out in self.llm.generate(
             TokensPrompt(prompt_token_ids=prompt), params, request_id=f"s{next(_ids)}"
         ):
             final = out
         lp = final.outputs[0].logprobs[0]
-        return float(1.0 / (1.0 + np.exp(lp[no].logprob - lp[yes].logprob)))
+        logprobs = np.array([lp[t].logprob for t in wanted], dtype=np.float64)
+        if label_ids is None:
+            yes, no = logprobs
+            return float(1.0 / (1.0 + np.exp(no - yes)))
+        if full_vocab:
+            return np.exp(logprobs)
+        return np.exp(logprobs - np.logaddexp.reduce(logprobs))
 
     async def _request(self, r: EncodedRequest) -> np.ndarray:
         prompts = [r.query_ids + it for it in r.item_ids]
-        first = await self._one(prompts[0])  # computes and caches the query's KV blocks
-        rest = await asyncio.gather(*(self._one(p) for p in prompts[1:]))
-        return np.array([first, *rest], dtype=np.float32)
+        args = (r.label_ids, r.full_vocab)
+        first = await self._one(prompts[0], *args)  # computes and caches the query's KV blocks
+        rest = await asyncio.gather(*(self._one(p, *args) for p in prompts[1:]))
+        return np.array([first, *rest], dtype=np.float64 if r.label_ids else np.float32)
 
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(self._request(r) for r in requests)))
