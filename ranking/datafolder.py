@@ -53,6 +53,8 @@ class MissingSplitError(DataError, FileNotFoundError):
 def split_path(folder: str | Path, split: str) -> Path:
     """The file holding ``split``: exactly one of ``{split}.jsonl`` / ``{split}.parquet``."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingSplitError(f"data folder {folder} does not exist")
     found = [folder / f"{split}.{ext}" for ext in FORMATS if (folder / f"{split}.{ext}").is_file()]
     if not found:
         raise MissingSplitError(f"no {split} split in {folder} (expected {split}.jsonl or "
