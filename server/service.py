@@ -35,6 +35,7 @@ from server.protocol import (
 )
 from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
 from server.settings import ServerSettings
+from server.token_cache import QueryTokenCache
 
 log = logging.getLogger("slimrank.server")
 
@@ -54,6 +55,7 @@ class RankingService:
         )
         self.ready = False
         self.load_error: str | None = None
+        self.query_tokens = QueryTokenCache()  # the same member is ranked again within seconds
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,7 +190,7 @@ class RankingService:
         for i, it in enumerate(items):
             if not it:
                 raise ApiError(422, "invalid_request", f"items[{i}] is empty")
-        q_ids = eng.task.encode_query(eng.tokenizer, query)
+        q_ids = self.query_tokens.get(query, lambda q: eng.task.encode_query(eng.tokenizer, q))
         if len(q_ids) > s.max_query_tokens:
             raise ApiError(
                 422,
