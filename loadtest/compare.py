@@ -117,8 +117,9 @@ def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics) -> 
         asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path))
     row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path))
     row["_scores"] = _scores(srv.url, path, bodies)
-    if spec is not None and row["throughput_rps"]:
-        row["sweep"] = _sweep(srv.url, path, pool, row["throughput_rps"], spec, metrics)
+    rate_1 = row["items_per_s"] / pool.workload.items  # requests/s at this concurrency
+    if spec is not None and rate_1 > 0:
+        row["sweep"] = _sweep(srv.url, path, pool, rate_1, spec, metrics)
     return row
 
 
