@@ -42,6 +42,7 @@ from loadtest.peer import (
     PEER_PATH,
     BodyPool,
     PeerServer,
+    peer_env,
     peer_flags,
     response_scores,
     scoring_bodies,
@@ -135,11 +136,12 @@ def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
     longest_q = max(len(b["query"]) for b in bodies)
     longest_i = max(len(x) for b in bodies for x in b["items"])
     flags = peer_flags(longest_q, longest_i, pool.workload.items, conc, _has_cuda())
-    with PeerServer(Path(model), flags, logs) as srv:
+    env = peer_env()
+    with PeerServer(Path(model), flags, env, logs) as srv:
         row = _measure_server(
             srv, PEER_PATH, bodies, BodyPool(pool, bodies), n, conc, warmup, spec, False
         )
-    return row | {"flags": flags}
+    return row | {"flags": [f"{k}={v}" for k, v in env.items()] + flags}
 
 
 def _has_cuda() -> bool:

