@@ -28,7 +28,8 @@ def useful_work(model: str | Path, pairs: list[tuple[str, list[str]]]) -> dict:
         items += len(i_lens)
         tokens += q_len + sum(i_lens)
     shape = matmul_shape(cfg, round(tokens / len(pairs)))
-    peak = matmul_peak_gflops(shape, torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the engines run
+    peak = matmul_peak_gflops(shape, torch.bfloat16, device)
     return {
         "gflop_per_request": flops / len(pairs) / 1e9,
         "flops_per_item": flops / items,
