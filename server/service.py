@@ -35,7 +35,7 @@ from server.protocol import (
 )
 from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
 from server.settings import ServerSettings
-from server.token_cache import QueryTokenCache
+from server.token_cache import TokenCache
 
 log = logging.getLogger("slimrank.server")
 
@@ -55,7 +55,8 @@ class RankingService:
         )
         self.ready = False
         self.load_error: str | None = None
-        self.query_tokens = QueryTokenCache()  # the same member is ranked again within seconds
+        self.query_tokens = TokenCache()  # the same member is ranked again within seconds
+        self.item_tokens = TokenCache(max_entries=65536)  # and popular items recur
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -197,7 +198,7 @@ class RankingService:
                 "query_too_long",
                 f"query is {len(q_ids)} tokens; the limit is max_query_tokens={s.max_query_tokens}",
             )
-        i_ids = eng.task.encode_items(eng.tokenizer, items)
+        i_ids = self.item_tokens.get_many(items, lambda t: eng.task.encode_items(eng.tokenizer, t))
         for i, ids in enumerate(i_ids):
             if len(ids) > s.max_item_tokens:
                 raise ApiError(

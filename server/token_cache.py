@@ -1,11 +1,13 @@
-"""A bounded LRU cache of tokenized queries.
+"""Bounded LRU caches of tokenized queries and items.
 
 In real traffic the same member is ranked again within seconds (a page refresh, the next
 slate, another surface), and the query, the member's profile and history, is the long part of
 a request: a few hundred tokens against ~30 per item. Tokenizing it again is pure overhead, so
 the service keeps the ids of recent queries, keyed on everything that changes them (the query
 text and an optional instruction), and bounded twice: by entries and by tokens held, so a
-burst of long queries cannot grow the server's memory. Ids are stored as ``array('i')``
+burst of long queries cannot grow the server's memory. Candidate items repeat too (popular
+items are candidates for many members), so a second cache of the same kind holds items,
+looked up one by one with the misses tokenized in one batch call. Ids are stored as ``array('i')``
 (4 bytes a token instead of a Python list's ~36) and handed out as a fresh list, so a caller
 can never alter a cached entry.
 """
@@ -21,7 +23,7 @@ DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_MAX_TOKENS = 2_000_000  # 8 MB of ids
 
 
-class QueryTokenCache:
+class TokenCache:
     def __init__(
         self, max_entries: int = DEFAULT_MAX_ENTRIES, max_tokens: int = DEFAULT_MAX_TOKENS
     ):
@@ -56,6 +58,31 @@ class QueryTokenCache:
         if 0 < len(fresh) <= self.max_tokens and self.max_entries:
             self._put(key, array("i", fresh))
         return list(fresh)
+
+    def get_many(
+        self, texts: list[str], encode_batch: Callable[[list[str]], list[list[int]]]
+    ) -> list[list[int]]:
+        """``encode_batch(texts)``, each text from the cache when seen recently; the misses are
+        tokenized together in one call."""
+        out: list[list[int] | None] = [None] * len(texts)
+        missing: list[int] = []
+        with self._lock:
+            for i, t in enumerate(texts):
+                ids = self._entries.get((t, None))
+                if ids is None:
+                    missing.append(i)
+                else:
+                    self._entries.move_to_end((t, None))
+                    out[i] = ids.tolist()
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+        if missing:
+            fresh = encode_batch([texts[i] for i in missing])
+            for i, ids in zip(missing, fresh, strict=True):
+                out[i] = list(ids)
+                if 0 < len(ids) <= self.max_tokens and self.max_entries:
+                    self._put((texts[i], None), array("i", ids))
+        return out  # type: ignore[return-value]
 
     def _put(self, key: Hashable, ids: array) -> None:
         with self._lock:

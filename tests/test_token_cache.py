@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from server.token_cache import QueryTokenCache
+from server.token_cache import TokenCache
 from tests.test_service import ITEMS, QUERY, REF, make_app, serving
 
 
@@ -23,7 +23,7 @@ def counting_encoder():
 
 def test_hit_miss_and_instruction_in_key():
     enc, calls = counting_encoder()
-    c = QueryTokenCache(max_entries=8)
+    c = TokenCache(max_entries=8)
     assert c.get("abc", enc) == [97, 98, 99]
     assert c.get("abc", enc) == [97, 98, 99]
     assert calls == ["abc"] and (c.hits, c.misses) == (1, 1)
@@ -33,7 +33,7 @@ def test_hit_miss_and_instruction_in_key():
 
 def test_bounded_by_entries_lru_order():
     enc, calls = counting_encoder()
-    c = QueryTokenCache(max_entries=2)
+    c = TokenCache(max_entries=2)
     c.get("a", enc)
     c.get("b", enc)
     c.get("a", enc)  # a is now the most recent
@@ -46,7 +46,7 @@ def test_bounded_by_entries_lru_order():
 
 def test_bounded_by_tokens():
     enc, _ = counting_encoder()
-    c = QueryTokenCache(max_entries=100, max_tokens=10)
+    c = TokenCache(max_entries=100, max_tokens=10)
     for q in ("aaaa", "bbbb", "cccc"):
         c.get(q, enc)
     assert c.tokens <= 10 and len(c) == 2
@@ -56,7 +56,7 @@ def test_bounded_by_tokens():
 
 def test_cached_ids_cannot_be_altered_by_a_caller():
     enc, _ = counting_encoder()
-    c = QueryTokenCache()
+    c = TokenCache()
     c.get("ab", enc).append(0)
     ids = c.get("ab", enc)
     ids[0] = -1
@@ -65,7 +65,7 @@ def test_cached_ids_cannot_be_altered_by_a_caller():
 
 def test_bad_bounds():
     with pytest.raises(ValueError, match="max_entries"):
-        QueryTokenCache(max_entries=-1)
+        TokenCache(max_entries=-1)
 
 
 def test_service_reuses_the_query_tokens():
@@ -80,5 +80,35 @@ def test_service_reuses_the_query_tokens():
                 assert r.status_code == 200
                 assert [row[0] for row in r.json()["scores"]] == pytest.approx(REF)
             assert cache.hits == before + 1
+
+    asyncio.run(go())
+
+
+def test_get_many_tokenizes_only_the_misses_in_one_call():
+    batches: list[list[str]] = []
+
+    def encode_batch(texts):
+        batches.append(list(texts))
+        return [[ord(c) for c in t] for t in texts]
+
+    c = TokenCache()
+    assert c.get_many(["ab", "c"], encode_batch) == [[97, 98], [99]]
+    assert c.get_many(["c", "d", "ab"], encode_batch) == [[99], [100], [97, 98]]
+    assert batches == [["ab", "c"], ["d"]]
+    assert (c.hits, c.misses) == (2, 3)
+
+
+def test_service_reuses_item_tokens():
+    app, engine = make_app()
+
+    async def go():
+        async with serving(app, engine) as client:
+            cache = app.state.service.item_tokens
+            r = await client.post("/v1/score", json={"query": "another member", "items": ITEMS})
+            before = cache.hits
+            r = await client.post("/v1/score", json={"query": QUERY, "items": ITEMS[::-1]})
+            assert r.status_code == 200
+            assert [row[0] for row in r.json()["scores"]] == pytest.approx(REF[::-1])
+            assert cache.hits == before + len(ITEMS)
 
     asyncio.run(go())
