@@ -17,7 +17,8 @@ FP8 is real FP8 products (``ranking.fp8_linear``, ``torch._scaled_mm``), not deq
 Each row also shows its useful GFLOP/s against the bf16 matmul peak at the model's shapes.
 
 ``--dry-run``: a tiny model of the same family on whatever device there is (a CPU), a few
-seconds per row: it checks the script end to end, its figures mean nothing. The published
+seconds per row: it checks the script end to end, its figures mean nothing (the vLLM rows
+only with ``--vllm on``: vLLM takes minutes to start on a CPU). The published
 anchor: SGLang with multi-item scoring, 1,200 items/s per H100 at p99 <= 500 ms (Qwen3-0.6B,
 300-token prompts; sgl-project/sglang PR 10979).
 
@@ -199,6 +200,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=8.0, help="server: seconds per rate")
     ap.add_argument("--sweep-factors", type=float, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--no-server", action="store_true", help="in-process rows only")
+    ap.add_argument(
+        "--vllm",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="vLLM rows: auto = where vLLM is installed, except in a dry run (minutes on a CPU)",
+    )
     args = ap.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -216,6 +223,8 @@ def main() -> int:
     build_checkpoint(path, shape, 1024 if args.dry_run else 8192)
     print(f"checkpoint {path} ({time.time() - t0:.0f} s)", flush=True)
     vllm = importlib.util.find_spec("vllm") is not None
+    if args.vllm == "off" or (args.vllm == "auto" and args.dry_run):
+        vllm = False
     result = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "torch": torch.__version__,
