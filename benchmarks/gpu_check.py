@@ -250,9 +250,10 @@ def main() -> int:
             if args.no_server:
                 continue
             if fmt == "fp8" and not cuda:
-                result["rows"].append(
-                    {"path": "server-torch", "format": fmt, "items": n, "error": "needs CUDA"}
-                )
+                skipped = {"path": "server-torch", "format": fmt, "items": n}
+                skipped["error"] = "skipped: FP8 matmuls need CUDA"
+                result["rows"].append(skipped)
+                _print_row(skipped)
                 continue
             engines = ["server-torch"] + (
                 ["server-vllm", "vllm-serve"] if vllm and fmt == "bf16" else []
