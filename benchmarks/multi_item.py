@@ -27,10 +27,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import ranking.multi_item as mi
 from ranking.checkpoint import load_checkpoint
+from ranking.flops import matmul_runner, matmul_shape, request_flops
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, naive_label_logits
 from ranking.synthetic import BenchmarkConfig, standard_workload
@@ -61,20 +61,6 @@ def build_random_teacher(path: Path) -> Path:
         corpus(rows), cfg.vocab_size, must_have=[task.yes, task.no, task.question]
     )
     return save_checkpoint(make_teacher_model(cfg.model, tok), tok, task, path)
-
-
-def request_flops(config, query_tokens: int, item_tokens: list[int]) -> float:
-    """FLOPs of one request with its query computed once: every linear layer on every token,
-    attention over the keys each token sees, and the two label rows of the head."""
-    d_model, inter = config.hidden_size, config.intermediate_size
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or d_model // heads
-    linear = 2 * d_model * (2 * heads * head_dim + 2 * kv_heads * head_dim + 3 * inter)
-    tokens = query_tokens + sum(item_tokens)
-    keys = query_tokens * (query_tokens + 1) // 2  # query token i sees i + 1 keys
-    keys += sum(n * query_tokens + n * (n + 1) // 2 for n in item_tokens)
-    per_layer = linear * tokens + 4 * heads * head_dim * keys
-    return config.num_hidden_layers * per_layer + 2 * 2 * d_model * len(item_tokens)
 
 
 def flex_answer_hidden(model, requests) -> torch.Tensor:
@@ -157,15 +143,14 @@ def bench_dtype(args, dtype_name: str) -> dict:
     labels, pad = scorer.label_ids, scorer.pad_id
     cfg = model.config
     tokens = batch[0].computed_tokens
-    a = torch.randn(tokens, cfg.hidden_size, dtype=DTYPES[dtype_name])
-    w = torch.randn(cfg.intermediate_size, cfg.hidden_size, dtype=DTYPES[dtype_name])
+    matmul, matmul_flops = matmul_runner(matmul_shape(cfg, tokens), DTYPES[dtype_name])
     runs: dict[str, Callable] = {
         "kv_copy": lambda: head_logits(model, answer_hidden(model, batch, pad), labels),
         "multi_item": lambda: head_logits(
             model, mi.multi_item_answer_hidden(model, requests), labels
         ),
         "naive": lambda: naive_label_logits(model, batch, labels, pad, args.naive_batch),
-        "matmul": lambda: F.linear(a, w),
+        "matmul": matmul,
     }
     notes = {}
     with torch.inference_mode():
@@ -181,7 +166,6 @@ def bench_dtype(args, dtype_name: str) -> dict:
         outputs = {k: fn() for k, fn in runs.items()}  # warm-up
         times = time_alternately(runs, args.repeats)
     flops = request_flops(cfg, len(q_ids), [len(x) for x in i_ids])
-    matmul_flops = 2 * tokens * cfg.hidden_size * cfg.intermediate_size
     med = {k: {c: statistics.median(v[c]) for c in ("wall", "cpu")} for k, v in times.items()}
     peak = {c: matmul_flops / med["matmul"][c] / 1e9 for c in ("wall", "cpu")}
     naive = outputs["naive"].float()
@@ -202,7 +186,7 @@ def bench_dtype(args, dtype_name: str) -> dict:
         "model": str(info.path),
         "params": info.params,
         "request_gflop": flops / 1e9,
-        "matmul_shape": [tokens, cfg.hidden_size, cfg.intermediate_size],
+        "matmul_shape": list(matmul_shape(cfg, tokens)),
         "matmul_peak_gflops": peak,
         "workload": {"query_tokens": len(q_ids), "items": len(i_ids), "tokens": tokens},
         "results": rows,

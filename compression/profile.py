@@ -118,6 +118,43 @@ def profile_checkpoint(
     }
 
 
+def profile_stages(rows: list[dict], repeats: int = 2) -> None:
+    """Adds ``profile`` (ms per request and the share per module type) to each report row,
+    each checkpoint in its saved dtype as ``items_per_second`` runs it, so a reader sees where
+    pruning bought time (the compression report's hook)."""
+    from tqdm import tqdm
+
+    for r in tqdm(rows, desc="report: profile", unit="stage"):
+        res = profile_checkpoint(r["path"], dtype=None, repeats=repeats)
+        r["profile"] = {
+            "ms_per_request": res["seconds_per_request"] * 1e3,
+            "shares": res["shares"],
+            "attention_projections_share": res["attention_projections_share"],
+        }
+
+
+def profile_markdown(rows: list[dict]) -> list[str]:
+    """The report's table of ``profile_stages``: one line per profiled stage (none: no lines)."""
+    done = [r for r in rows if r.get("profile")]
+    if not done:
+        return []
+    lines = [
+        "",
+        "## Where scoring time goes (share per module type, standard workload, torch engine)",
+        "",
+        "| stage | ms/request | " + " | ".join(MODULE_TYPES) + " | of which q/k/v/o |",
+        "| --- | --- | " + " | ".join("---" for _ in MODULE_TYPES) + " | --- |",
+    ]
+    for r in done:
+        p = r["profile"]
+        shares = " | ".join(f"{p['shares'][k]:.1%}" for k in MODULE_TYPES)
+        lines.append(
+            f"| {r['name']} | {p['ms_per_request']:.1f} | {shares} | "
+            f"{p['attention_projections_share']:.1%} |"
+        )
+    return lines
+
+
 def format_profile(result: dict) -> str:
     lines = [
         f"[profile] {result['model']} ({result['format']} checkpoint, run in {result['dtype']}, "

@@ -24,6 +24,7 @@ import torch
 from compression import footprint
 from compression.baseline import BASELINE_FILE
 from compression.layout import STAGE_FILE, stage_dir
+from compression.profile import profile_markdown, profile_stages
 from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes, load_checkpoint
@@ -116,6 +117,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
         n = int(recipe.evaluation.get("throughput_requests", 6))
         for r in tqdm(rows, desc="report: items/s", unit="stage"):
             r["items_per_s"] = items_per_second(Path(r["path"]), n)
+        profile_stages(rows)
     for r in rows:
         # fidelity: how far each stage's scores moved from its input's (and the teacher's)
         src = r["from"] if r["from"] in scores else None
@@ -312,6 +314,7 @@ def markdown(report: dict) -> str:
                 f"| {g['name']} | {g['mode']} | {g['val_kl_before']:.4f} | {g['val_kl']:.4f} | "
                 f"{_num(g.get('val_kl_onpolicy'))} | {g['val_ce']:.4f} |"
             )
+    lines += profile_markdown(report["stages"])
     return "\n".join(lines) + "\n"
 
 

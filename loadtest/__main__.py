@@ -115,13 +115,23 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="engines side by side on the same model and workload")
     cmp_.add_argument("--model", action="append", default=[], help="model folder (repeatable)")
     cmp_.add_argument("--models", help="comma-separated model folders")
-    cmp_.add_argument("--engines", default="server-torch,server-vllm,vllm-offline,transformers")
+    cmp_.add_argument(
+        "--engines", default="server-torch,server-vllm,vllm-serve,vllm-offline,transformers"
+    )
     cmp_.add_argument("--requests", type=_positive(int), default=12, help="measured per engine")
     cmp_.add_argument("--concurrency", type=_positive(int), default=1)
     cmp_.add_argument("--warmup", type=int, default=2)
     cmp_.add_argument("--log-dir", help="server and baseline logs [a temp folder]")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.add_argument("--json", help="write the report here")
+    cmp_.add_argument("--slo-p99-ms", type=_positive(float), default=500.0, help="sweep SLO")
+    cmp_.add_argument(
+        "--sweep-factors",
+        default="0.5,1,1.5,2,3",
+        help="sweep rates as multiples of each server row's concurrency-1 request rate",
+    )
+    cmp_.add_argument("--sweep-duration", type=_positive(float), default=10.0, help="s per rate")
+    cmp_.add_argument("--no-sweep", action="store_true", help="skip the per-row sweep")
     _workload_args(cmp_)
 
     from loadtest.chaos import SCENARIOS
@@ -251,7 +261,7 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from loadtest.compare import compare, format_compare
+    from loadtest.compare import SweepSpec, compare, format_compare
 
     models = list(args.model) + [m for m in (args.models or "").split(",") if m.strip()]
     if not models:
@@ -264,6 +274,12 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     try:
         w = _workload(args, tokenizer=models[0])
+        spec = None
+        if not args.no_sweep:
+            from loadtest.sweep import rate_list
+
+            factors = tuple(rate_list(args.sweep_factors, None, None, None))
+            spec = SweepSpec(args.slo_p99_ms, factors, args.sweep_duration)
         pool = RequestPool(w)
         rep = compare(
             models,
@@ -274,6 +290,7 @@ def _compare(args: argparse.Namespace) -> int:
             args.warmup,
             args.log_dir,
             not args.no_progress,
+            spec,
         )
     except (WorkloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

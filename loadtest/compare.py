@@ -3,6 +3,8 @@
 Engines (``--engines``, any subset, in this order):
 - ``server-torch``: our server (``python -m server --engine torch``) over HTTP;
 - ``server-vllm``: our server with the vLLM engine over HTTP;
+- ``vllm-serve``: the peer, vLLM's own OpenAI-compatible server and its
+  ``/generative_scoring`` route, tuned flags listed in the output (``loadtest.peer``);
 - ``vllm-offline``: plain vLLM offline generation with prefix caching (``loadtest.offline``);
 - ``transformers``: naive batched transformers, full prompts (``loadtest.offline``).
 
@@ -12,6 +14,11 @@ first model's tokenizer) at the same concurrency: a closed loop for the servers,
 time, each in its own process. ``--model`` may be repeated (e.g. teacher and compressed INT8
 student): each row carries its model, and the table shows each model against the first.
 An engine that cannot run a model (FP8 on a CPU with vLLM) gets a row with its error.
+
+Each row also carries its useful GFLOP/s against the bf16 matrix-product peak at the model's
+shapes (``loadtest.usefulwork``); each server row its scores' largest difference from our
+first server row and, unless ``--no-sweep``, a short open-loop sweep: the highest rate that
+holds p99 <= SLO.
 """
 
 from __future__ import annotations
@@ -21,28 +28,126 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from tqdm import tqdm
 
-from loadtest.client import closed_loop
+from loadtest.client import RunConfig, closed_loop
 from loadtest.offline import OFFLINE_ENGINES
+from loadtest.peer import (
+    PEER_ENGINE,
+    PEER_PATH,
+    BodyPool,
+    PeerServer,
+    peer_env,
+    peer_flags,
+    response_scores,
+    scoring_bodies,
+)
 from loadtest.stats import fmt, table
+from loadtest.sweep import sweep
+from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
 from server.process import REPO, ServerProcess
 
-ENGINES = ("server-torch", "server-vllm", "vllm-offline", "transformers")
+ENGINES = ("server-torch", "server-vllm", PEER_ENGINE, "vllm-offline", "transformers")
 BASELINE = "transformers"
+OURS = ("server-torch", "server-vllm")
 
 
-def _server(model: str, engine: str, pool: RequestPool, n: int, conc: int, warmup: int, logs: Path):
+@dataclass(frozen=True)
+class SweepSpec:
+    """A short open-loop sweep per server row: rates are ``factors`` times the row's own
+    concurrency-1 request rate, ``duration_s`` each; the answer is the highest rate whose p99
+    (failures counted as misses) holds ``slo_ms``."""
+
+    slo_ms: float = 500.0
+    factors: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    duration_s: float = 10.0
+
+
+def _scores(url: str, path: str, bodies: list[dict]) -> list[list[float]]:
+    """Each distinct body once, its scores in item order (the parity check across engines)."""
+    with httpx.Client(base_url=url, timeout=300) as c:
+        out = []
+        for b in bodies:
+            r = c.post(path, json=b)
+            r.raise_for_status()
+            out.append(response_scores(r.json()))
+    return out
+
+
+def _sweep(url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: bool) -> dict:
+    base = RunConfig(
+        url=url,
+        rate=rate_1,
+        duration_s=spec.duration_s,
+        slo_ms=spec.slo_ms,
+        timeout_s=max(10.0, spec.slo_ms / 1000 * 10),
+        grace_s=max(5.0, spec.slo_ms / 1000 * 4),
+        path=path,
+        progress=False,
+        scrape_metrics=metrics,
+    )
+    rates = sorted({round(rate_1 * f, 3) for f in spec.factors if rate_1 * f > 0})
+    rep = sweep(base, pool, rates, verbose=False, settle_s=0.5)
+    passing = [p for p in rep["points"] if p["slo"]["meets_slo"]]
+    return {
+        "slo_ms": spec.slo_ms,
+        "rates": rates,
+        "max_rate_meeting_slo": rep["max_rate_meeting_slo"],
+        "items_per_s_meeting_slo": max((p["items_per_s"] for p in passing), default=None),
+        "points": [
+            {
+                "offered_rate": p["offered_rate"],
+                "items_per_s": p["items_per_s"],
+                "p99_ms": p["latency_ms"]["p99"],
+                "goodput": p["slo"]["goodput"],
+            }
+            for p in rep["points"]
+        ],
+        "stopped_early": rep["stopped_early"],
+    }
+
+
+def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics) -> dict:
+    if warmup:
+        asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path))
+    row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path))
+    row["_scores"] = _scores(srv.url, path, bodies)
+    rate_1 = row["items_per_s"] / pool.workload.items  # requests/s at this concurrency
+    if spec is not None and rate_1 > 0:
+        row["sweep"] = _sweep(srv.url, path, pool, rate_1, spec, metrics)
+    return row
+
+
+def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
     with ServerProcess(Path(model), engine.removeprefix("server-"), logs) as srv:
-        if warmup:
-            asyncio.run(closed_loop(srv.url, bodies, warmup, 1, w.path))
-        return asyncio.run(closed_loop(srv.url, bodies, n, conc, w.path))
+        return _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True)
+
+
+def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
+    bodies = scoring_bodies(model, pool.pairs)
+    longest_q = max(len(b["query"]) for b in bodies)
+    longest_i = max(len(x) for b in bodies for x in b["items"])
+    flags = peer_flags(longest_q, longest_i, pool.workload.items, conc, _has_cuda())
+    env = peer_env()
+    with PeerServer(Path(model), flags, env, logs) as srv:
+        row = _measure_server(
+            srv, PEER_PATH, bodies, BodyPool(pool, bodies), n, conc, warmup, spec, False
+        )
+    return row | {"flags": [f"{k}={v}" for k, v in env.items()] + flags}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _offline(
@@ -72,8 +177,14 @@ def compare(
     warmup: int = 2,
     log_dir: str | Path | None = None,
     progress: bool = True,
+    sweep_spec: SweepSpec | None = None,
 ) -> dict[str, Any]:
-    """Runs every (model, engine) and returns ``{"workload", "results": [rows]}``."""
+    """Runs every (model, engine) and returns ``{"workload", "results": [rows], "peak"}``.
+
+    Server rows (ours and the peer) also get their scores on the distinct requests (compared
+    with the first of our server rows of the same model: ``max_abs_score_diff``) and, with a
+    ``sweep_spec``, the highest rate that holds the SLO. Every row gets its useful GFLOP/s next
+    to the bf16 matrix-product peak at the model's shapes (``peak``)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
@@ -88,37 +199,77 @@ def compare(
     combos = [(m, e) for m in models for e in engines]
     for model, engine in tqdm(combos, desc="compare", unit="run", disable=not progress):
         row: dict[str, Any] = {"model": model, "engine": engine}
-        fn = _offline if engine in OFFLINE_ENGINES else _server
         try:
-            row |= fn(model, engine, pool, requests, concurrency, warmup, logs)
+            if engine in OFFLINE_ENGINES:
+                row |= _offline(model, engine, pool, requests, concurrency, warmup, logs)
+            elif engine == PEER_ENGINE:
+                row |= _peer(model, pool, requests, concurrency, warmup, logs, sweep_spec)
+            else:
+                row |= _server(model, engine, pool, requests, concurrency, warmup, logs, sweep_spec)
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
             row |= {"items_per_s": None, "p50_ms": None, "p99_ms": None, "error": str(exc)}
             print(f"\n{engine} on {model} failed: {str(exc)[:400]}", file=sys.stderr, flush=True)
         results.append(row)
+    _score_diffs(results)
+    work = {m: useful_work(m, pool.pairs) for m in models}
+    for r in results:
+        per_item = work[r["model"]]["flops_per_item"]
+        r["useful_gflops"] = r["items_per_s"] * per_item / 1e9 if r.get("items_per_s") else None
     return {
         "workload": {**pool.workload.describe(), "measured": pool.lengths},
         "requests": requests,
         "concurrency": concurrency,
         "logs": str(logs),
+        "useful_work": work,
         "results": results,
     }
+
+
+def _score_diffs(results: list[dict]) -> None:
+    """``max_abs_score_diff`` of every scored row against the first of our server rows (same
+    model, same requests); the scores themselves are dropped from the rows."""
+    for model in dict.fromkeys(r["model"] for r in results):
+        mine = [r for r in results if r["model"] == model and "_scores" in r]
+        ref = next((r for r in mine if r["engine"] in OURS), None)
+        for r in mine:
+            if ref is not None and r is not ref:
+                diff = max(
+                    abs(a - b)
+                    for xs, ys in zip(r["_scores"], ref["_scores"], strict=True)
+                    for a, b in zip(xs, ys, strict=True)
+                )
+                r["max_abs_score_diff"] = diff
+                r["score_diff_vs"] = ref["engine"]
+    for r in results:
+        r.pop("_scores", None)
 
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _sustained(r: dict) -> tuple[float | None, float | None]:
+    sw = r.get("sweep") or {}
+    return sw.get("max_rate_meeting_slo"), sw.get("items_per_s_meeting_slo")
+
+
 def format_compare(rep: dict[str, Any]) -> str:
-    """Per model: every engine with items/s and p99, and both as ratios to the naive baseline;
-    then, with several models, each model against the first one, engine by engine."""
+    """Per model: every engine with items/s, p99, useful GFLOP/s (share of the matmul peak),
+    the highest rate under the SLO and the score difference; then our best against the peer,
+    the peer's flags, and, with several models, each model against the first one."""
     rows_ = rep["results"]
     models = list(dict.fromkeys(r["model"] for r in rows_))
+    work = rep.get("useful_work", {})
     out = []
     rows = []
     for m in models:
         mine = [r for r in rows_ if r["model"] == m]
         base = next((r for r in mine if r["engine"] == BASELINE and r.get("items_per_s")), None)
+        peak = work.get(m, {}).get("peak_gflops")
         for r in mine:
+            rate, items_slo = _sustained(r)
+            g = r.get("useful_gflops")
+            diff = r.get("max_abs_score_diff")
             rows.append(
                 [
                     Path(m).name,
@@ -127,16 +278,51 @@ def format_compare(rep: dict[str, Any]) -> str:
                     fmt(r["p50_ms"]),
                     fmt(r["p99_ms"]),
                     _ratio(r["items_per_s"], base and base["items_per_s"]),
-                    _ratio(base and base["p99_ms"], r["p99_ms"]),
+                    fmt(g),
+                    f"{g / peak:.0%}" if g and peak else "-",
+                    "-" if "sweep" not in r else (fmt(rate, 2) if rate else "none"),
+                    fmt(items_slo),
+                    f"{diff:.1e}" if diff is not None else "-",
                     "failed" if r.get("error") else "",
                 ]
             )
-    head = ["model", "engine", "items/s", "p50 ms", "p99 ms", "items/s vs naive", "p99 faster"]
+    head = [
+        "model",
+        "engine",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "vs naive",
+        "GFLOP/s",
+        "of peak",
+        "req/s @SLO",
+        "items/s @SLO",
+        "|d score|",
+    ]
     if any(r[-1] for r in rows):
         head.append("note")
     else:
         rows = [r[:-1] for r in rows]
     out.append(table(rows, head))
+    slo = next((r["sweep"]["slo_ms"] for r in rows_ if r.get("sweep")), None)
+    notes = [f"concurrency {rep['concurrency']}, {rep['requests']} requests per row"]
+    if slo is not None:
+        notes.append(f"@SLO: highest offered rate of a short sweep holding p99 <= {slo:g} ms")
+    for m in models:
+        w = work.get(m)
+        if w:
+            notes.append(
+                f"{Path(m).name}: {w['gflop_per_request']:.2f} GFLOP per request with the "
+                f"query once; bf16 matmul peak {w['peak_gflops']:.0f} GFLOP/s at "
+                f"{'x'.join(map(str, w['peak_shape']))} ({w['threads']} threads)"
+            )
+        out_peer = _against_peer([r for r in rows_ if r["model"] == m])
+        if out_peer:
+            notes.append(f"{Path(m).name}: {out_peer}")
+    flags = next((r["flags"] for r in rows_ if r.get("flags")), None)
+    if flags:
+        notes.append(f"{PEER_ENGINE} flags: {' '.join(flags)}")
+    out.append("\n".join(notes))
     if len(models) > 1:
         first = {r["engine"]: r for r in rows_ if r["model"] == models[0]}
         rows = []
@@ -154,3 +340,23 @@ def format_compare(rep: dict[str, Any]) -> str:
         out.append(f"\nagainst {Path(models[0]).name}:")
         out.append(table(rows, ["model", "engine", "items/s ratio", "p99 faster"]))
     return "\n".join(out)
+
+
+def _against_peer(rows: list[dict]) -> str | None:
+    """ "our best (engine) vs vllm-serve: A x items/s at concurrency c, B x items/s under SLO"."""
+    peer = next((r for r in rows if r["engine"] == PEER_ENGINE and r.get("items_per_s")), None)
+    ours = [r for r in rows if r["engine"] in OURS and r.get("items_per_s")]
+    if peer is None or not ours:
+        return None
+    best = max(ours, key=lambda r: r["items_per_s"])
+    text = (
+        f"our best ({best['engine']}) vs {PEER_ENGINE}: "
+        f"{_ratio(best['items_per_s'], peer['items_per_s'])} items/s"
+    )
+    best_slo = max(ours, key=lambda r: _sustained(r)[1] or 0)
+    a, b = _sustained(best_slo)[1], _sustained(peer)[1]
+    if "sweep" in peer:
+        text += f"; under the SLO ({best_slo['engine']}) {_ratio(a, b)}"
+        if a and not b:
+            text += " (the peer held the SLO at none of its rates)"
+    return text

@@ -39,6 +39,7 @@ from server.protocol import (
 )
 from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
 from server.settings import ServerSettings
+from server.token_cache import TokenCache
 
 log = logging.getLogger("slimrank.server")
 
@@ -58,6 +59,8 @@ class RankingService:
         )
         self.ready = False
         self.load_error: str | None = None
+        self.query_tokens = TokenCache()  # the same member is ranked again within seconds
+        self.item_tokens = TokenCache(max_entries=65536)  # and popular items recur
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,8 +281,10 @@ class RankingService:
                 "invalid_request",
                 "instruction: this model's prompt template has no {instruction} placeholder",
             )
-        q_ids = eng.task.encode_query(eng.tokenizer, query, instruction)
-        i_ids = eng.task.encode_items(eng.tokenizer, items)
+        q_ids = self.query_tokens.get(
+            query, lambda q: eng.task.encode_query(eng.tokenizer, q, instruction), instruction
+        )
+        i_ids = self.item_tokens.get_many(items, lambda t: eng.task.encode_items(eng.tokenizer, t))
         self._check_lengths(q_ids, i_ids)
         return EncodedRequest(q_ids, i_ids)
 

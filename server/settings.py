@@ -26,6 +26,10 @@ class ServerSettings(BaseSettings):
         description="torch engine, FP8/INT8 checkpoints: emulate the per-token activation "
         "quantization (scores as with real kernels) or skip it (faster on CPU)",
     )
+    torch_fp8: bool = Field(
+        default=False,
+        description="torch engine on CUDA: decoder linear layers as FP8 matmuls (_scaled_mm)",
+    )
 
     # request limits (over a limit -> 422 naming it; nothing is truncated silently)
     max_items: int = Field(default=256, ge=1, description="items per request")

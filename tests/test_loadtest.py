@@ -277,21 +277,24 @@ def test_cli_run_prints_table_and_json(server, tiny_demo, tmp_path):
     assert set(rep["latency_ms"]) == {"p50", "p90", "p95", "p99", "max"}
 
 
-# ---- compare: four engines on the tiny model --------------------------------------------------
+# ---- compare: five engines on the tiny model, the peer (vLLM's own server) included -----------
 @pytest.mark.slow
 def test_compare_all_engines(tiny_demo, tmp_path):
     out = tmp_path / "compare.json"
     r = subprocess.run(
         [sys.executable, "-m", "loadtest", "compare", "--model", str(tiny_demo / "teacher"),
          "--requests", "3", "--warmup", "1", "--query-tokens", "40", "--items", "6",
-         "--distinct", "2", "--no-progress", "--log-dir", str(tmp_path), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+         "--distinct", "2", "--no-progress", "--log-dir", str(tmp_path), "--json", str(out),
+         "--sweep-duration", "2", "--sweep-factors", "0.5,1"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rows = json.loads(out.read_text())["results"]
+    rep = json.loads(out.read_text())
+    rows = rep["results"]
     assert [x["engine"] for x in rows] == [
         "server-torch",
         "server-vllm",
+        "vllm-serve",
         "vllm-offline",
         "transformers",
     ]
@@ -299,4 +302,16 @@ def test_compare_all_engines(tiny_demo, tmp_path):
         assert {"model", "engine", "items_per_s", "p50_ms", "p99_ms"} <= set(x)
         assert x["items_per_s"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"], x
         assert x["model"] == str(tiny_demo / "teacher") and "error" not in x
-    assert "items/s vs naive" in r.stdout
+        assert x["useful_gflops"] > 0
+    by = {x["engine"]: x for x in rows}
+    for e in ("server-torch", "server-vllm", "vllm-serve"):  # every server row was swept
+        assert by[e]["sweep"]["rates"] and by[e]["sweep"]["points"], e
+    # the peer scored the same token sequences: same scores up to bf16 kernel differences
+    assert by["vllm-serve"]["score_diff_vs"] == "server-torch"
+    assert by["vllm-serve"]["max_abs_score_diff"] < 0.05
+    assert by["server-vllm"]["max_abs_score_diff"] < 0.05
+    assert "--enable-prefix-caching" in by["vllm-serve"]["flags"]
+    work = rep["useful_work"][str(tiny_demo / "teacher")]
+    assert work["peak_gflops"] > 0 and work["gflop_per_request"] > 0
+    assert "vs naive" in r.stdout and "vllm-serve flags:" in r.stdout
+    assert "our best (" in r.stdout and "GFLOP/s" in r.stdout

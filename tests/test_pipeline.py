@@ -195,6 +195,7 @@ def test_report_has_every_stage_and_the_ablations(compressed):
         ):
             assert key in r, (r["name"], key)
         assert 0.0 <= r["auc"] <= 1.0 and r["bytes"] > 0 and r["items_per_s"] > 0
+        assert sum(r["profile"]["shares"].values()) == pytest.approx(1.0, abs=1e-6)
     teacher = report["stages"][0]
     assert teacher["auc_delta"] == 0.0
     by = {r["name"]: r for r in report["stages"]}
@@ -215,6 +216,7 @@ def test_report_has_every_stage_and_the_ablations(compressed):
     assert all(g["val_kl_onpolicy"] > 0 for g in gen.values())
     md = (recipe.output / "report.md").read_text()
     assert "| int8 | int8 |" in md and "## Ablations" in md
+    assert "## Where scoring time goes" in md and "| int8 | " in md.split("## Where")[1]
     assert (recipe.output / "report.png").stat().st_size > 10_000
 
 

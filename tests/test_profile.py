@@ -72,3 +72,20 @@ def test_module_seconds_times_the_head_and_qwen3_norms():
     parts = sum(seconds[k] for k in MODULE_TYPES)
     assert parts == pytest.approx(seconds["total"], rel=1e-6)
     assert all(seconds[k] > 0 for k in MODULE_TYPES)
+
+
+def test_report_hook_profiles_each_stage(tiny_checkpoint):
+    from compression.profile import profile_markdown, profile_stages
+
+    rows = [
+        {"name": "teacher", "path": str(tiny_checkpoint)},
+        {"name": "student", "path": str(tiny_checkpoint)},
+    ]
+    profile_stages(rows, repeats=1)
+    for r in rows:
+        assert sum(r["profile"]["shares"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert r["profile"]["ms_per_request"] > 0
+    md = profile_markdown(rows)
+    assert sum(line.startswith("| teacher |") or line.startswith("| student |") for line in md) == 2
+    assert all(k in md[3] for k in MODULE_TYPES)
+    assert profile_markdown([{"name": "x"}]) == []

@@ -10,6 +10,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from ranking.checkpoint import DTYPES, load_checkpoint
 from ranking.request import EncodedRequest
@@ -28,14 +29,20 @@ class TorchEngine(Engine):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tok, task, info = await loop.run_in_executor(
             self._pool,
             lambda: load_checkpoint(
                 self.settings.model,
                 dtype=DTYPES[self.settings.dtype],
+                device=device,
                 emulate_activation_quant=self.settings.torch_activation_quant == "emulate",
             ),
         )
+        if self.settings.torch_fp8:
+            from ranking.fp8_linear import convert_to_fp8
+
+            convert_to_fp8(model)  # a clear error on a non-CUDA device
         self.tokenizer, self.task, self.info = tok, task, info
         self.scorer = TorchScorer(model, tok, task, max_item_tokens=self.settings.max_batch_tokens)
         self.label_ids = self.scorer.label_ids
