@@ -76,7 +76,9 @@ def test_service_reuses_the_query_tokens():
             cache = app.state.service.query_tokens
             before = cache.hits
             for _ in range(2):
-                r = await client.post("/v1/score", json={"query": QUERY, "items": ITEMS})
+                r = await client.post(
+                    "/v1/score", json={"query": QUERY, "items": ITEMS, "apply_softmax": True}
+                )
                 assert r.status_code == 200
                 assert [row[0] for row in r.json()["scores"]] == pytest.approx(REF)
             assert cache.hits == before + 1
@@ -104,9 +106,13 @@ def test_service_reuses_item_tokens():
     async def go():
         async with serving(app, engine) as client:
             cache = app.state.service.item_tokens
-            r = await client.post("/v1/score", json={"query": "another member", "items": ITEMS})
+            r = await client.post(
+                "/v1/score", json={"query": "another member", "items": ITEMS, "apply_softmax": True}
+            )
             before = cache.hits
-            r = await client.post("/v1/score", json={"query": QUERY, "items": ITEMS[::-1]})
+            r = await client.post(
+                "/v1/score", json={"query": QUERY, "items": ITEMS[::-1], "apply_softmax": True}
+            )
             assert r.status_code == 200
             assert [row[0] for row in r.json()["scores"]] == pytest.approx(REF[::-1])
             assert cache.hits == before + len(ITEMS)
