@@ -74,6 +74,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ranking.checkpoint import DTYPES, CheckpointError
+    from ranking.datafolder import DataError
     from ranking.evaluation import evaluate_checkpoint
 
     t0 = time.time()
@@ -86,7 +87,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.json,
         )
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics.update(
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("evaluate", help="score a checkpoint on a benchmark split")
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--split", default="test", help="a split of the data folder (e.g. test_llo)")
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     e.add_argument("--limit", type=int, default=0, help="first N rows only")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")

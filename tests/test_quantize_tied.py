@@ -17,7 +17,8 @@ def test_tied_per_channel_quantease_int4_serves_in_both_engines(tiny_demo, tmp_p
     from compression.quantize import QuantizeConfig, quantize_checkpoint
     from compression.verify import TOLERANCE, verify_serving
     from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups, read_split
+    from ranking.datafolder import read_split
+    from ranking.dataset import encode_groups
     from ranking.evaluation import score_groups
     from ranking.scorer import TorchScorer
 
