@@ -8,9 +8,21 @@ Three dialects over one engine:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not UTF-8 text (a lone surrogate at character {exc.start})") from None
+    return value
+
+
+# JSON may carry lone surrogates ("\ud800") that no tokenizer can encode: a 422 naming the field
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class _Strict(BaseModel):
@@ -32,8 +44,8 @@ class Usage(BaseModel):
 
 # ---- native --------------------------------------------------------------------------------------
 class RankRequest(_Strict):
-    query: str = Field(min_length=1, description="member context: profile, history, instructions")
-    items: list[str] = Field(min_length=1, description="candidates, each scored with the query")
+    query: Text = Field(min_length=1, description="member context: profile, history, instructions")
+    items: list[Text] = Field(min_length=1, description="candidates, each scored with the query")
     top_k: int | None = Field(default=None, ge=1, description="return only the best k")
     model: str | None = Field(default=None, description="optional; must match the served model")
 
@@ -51,8 +63,8 @@ class RankResponse(BaseModel):
 
 # ---- SGLang-compatible ------------------------------------------------------------------------
 class ScoreRequest(_Strict):
-    query: str = Field(min_length=1)
-    items: list[str] = Field(min_length=1)
+    query: Text = Field(min_length=1)
+    items: list[Text] = Field(min_length=1)
     label_token_ids: list[int] | None = Field(
         default=None,
         min_length=2,
@@ -73,8 +85,8 @@ class ScoreResponse(BaseModel):
 
 # ---- Cohere / Jina / vLLM rerank --------------------------------------------------------------
 class RerankRequest(_Strict):
-    query: str = Field(min_length=1)
-    documents: list[str] = Field(min_length=1)
+    query: Text = Field(min_length=1)
+    documents: list[Text] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     model: str | None = None

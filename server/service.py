@@ -51,8 +51,11 @@ class RankingService:
             settings.max_batch_tokens,
             settings.max_wait_ms / 1000,
             settings.max_queue_items,
+            settings.max_queue_wait_ms / 1000,
+            tuple(settings.fault_batches),
         )
         self.ready = False
+        self.draining = False
         self.load_error: str | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -88,7 +91,36 @@ class RankingService:
         await self.scheduler.drain()
         await self.engine.stop()
 
+    def begin_drain(self) -> None:
+        """First SIGTERM: /ready turns 503 and new requests get 503 ``shutting_down``; admitted
+        ones finish (``server/lifecycle.py`` shuts the server down after the drain window)."""
+        self.draining = True
+        self.scheduler.stop_admitting()
+        log.info("draining: new requests get 503, admitted ones finish")
+
+    def engine_dead(self) -> ApiError | None:
+        """The engine died after loading (e.g. vLLM's engine-core process is gone)."""
+        if self.ready and not self.engine.is_alive():
+            return ApiError(
+                503, "engine_unavailable", "the scoring engine is not running; restart the server"
+            )
+        return None
+
+    def check_alive(self) -> None:
+        dead = self.engine_dead()
+        if dead is not None:
+            self.scheduler.fail_all(dead)
+            raise dead
+
     def check_ready(self) -> None:
+        if self.draining:
+            raise ApiError(
+                503,
+                "shutting_down",
+                "server is shutting down",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+        self.check_alive()
         if not self.ready:
             msg = self.load_error or "model is loading"
             raise ApiError(503, "not_ready", msg, {"Retry-After": "5"})
@@ -136,7 +168,7 @@ class RankingService:
         return ScoreResponse(scores=rows, model=self.engine.model_name, usage=usage)
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
-        scores, usage = await self._score(req.query, req.documents, req.model)
+        scores, usage = await self._score(req.query, req.documents, req.model, field="documents")
         order = np.argsort(-scores, kind="stable")[: req.top_n]
         return RerankResponse(
             id=f"rerank-{uuid.uuid4().hex}",
@@ -170,9 +202,11 @@ class RankingService:
         )
 
     # ---- shared by the dialects --------------------------------------------------------------
-    def encode(self, query: str, items: list[str], model: str | None) -> EncodedRequest:
+    def encode(
+        self, query: str, items: list[str], model: str | None, field: str = "items"
+    ) -> EncodedRequest:
         """Checks readiness, the model name and the limits; tokenizes. Nothing is truncated:
-        over a limit is a 422 naming it."""
+        over a limit is a 422 naming it (``field``: the dialect's name for the items)."""
         self.check_ready()
         eng, s = self.engine, self.settings
         if model is not None and model != eng.model_name:
@@ -183,11 +217,13 @@ class RankingService:
             )
         if len(items) > s.max_items:
             raise ApiError(
-                422, "too_many_items", f"{len(items)} items; the limit is max_items={s.max_items}"
+                422,
+                "too_many_items",
+                f"{len(items)} {field}; the limit is max_items={s.max_items}",
             )
         for i, it in enumerate(items):
             if not it:
-                raise ApiError(422, "invalid_request", f"items[{i}] is empty")
+                raise ApiError(422, "invalid_request", f"{field}[{i}] is empty")
         q_ids = eng.task.encode_query(eng.tokenizer, query)
         if len(q_ids) > s.max_query_tokens:
             raise ApiError(
@@ -201,15 +237,15 @@ class RankingService:
                 raise ApiError(
                     422,
                     "item_too_long",
-                    f"items[{i}] is {len(ids)} tokens with the question; the limit is "
+                    f"{field}[{i}] is {len(ids)} tokens with the question; the limit is "
                     f"max_item_tokens={s.max_item_tokens}",
                 )
         return EncodedRequest(q_ids, i_ids)
 
     async def _score(
-        self, query: str, items: list[str], model: str | None
+        self, query: str, items: list[str], model: str | None, field: str = "items"
     ) -> tuple[np.ndarray, Usage]:
-        enc = self.encode(query, items, model)
+        enc = self.encode(query, items, model, field)
         try:
             scores, timing = await self.scheduler.submit(enc, self.settings.request_timeout_s)
         except Overloaded as exc:
@@ -219,7 +255,21 @@ class RankingService:
         except DeadlineExceeded as exc:
             raise ApiError(504, "deadline_exceeded", str(exc)) from None
         except ShuttingDown as exc:
-            raise ApiError(503, "shutting_down", str(exc)) from None
+            raise ApiError(
+                503, "shutting_down", str(exc), {"Retry-After": "1", "Connection": "close"}
+            ) from None
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine failed this batch
+            self.check_alive()  # a dead engine: 503 engine_unavailable, the queue failed too
+            rid = uuid.uuid4().hex[:16]
+            log.error("engine error (request id %s)", rid, exc_info=exc)
+            raise ApiError(
+                500,
+                "engine_error",
+                f"the engine failed this request's batch (request id {rid})",
+                {"X-Request-Id": rid},
+            ) from None
         note_access(
             items=enc.n_items,
             queue_ms=round(timing["queue_s"] * 1000, 2),
