@@ -108,8 +108,8 @@ class TimeoutHttpProtocol(HttpToolsProtocol):
             self._mid_request = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__cause__, _HeaderTooLarge) or isinstance(exc, _HeaderTooLarge):
+        except httptools.HttpParserError:
+            if self._header_bytes > self.max_header_bytes:  # raised by _count via the parser
                 msg = f"request headers exceed {self.max_header_bytes} bytes"
                 self.transport.write(raw_error(431, "headers_too_large", msg))
                 self.transport.close()

@@ -29,16 +29,7 @@ from loadtest.hostile import (
 SERVER_READ_TIMEOUT_S = 2
 PROTOCOL_WAIT_S = 6.0
 
-TODO = {  # case -> the server-side fix it waits for
-    "rank-item-lone-surrogate": "refuse lone surrogates in list items with a 422 naming them",
-    "rerank-document-lone-surrogate": "refuse lone surrogates in documents with a 422",
-    "rerank-100k-documents": "rerank errors name the rerank field (documents, not items)",
-    "lying-content-length": "a body read timeout",
-    "endless-chunked-body": "a body read timeout",
-    "headers-byte-at-a-time": "a header read timeout",
-    "idle-connection": "a header read timeout on fresh connections",
-    "huge-header": "a header size limit (431)",
-}
+TODO: dict[str, str] = {}  # case -> the server-side fix it waits for (strict xfail)
 
 
 def _param(case):
