@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,11 @@ BASELINE = "transformers"
 def _server(model: str, engine: str, pool: RequestPool, n: int, conc: int, warmup: int, logs: Path):
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
-    with ServerProcess(Path(model), engine.removeprefix("server-"), logs) as srv:
+    key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
+    with ServerProcess(Path(model), engine.removeprefix("server-"), logs, api_key=key) as srv:
         if warmup:
-            asyncio.run(closed_loop(srv.url, bodies, warmup, 1, w.path))
-        return asyncio.run(closed_loop(srv.url, bodies, n, conc, w.path))
+            asyncio.run(closed_loop(srv.url, bodies, warmup, 1, w.path, key))
+        return asyncio.run(closed_loop(srv.url, bodies, n, conc, w.path, key))
 
 
 def _offline(

@@ -127,7 +127,10 @@ def save_checkpoint(
     extra_files: dict[str, str] | None = None,
     **save_kwargs,
 ) -> Path:
-    """Writes model (safetensors), tokenizer and task config atomically into ``path``."""
+    """Writes model (safetensors), tokenizer and task config atomically into ``path``, with a
+    manifest (sha256 of every file) written last, so a loader can prove the folder complete."""
+    from ranking.manifest import write_manifest  # manifest imports this module
+
     final = Path(path)
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
@@ -143,6 +146,7 @@ def save_checkpoint(
     task.save(tmp)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
+    write_manifest(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
