@@ -5,8 +5,8 @@ with the server's own counters, runs stop by themselves; sweep and compare produ
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import socket
 import subprocess
 import sys
