@@ -696,6 +696,7 @@ def slow_clients(cfg: ChaosConfig) -> Report:
     errors = Counter(s["error"] for s in slow if s["error"])
     rep.extra.update(
         unloaded_ms=base,
+        normal_rate=rate,
         slow_connections=counts,
         timeouts_s={"header": header_timeout, "body": body_timeout},
         held_open_past_timeout=dict(held),
