@@ -49,13 +49,24 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.type, exc.message, exc.headers)
 
 
+def _field_path(loc) -> str:
+    """pydantic's ``("body", "items", 1)`` -> ``items[1]``: the form the service's own limit
+    messages use (``items[3] is empty``)."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errs):
         return error_response(400, "invalid_json", f"body is not valid JSON: {errs[0].get('msg')}")
     parts = []
     for e in errs[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        loc = _field_path(e.get("loc", ()))
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
     return error_response(422, "invalid_request", "; ".join(parts))
 

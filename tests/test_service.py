@@ -526,8 +526,8 @@ async def test_log_request_text_is_opt_in(caplog):
 
 async def test_lone_surrogates_are_422_naming_the_field(client):
     for path, field, body in [
-        ("/v1/rank", "items.1", {"query": QUERY, "items": ["ok", "a\ud800b"]}),
-        ("/v1/rerank", "documents.0", {"query": QUERY, "documents": ["\udfff"]}),
+        ("/v1/rank", "items[1]", {"query": QUERY, "items": ["ok", "a\ud800b"]}),
+        ("/v1/rerank", "documents[0]", {"query": QUERY, "documents": ["\udfff"]}),
         ("/v1/score", "query", {"query": "\ud83d", "items": ITEMS}),
     ]:
         raw = json.dumps(body).encode()  # json.dumps escapes the surrogate as \\udxxx
