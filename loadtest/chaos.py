@@ -518,7 +518,9 @@ def engine_fault(cfg: ChaosConfig) -> Report:
     n = cfg.pick(40, 12)
     body = {"query": QUERY, "items": ITEMS}
     rows = []
-    with server(cfg, {"SLIMRANK_FAULT_BATCHES": str(fault_at)}) as srv:
+    # admission lifted: the engine-core kill below must find all its requests in flight
+    env = {"SLIMRANK_FAULT_BATCHES": str(fault_at), "SLIMRANK_MAX_QUEUE_WAIT_MS": "60000"}
+    with server(cfg, env) as srv:
         with httpx.Client(base_url=srv.url, timeout=REQUEST_TIMEOUT_S + 5, headers=AUTH) as c:
             for i in range(n):  # one at a time: each request is its own batch
                 status, kind, dt = _post(c, body)
