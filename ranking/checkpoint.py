@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ranking.errors import CheckpointError
+from ranking.manifest import write_manifest
 from ranking.task import TASK_FILE, RankingTask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -25,10 +27,6 @@ DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp32": torch.float32,
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, incomplete or unreadable; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,6 @@ def save_checkpoint(
 ) -> Path:
     """Writes model (safetensors), tokenizer and task config atomically into ``path``, with a
     manifest (sha256 of every file) written last, so a loader can prove the folder complete."""
-    from ranking.manifest import write_manifest  # manifest imports this module
 
     final = Path(path)
     tmp = final.with_name(final.name + ".partial")

@@ -283,7 +283,7 @@ async def test_fault_batches_fail_only_their_own_requests():
 
 
 async def test_dead_engine_turns_health_and_ready_503_and_fails_requests_at_once():
-    app, engine = make_app(delay_s=5.0, max_wait_ms=0)
+    app, engine = make_app(max_wait_ms=0)
     async with serving(app, engine) as c:
         assert (await c.get("/health")).status_code == 200
         engine.is_alive = lambda: False
