@@ -76,9 +76,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ranking.checkpoint import DTYPES, CheckpointError
     from ranking.datafolder import DataError
     from ranking.evaluation import evaluate_checkpoint
+    from ranking.manifest import ManifestMissing, verify_manifest
 
     t0 = time.time()
     try:
+        if args.verify_checkpoint:
+            try:
+                verify_manifest(args.model)
+            except ManifestMissing as exc:
+                print(f"warning: checkpoint not verified: {exc}", file=sys.stderr)
         metrics, _, info = evaluate_checkpoint(
             args.model,
             args.data,
@@ -238,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     e.add_argument("--limit", type=int, default=0, help="first N rows only")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    e.add_argument(
+        "--no-verify-checkpoint",
+        dest="verify_checkpoint",
+        action="store_false",
+        help="skip the manifest check (sha256 of every file) before loading",
+    )
     e.set_defaults(fn=_cmd_evaluate)
 
     from ranking.task import PRESETS

@@ -18,6 +18,7 @@ from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe, Stage
 from compression.report import write_report
 from compression.stages import STAGES
+from ranking.manifest import write_manifest
 
 
 def finished(recipe: Recipe, stage: Stage) -> dict | None:
@@ -63,7 +64,11 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict:
         if leftover.exists():
             shutil.rmtree(leftover)
     src = stage_dir(recipe, stage.source)
-    summary = STAGES[stage.type].run(recipe.context(stage), src, tmp)
+    try:
+        summary = STAGES[stage.type].run(recipe.context(stage), src, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed stage leaves nothing; earlier stay
+        raise
     info = {
         "name": stage.name,
         "type": stage.type,
@@ -75,6 +80,7 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict:
         "summary": summary,
     }
     (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    write_manifest(tmp)  # last: covers the checkpoint and stage.json
     if final.exists():  # a stale result (settings changed): move aside, then delete
         stale = final.with_name(f".{final.name}.stale")
         if stale.exists():

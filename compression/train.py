@@ -25,6 +25,10 @@ from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or inf loss: training stops before the update would poison the weights."""
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -143,6 +147,12 @@ def train(
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
             loss = objective(model, batch)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLoss(
+                f"[{desc}] non-finite loss ({loss.item()}) at step {step + 1} "
+                f"(lr {lr_at(step, cfg):.2e}): lower the stage's lr or check its data; "
+                "nothing of this stage is kept"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

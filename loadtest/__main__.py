@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -66,6 +67,14 @@ def _workload(args: argparse.Namespace, **defaults) -> Workload:
     return Workload.from_dict({k: v for k, v in fields.items() if v is not None})
 
 
+def _api_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SLIMRANK_API_KEY"),
+        help="Bearer key the server expects [env SLIMRANK_API_KEY]",
+    )
+
+
 def _load_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--url", required=True, help="server base URL (a path there sets the endpoint)")
     if not sweep:
@@ -79,6 +88,7 @@ def _load_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--arrivals", choices=["poisson", "constant"], default="poisson")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
     p.add_argument("--no-metrics", action="store_true", help="do not scrape /metrics")
+    _api_key_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--json",
@@ -202,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             path=path,
             progress=not args.no_progress,
             scrape_metrics=not args.no_metrics,
+            api_key=args.api_key,
         )
         if args.command == "sweep":
             from loadtest.sweep import rate_list

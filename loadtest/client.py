@@ -52,6 +52,7 @@ class RunConfig:
     path: str = "/v1/rank"
     progress: bool = True
     scrape_metrics: bool = True
+    api_key: str | None = field(default=None, repr=False)  # Bearer key (never in reports)
 
     def __post_init__(self) -> None:
         if not (self.rate > 0 and math.isfinite(self.rate)):
@@ -161,7 +162,7 @@ async def open_loop(
     truncated = cfg.max_requests is not None and len(times) == cfg.max_requests
     window = float(times[-1]) if truncated and len(times) else cfg.duration_s
 
-    before = promscrape.scrape(cfg.url) if cfg.scrape_metrics else None
+    before = promscrape.scrape(cfg.url, api_key=cfg.api_key) if cfg.scrape_metrics else None
     slots = asyncio.Semaphore(cfg.max_in_flight)
     limits = httpx.Limits(
         max_connections=cfg.max_in_flight, max_keepalive_connections=cfg.max_in_flight
@@ -174,7 +175,7 @@ async def open_loop(
         base_url=cfg.url,
         limits=limits,
         timeout=timeout,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **promscrape.auth_headers(cfg.api_key)},
     ) as client:
         t0 = time.perf_counter()
 
@@ -221,7 +222,7 @@ async def open_loop(
             if o.done_s is None:
                 o.error = "not_completed" if o.sent_s is not None else "not_sent"
     bar.close()
-    after = promscrape.scrape(cfg.url) if cfg.scrape_metrics else None
+    after = promscrape.scrape(cfg.url, api_key=cfg.api_key) if cfg.scrape_metrics else None
     result = RunResult(cfg, outcomes, window, workload=pool.workload.describe())
     if pool.lengths:
         result.workload["measured"] = pool.lengths
@@ -253,7 +254,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
             "meets_slo": bool(outs) and within / len(outs) >= 0.99,
         }
     return {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "api_key")},
         "workload": res.workload,
         "requests": {
             "scheduled": len(outs),
@@ -320,14 +321,20 @@ def format_report(s: dict[str, Any]) -> str:
 
 # ---- closed loop: fixed concurrency, for benchmarks --------------------------------------------
 async def closed_loop(
-    url: str, body: dict | list[dict], n: int, concurrency: int, path: str = "/v1/rank"
+    url: str,
+    body: dict | list[dict],
+    n: int,
+    concurrency: int,
+    path: str = "/v1/rank",
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """``n`` requests (bodies cycled) with ``concurrency`` in flight, each sent when a slot
     frees: the throughput and latency of the server at that concurrency (not a rate test)."""
     bodies = body if isinstance(body, list) else [body]
     lat: list[float] = []
     items = 0
-    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+    headers = promscrape.auth_headers(api_key)
+    async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers) as c:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:

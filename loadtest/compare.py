@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from loadtest import promscrape
 from loadtest.client import RunConfig, closed_loop
 from loadtest.offline import OFFLINE_ENGINES
 from loadtest.peer import (
@@ -69,9 +71,12 @@ class SweepSpec:
     duration_s: float = 10.0
 
 
-def _scores(url: str, path: str, bodies: list[dict]) -> list[list[float]]:
+def _scores(
+    url: str, path: str, bodies: list[dict], api_key: str | None = None
+) -> list[list[float]]:
     """Each distinct body once, its scores in item order (the parity check across engines)."""
-    with httpx.Client(base_url=url, timeout=300) as c:
+    headers = promscrape.auth_headers(api_key)
+    with httpx.Client(base_url=url, timeout=300, headers=headers) as c:
         out = []
         for b in bodies:
             r = c.post(path, json=b)
@@ -80,7 +85,9 @@ def _scores(url: str, path: str, bodies: list[dict]) -> list[list[float]]:
     return out
 
 
-def _sweep(url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: bool) -> dict:
+def _sweep(
+    url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: bool, api_key=None
+) -> dict:
     base = RunConfig(
         url=url,
         rate=rate_1,
@@ -91,6 +98,7 @@ def _sweep(url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: b
         path=path,
         progress=False,
         scrape_metrics=metrics,
+        api_key=api_key,
     )
     rates = sorted({round(rate_1 * f, 3) for f in spec.factors if rate_1 * f > 0})
     rep = sweep(base, pool, rates, verbose=False, settle_s=0.5)
@@ -113,22 +121,23 @@ def _sweep(url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: b
     }
 
 
-def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics) -> dict:
+def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics, key=None) -> dict:
     if warmup:
-        asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path))
-    row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path))
-    row["_scores"] = _scores(srv.url, path, bodies)
+        asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path, key))
+    row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path, key))
+    row["_scores"] = _scores(srv.url, path, bodies, key)
     rate_1 = row["items_per_s"] / pool.workload.items  # requests/s at this concurrency
     if spec is not None and rate_1 > 0:
-        row["sweep"] = _sweep(srv.url, path, pool, rate_1, spec, metrics)
+        row["sweep"] = _sweep(srv.url, path, pool, rate_1, spec, metrics, key)
     return row
 
 
 def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
-    with ServerProcess(Path(model), engine.removeprefix("server-"), logs) as srv:
-        return _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True)
+    key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
+    with ServerProcess(Path(model), engine.removeprefix("server-"), logs, api_key=key) as srv:
+        return _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
 
 
 def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:

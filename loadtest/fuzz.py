@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -277,7 +278,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--max-examples", type=int, default=1000, help="per scoring endpoint [1000]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SLIMRANK_API_KEY"),
+        help="sent as Authorization: Bearer KEY [env SLIMRANK_API_KEY]",
+    )
     p.add_argument("--protocol-wait", type=float, default=15.0, help="per raw-socket case (s)")
     p.add_argument("--no-hostile", action="store_true", help="schema fuzzing only")
     p.add_argument("--json", help="write the report here")

@@ -33,11 +33,18 @@ def parse(text: str) -> Samples:
     return out
 
 
-def scrape(base_url: str, timeout: float = 10.0) -> Samples | None:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The server's API-key header (none when no key is given)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def scrape(base_url: str, timeout: float = 10.0, api_key: str | None = None) -> Samples | None:
     """The server's samples, or None when it has no Prometheus ``/metrics`` (not an error:
     the load test still runs, the report just has no server side)."""
     try:
-        r = httpx.get(base_url.rstrip("/") + "/metrics", timeout=timeout)
+        r = httpx.get(
+            base_url.rstrip("/") + "/metrics", timeout=timeout, headers=auth_headers(api_key)
+        )
         if r.status_code != 200:
             return None
         return parse(r.text)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ranking.errors import CheckpointError
+from ranking.manifest import write_manifest
 from ranking.task import TASK_FILE, RankingTask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -25,10 +27,6 @@ DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp32": torch.float32,
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, incomplete or unreadable; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,9 @@ def save_checkpoint(
     extra_files: dict[str, str] | None = None,
     **save_kwargs,
 ) -> Path:
-    """Writes model (safetensors), tokenizer and task config atomically into ``path``."""
+    """Writes model (safetensors), tokenizer and task config atomically into ``path``, with a
+    manifest (sha256 of every file) written last, so a loader can prove the folder complete."""
+
     final = Path(path)
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
@@ -146,6 +146,7 @@ def save_checkpoint(
     task.save(tmp)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
+    write_manifest(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from ranking.checkpoint import CheckpointError
+from ranking.errors import CheckpointError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

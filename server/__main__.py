@@ -16,6 +16,9 @@ from pydantic import ValidationError
 
 from server.settings import ServerSettings
 
+log = logging.getLogger("slimrank.server")
+LIST_FLAGS = {"api_keys": "--api-key", "fault_batches": "--fault-batch"}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -26,18 +29,41 @@ def _parser() -> argparse.ArgumentParser:
     for name, field in ServerSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         ann = field.annotation
+        default = field.default if field.default_factory is None else field.default_factory()
+        help_ = f"{field.description or ''} [env SLIMRANK_{name.upper()}; default {default}]"
+        if name in LIST_FLAGS:  # repeatable: --api-key A --api-key B
+            kind = int if typing.get_args(ann) == (int,) else str
+            p.add_argument(
+                LIST_FLAGS[name], dest=name, type=kind, action="append", default=None, help=help_
+            )
+            continue
+        if ann is bool:  # --metrics-public / --no-verify-checkpoint
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+            continue
         choices = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None
         kind = {int: int, float: float}.get(ann, str)
-        help_ = f"{field.description or ''} [env SLIMRANK_{name.upper()}; default {field.default}]"
         p.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_)
     return p
 
 
 def preflight(settings: ServerSettings) -> None:
-    """Fails fast, before the port opens, on what can be known without loading weights."""
+    """Fails fast, before the port opens, on what can be known without loading weights: the
+    format against the engine, the checkpoint's manifest (a missing one is a warning), the key
+    file."""
+    from ranking.manifest import ManifestMissing, verify_manifest
     from server.engines import check_supported
 
     check_supported(settings.model, settings.engine)
+    if settings.verify_checkpoint:
+        try:
+            verify_manifest(settings.model)
+        except ManifestMissing as exc:
+            log.warning("checkpoint not verified: %s", exc)
+    settings.accepted_keys()  # an unreadable key file fails here
+    if settings.fault_batches:
+        log.warning("fault injection on: engine batches %s will fail", settings.fault_batches)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +84,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from server.app import create_app
+    from server.app import begin_drain, create_app
+    from server.connection import TimeoutHttpProtocol
+    from server.lifecycle import DrainingServer
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        http=TimeoutHttpProtocol.configured(settings),
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
         access_log=False,  # our own structured line per request replaces it
     )
+    DrainingServer(config, lambda: begin_drain(app), settings.drain_window_s).run()
     return 0
 
 

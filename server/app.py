@@ -19,7 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server.engines import Engine, create_engine
 from server.errors import ERROR_RESPONSES, install_error_handlers
 from server.metrics import ServerMetrics
-from server.middleware import BodySizeLimit, RequestAccounting, cancel_on_disconnect
+from server.middleware import (
+    ApiKeyAuth,
+    BodySizeLimit,
+    CloseWhenDraining,
+    RequestAccounting,
+    cancel_on_disconnect,
+)
 from server.protocol import (
     ErrorResponse,
     ModelList,
@@ -47,6 +53,18 @@ async def _load(service: RankingService) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def begin_drain(app: FastAPI) -> None:
+    """The first SIGTERM (``server/lifecycle.py``): stop admitting, /ready 503."""
+    service = getattr(app.state, "service", None)
+    if service is not None:
+        service.begin_drain()
+
+
+def _draining(app: FastAPI) -> bool:
+    service = getattr(app.state, "service", None)
+    return service is not None and service.draining
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
     """The app for ``settings``; ``engine`` replaces the one the settings name (tests)."""
     metrics = ServerMetrics()
@@ -59,7 +77,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         loader = asyncio.create_task(_load(service))
         yield
         loader.cancel()
-        await service.stop()  # on SIGTERM: requests in flight finish, new ones get 503
+        await service.stop()  # after the drain window: requests in flight finish
 
     app = FastAPI(
         title="slimrank ranking server",
@@ -71,8 +89,15 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.state.metrics = metrics
     app.state.settings = settings
     install_error_handlers(app)
+    # outermost last: CloseWhenDraining > RequestAccounting > ApiKeyAuth > BodySizeLimit
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestAccounting, metrics=metrics)
+    keys = settings.accepted_keys()
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys, metrics_public=settings.metrics_public)
+    app.add_middleware(
+        RequestAccounting, metrics=metrics, log_request_text=settings.log_request_text
+    )
+    app.add_middleware(CloseWhenDraining, draining=lambda: _draining(app))
 
     @app.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES, tags=["scoring"])
     async def rank(body: RankRequest, request: Request) -> RankResponse:
@@ -108,9 +133,13 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     async def models(request: Request) -> ModelList:
         return _service(request).models()
 
-    @app.get("/health", tags=["info"])
-    async def health():
-        """The process is alive (not necessarily ready)."""
+    @app.get("/health", tags=["info"], responses={503: {"model": ErrorResponse}})
+    async def health(request: Request):
+        """The process is alive (not necessarily ready); 503 once its engine has died, so that
+        an orchestrator restarts it."""
+        dead = _service(request).engine_dead()
+        if dead is not None:
+            raise dead
         return {"status": "ok"}
 
     @app.get("/ready", tags=["info"], responses={503: {"model": ErrorResponse}})

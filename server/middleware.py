@@ -1,13 +1,18 @@
-"""HTTP plumbing around the routes: the body-size limit, per-request metrics and the access log
-line, and cancelling a request's work when its client goes away."""
+"""HTTP plumbing around the routes: API keys, the body-size limit, per-request metrics and the
+access log line, ``Connection: close`` while draining, and cancelling a request's work when its
+client goes away.
+
+The access log holds no request text (member data): endpoint, status, latency, counts only.
+``--log-request-text`` (debug) adds the body at DEBUG level to a separate logger."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -17,6 +22,7 @@ from server.errors import ApiError, error_response
 from server.metrics import ServerMetrics
 
 access = logging.getLogger("slimrank.access")
+request_text = logging.getLogger("slimrank.request_text")  # --log-request-text only
 
 SCORING_PATHS = ("/v1/rank", "/v1/score", "/v1/rerank")
 T = TypeVar("T")
@@ -30,6 +36,65 @@ def note_access(**fields) -> None:
     current = _access_fields.get()
     if current is not None:
         current.update(fields)
+
+
+OPEN_PATHS = ("/health", "/ready")  # probes: orchestrators send no key
+
+
+class ApiKeyAuth:
+    """ASGI middleware: every path but the probes (and ``/metrics`` if public) needs
+    ``Authorization: Bearer KEY`` with one of ``keys``; otherwise 401 in the error shape.
+    Each key is compared in constant time (``hmac.compare_digest``), and every key is tried,
+    so the time taken says nothing about which key came close."""
+
+    def __init__(self, app, keys: list[str], metrics_public: bool = False):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.open = OPEN_PATHS + (("/metrics",) if metrics_public else ())
+
+    def allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        auth = dict(headers).get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            return False
+        token = token.strip()
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(token, key)
+        return ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open:
+            return await self.app(scope, receive, send)
+        if not self.allowed(scope.get("headers") or []):
+            resp = error_response(
+                401,
+                "unauthorized",
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class CloseWhenDraining:
+    """ASGI middleware: while the server drains, every response carries ``Connection: close``,
+    so clients reconnect (to another replica) instead of reusing this one's connections."""
+
+    def __init__(self, app, draining: Callable[[], bool]):
+        self.app, self.draining = app, draining
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_closing(msg):
+            if msg["type"] == "http.response.start" and self.draining():
+                headers = [(k, v) for k, v in msg.get("headers", []) if k.lower() != b"connection"]
+                msg = {**msg, "headers": [*headers, (b"connection", b"close")]}
+            await send(msg)
+
+        return await self.app(scope, receive, send_closing)
 
 
 class BodySizeLimit:
@@ -66,8 +131,8 @@ class RequestAccounting:
     """ASGI middleware: for every ``POST /v1/...``, the request metrics (count by endpoint and
     status, duration, in flight) and one JSON access-log line."""
 
-    def __init__(self, app, metrics: ServerMetrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: ServerMetrics, log_request_text: bool = False):
+        self.app, self.metrics, self.log_text = app, metrics, log_request_text
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
@@ -83,6 +148,8 @@ class RequestAccounting:
                 status = msg["status"]
             await send(msg)
 
+        if self.log_text:
+            receive = _logging_receive(receive, path)
         fields: dict = {}
         token = _access_fields.set(fields)
         m = self.metrics
@@ -98,6 +165,18 @@ class RequestAccounting:
             m.request_duration.labels(path).observe(dt)
             line = {"endpoint": path, "status": status, "latency_ms": round(dt * 1000, 2)}
             access.info(json.dumps({**line, **fields}))
+
+
+def _logging_receive(receive, path: str):
+    """--log-request-text: the body to the ``slimrank.request_text`` logger at DEBUG."""
+
+    async def logged():
+        msg = await receive()
+        if msg["type"] == "http.request" and msg.get("body"):
+            request_text.debug("%s body: %s", path, msg["body"].decode("utf-8", "replace"))
+        return msg
+
+    return logged
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

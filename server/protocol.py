@@ -12,11 +12,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not UTF-8 text (a lone surrogate at character {exc.start})") from None
+    return value
+
+
+# JSON may carry lone surrogates ("\ud800") that no tokenizer can encode: a 422 naming the field
+Text = Annotated[str, AfterValidator(_utf8)]
 
 MAX_LABEL_IDS = 64  # label_token_ids per /v1/score request
 
-Text = Annotated[str, Field(min_length=1)]
+NonEmptyText = Annotated[Text, Field(min_length=1)]
 TokenIds = Annotated[list[int], Field(min_length=1)]
 INSTRUCTION = Field(
     default=None,
@@ -44,8 +56,8 @@ class Usage(BaseModel):
 
 # ---- native --------------------------------------------------------------------------------------
 class RankRequest(_Strict):
-    query: str = Field(min_length=1, description="member context: profile, history, instructions")
-    items: list[str] = Field(min_length=1, description="candidates, each scored with the query")
+    query: Text = Field(min_length=1, description="member context: profile, history, instructions")
+    items: list[Text] = Field(min_length=1, description="candidates, each scored with the query")
     top_k: int | None = Field(default=None, ge=1, description="return only the best k")
     instruction: str | None = INSTRUCTION
     model: str | None = Field(default=None, description="optional; must match the served model")
@@ -64,10 +76,12 @@ class RankResponse(BaseModel):
 
 # ---- SGLang-compatible ------------------------------------------------------------------------
 class ScoreRequest(_Strict):
-    query: Text | TokenIds = Field(description="text (templated) or token ids (used as given)")
+    query: NonEmptyText | TokenIds = Field(
+        description="text (templated) or token ids (used as given)"
+    )
     items: (
-        Text
-        | Annotated[list[Text], Field(min_length=1)]
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1)]
         | Annotated[list[TokenIds], Field(min_length=1)]
     ) = Field(description="text (one string or a list) or token-id lists; same kind as the query")
     label_token_ids: list[int] | None = Field(
@@ -95,12 +109,12 @@ class ScoreResponse(BaseModel):
 
 # ---- Cohere / Jina / vLLM rerank --------------------------------------------------------------
 class RerankDocument(BaseModel):
-    text: str
+    text: Text
 
 
 class RerankRequest(_Strict):
-    query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(
+    query: Text = Field(min_length=1)
+    documents: list[Text | RerankDocument] = Field(
         min_length=1, description='strings or {"text": ...} objects'
     )
     top_n: int | None = Field(default=None, ge=0, description="0 or absent: all documents")

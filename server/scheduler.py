@@ -1,8 +1,11 @@
 """Admission control and dynamic batching in front of an engine.
 
-- Bounded queue (in items): a request that would overflow it is refused at once
+- Admission by expected wait: a request is admitted only if the work queued ahead of it plus
+  its own, at the measured service rate (computed tokens per second, a moving average over
+  batches), finishes within ``max_queue_wait``; otherwise it is refused at once
   (``Overloaded`` -> HTTP 429 with Retry-After), so overload costs the client a retry, not
-  every client a growing latency.
+  every client a growing latency. An item count is the hard cap (alone until a rate is
+  measured), and a request finding nothing queued is always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
   reach ``max_batch_tokens``, waiting at most ``max_wait`` for company after the first arrives.
 - Deadlines and disconnects: a request whose deadline passed or whose client went away is
@@ -38,6 +41,10 @@ class ShuttingDown(Exception):
     pass
 
 
+class EngineFault(RuntimeError):
+    """An injected batch failure (``fault_batches``, test only)."""
+
+
 @dataclass
 class _Entry:
     request: EncodedRequest
@@ -56,37 +63,41 @@ class Scheduler:
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_items: int,
+        max_queue_wait_s: float = math.inf,
+        fault_batches: tuple[int, ...] = (),
     ):
         self.engine = engine
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
+        self.max_queue_wait_s = max_queue_wait_s
+        self.fault_batches = set(fault_batches)
         self._queue: deque[_Entry] = deque()
         self._queued_items = 0
+        self._queued_tokens = 0
+        self._running_tokens = 0  # computed tokens of the batch on the engine now
+        self._running_since = 0.0
+        self._batches = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._items_per_s = 100.0  # updated from measured batches; only feeds Retry-After
+        self._items_per_s = 100.0  # updated from measured batches; Retry-After of the item cap
+        self.tokens_per_s: float | None = None  # measured service rate (None: no batch yet)
 
     # ---- client side ------------------------------------------------------------------------
     async def submit(self, request: EncodedRequest, timeout_s: float) -> tuple[np.ndarray, dict]:
         """Scores one request; returns (scores, timings). Raises Overloaded / DeadlineExceeded."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
-        n = request.n_items
-        if self._queued_items + n > self.max_queue_items:
-            retry = max(1, math.ceil(self._queued_items / max(self._items_per_s, 1e-3)))
-            raise Overloaded(
-                retry,
-                f"server overloaded: {self._queued_items} items queued, limit {self.max_queue_items}",
-            )
+        self._admit(request)
         now = time.perf_counter()
         entry = _Entry(request, asyncio.get_running_loop().create_future(), now, now + timeout_s)
         self._queue.append(entry)
-        self._queued_items += n
+        self._queued_items += request.n_items
+        self._queued_tokens += request.computed_tokens
         self._update_gauges()
         self._wakeup.set()
         try:
@@ -100,16 +111,61 @@ class Scheduler:
             self._abandon(entry)
             raise
 
+    def expected_wait_s(self, extra_tokens: int = 0) -> float:
+        """Seconds until the queued work (plus ``extra_tokens``) is done at the measured rate,
+        the rest of the running batch included; 0 before any rate is measured."""
+        if not self.tokens_per_s:
+            return 0.0
+        running_left = 0.0
+        if self._running_tokens:
+            elapsed = time.perf_counter() - self._running_since
+            running_left = max(0.0, self._running_tokens / self.tokens_per_s - elapsed)
+        return running_left + (self._queued_tokens + extra_tokens) / self.tokens_per_s
+
+    def _admit(self, request: EncodedRequest) -> None:
+        n = request.n_items
+        if self._queued_items + n > self.max_queue_items:
+            retry = max(1, math.ceil(self._queued_items / max(self._items_per_s, 1e-3)))
+            raise Overloaded(
+                retry,
+                f"server overloaded: {self._queued_items} items queued, limit {self.max_queue_items}",
+            )
+        if not self._queue:
+            return  # nothing waits ahead: always admitted, or a large request never would be
+        expected = self.expected_wait_s(request.computed_tokens)
+        if expected > self.max_queue_wait_s:
+            raise Overloaded(
+                max(1, math.ceil(expected - self.max_queue_wait_s)),
+                f"server overloaded: expected wait {expected * 1000:.0f} ms exceeds "
+                f"max_queue_wait_ms={self.max_queue_wait_s * 1000:g}",
+            )
+
     def _abandon(self, entry: _Entry) -> None:
         """The waiter is gone: free its queue capacity now; the worker skips it when popped."""
         if not entry.abandoned and entry.started is None:
             self._queued_items -= entry.request.n_items
+            self._queued_tokens -= entry.request.computed_tokens
             self._update_gauges()
         entry.abandoned = True
 
     # ---- worker -----------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    def stop_admitting(self) -> None:
+        """New requests get ``ShuttingDown``; queued and running ones carry on."""
+        self._closing = True
+
+    def fail_all(self, exc: Exception) -> None:
+        """Fails every queued request at once with ``exc`` (the engine is gone)."""
+        while self._queue:
+            e = self._queue.popleft()
+            if not e.abandoned:
+                self._queued_items -= e.request.n_items
+                self._queued_tokens -= e.request.computed_tokens
+                if not e.future.done():
+                    e.future.set_exception(exc)
+        self._update_gauges()
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Stops admitting, lets queued and running batches finish."""
@@ -135,23 +191,23 @@ class Scheduler:
             if e.abandoned:
                 continue  # deadline passed or client gone (capacity already freed): not computed
             self._queued_items -= e.request.n_items
+            self._queued_tokens -= cost
             batch.append(e)
             tokens += cost
         self._update_gauges()
         return batch
-
-    def _queued_tokens(self) -> int:
-        return sum(e.request.computed_tokens for e in self._queue)
 
     async def _run(self) -> None:
         while True:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                if not self._queue:
+                    continue  # woken by fail_all
             # let concurrent requests join, up to max_wait after the oldest arrived
             first = self._queue[0].enqueued
             while (
-                self._queued_tokens() < self.max_batch_tokens
+                self._queued_tokens < self.max_batch_tokens
                 and time.perf_counter() - first < self.max_wait_s
             ):
                 self._wakeup.clear()
@@ -175,13 +231,20 @@ class Scheduler:
         for e in batch:
             e.started = start
             self.metrics.queue_wait.observe(start - e.enqueued)
+        self._batches += 1
+        tokens = sum(e.request.computed_tokens for e in batch)
+        self._running_tokens, self._running_since = tokens, start
         try:
+            if self._batches in self.fault_batches:
+                raise EngineFault(f"injected fault in batch {self._batches} (fault_batches)")
             results = await self.engine.score([e.request for e in batch])
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting request (-> 500)
+        except Exception as exc:  # noqa: BLE001 - handed to this batch's requests only (-> 5xx)
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(exc)
             return
+        finally:
+            self._running_tokens = 0
         elapsed = time.perf_counter() - start
         items = sum(e.request.n_items for e in batch)
         m = self.metrics
@@ -190,6 +253,10 @@ class Scheduler:
         m.batch_requests.observe(len(batch))
         if elapsed > 0:
             self._items_per_s = 0.8 * self._items_per_s + 0.2 * (items / elapsed)
+            rate = tokens / elapsed
+            self.tokens_per_s = (
+                rate if self.tokens_per_s is None else (0.8 * self.tokens_per_s + 0.2 * rate)
+            )
         for e, scores in zip(batch, results, strict=True):
             m.request_prefill.observe(elapsed)
             m.items.inc(e.request.n_items)

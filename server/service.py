@@ -56,8 +56,11 @@ class RankingService:
             settings.max_batch_tokens,
             settings.max_wait_ms / 1000,
             settings.max_queue_items,
+            settings.max_queue_wait_ms / 1000,
+            tuple(settings.fault_batches),
         )
         self.ready = False
+        self.draining = False
         self.load_error: str | None = None
         self.query_tokens = TokenCache()  # the same member is ranked again within seconds
         self.item_tokens = TokenCache(max_entries=65536)  # and popular items recur
@@ -95,7 +98,36 @@ class RankingService:
         await self.scheduler.drain()
         await self.engine.stop()
 
+    def begin_drain(self) -> None:
+        """First SIGTERM: /ready turns 503 and new requests get 503 ``shutting_down``; admitted
+        ones finish (``server/lifecycle.py`` shuts the server down after the drain window)."""
+        self.draining = True
+        self.scheduler.stop_admitting()
+        log.info("draining: new requests get 503, admitted ones finish")
+
+    def engine_dead(self) -> ApiError | None:
+        """The engine died after loading (e.g. vLLM's engine-core process is gone)."""
+        if self.ready and not self.engine.is_alive():
+            return ApiError(
+                503, "engine_unavailable", "the scoring engine is not running; restart the server"
+            )
+        return None
+
+    def check_alive(self) -> None:
+        dead = self.engine_dead()
+        if dead is not None:
+            self.scheduler.fail_all(dead)
+            raise dead
+
     def check_ready(self) -> None:
+        if self.draining:
+            raise ApiError(
+                503,
+                "shutting_down",
+                "server is shutting down",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+        self.check_alive()
         if not self.ready:
             msg = self.load_error or "model is loading"
             raise ApiError(503, "not_ready", msg, {"Retry-After": "5"})
@@ -172,7 +204,7 @@ class RankingService:
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         docs = req.texts()
-        enc = self.encode(req.query, docs, req.model, req.instruction)
+        enc = self.encode(req.query, docs, req.model, req.instruction, field="documents")
         limit = getattr(req, "max_tokens_per_doc", None)
         if limit is not None:
             for i, d in enumerate(docs):
@@ -238,15 +270,17 @@ class RankingService:
                 else f"{where} = {token} is negative",
             )
 
-    def _check_item_count(self, n: int) -> None:
+    def _check_item_count(self, n: int, field: str = "items") -> None:
         if n > self.settings.max_items:
             raise ApiError(
                 422,
                 "too_many_items",
-                f"{n} items; the limit is max_items={self.settings.max_items}",
+                f"{n} {field}; the limit is max_items={self.settings.max_items}",
             )
 
-    def _check_lengths(self, q_ids: list[int], i_ids: list[list[int]]) -> None:
+    def _check_lengths(
+        self, q_ids: list[int], i_ids: list[list[int]], field: str = "items"
+    ) -> None:
         s = self.settings
         if len(q_ids) > s.max_query_tokens:
             raise ApiError(
@@ -259,22 +293,28 @@ class RankingService:
                 raise ApiError(
                     422,
                     "item_too_long",
-                    f"items[{i}] is {len(ids)} tokens with the question; the limit is "
+                    f"{field}[{i}] is {len(ids)} tokens with the question; the limit is "
                     f"max_item_tokens={s.max_item_tokens}",
                 )
 
     def encode(
-        self, query: str, items: list[str], model: str | None, instruction: str | None = None
+        self,
+        query: str,
+        items: list[str],
+        model: str | None,
+        instruction: str | None = None,
+        field: str = "items",
     ) -> EncodedRequest:
         """Checks readiness, the model name and the limits; tokenizes with the model's prompt
-        template. Nothing is truncated: over a limit is a 422 naming it."""
+        template. Nothing is truncated: over a limit is a 422 naming it (``field``: the
+        dialect's name for the items)."""
         self.check_ready()
         eng = self.engine
         self._check_model(model)
-        self._check_item_count(len(items))
+        self._check_item_count(len(items), field)
         for i, it in enumerate(items):
             if not it:
-                raise ApiError(422, "invalid_request", f"items[{i}] is empty")
+                raise ApiError(422, "invalid_request", f"{field}[{i}] is empty")
         if instruction is not None and not getattr(eng.task, "has_instruction", False):
             raise ApiError(
                 422,
@@ -285,7 +325,7 @@ class RankingService:
             query, lambda q: eng.task.encode_query(eng.tokenizer, q, instruction), instruction
         )
         i_ids = self.item_tokens.get_many(items, lambda t: eng.task.encode_items(eng.tokenizer, t))
-        self._check_lengths(q_ids, i_ids)
+        self._check_lengths(q_ids, i_ids, field)
         return EncodedRequest(q_ids, i_ids)
 
     def encode_ids(
@@ -314,7 +354,21 @@ class RankingService:
         except DeadlineExceeded as exc:
             raise ApiError(504, "deadline_exceeded", str(exc)) from None
         except ShuttingDown as exc:
-            raise ApiError(503, "shutting_down", str(exc)) from None
+            raise ApiError(
+                503, "shutting_down", str(exc), {"Retry-After": "1", "Connection": "close"}
+            ) from None
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine failed this batch
+            self.check_alive()  # a dead engine: 503 engine_unavailable, the queue failed too
+            rid = uuid.uuid4().hex[:16]
+            log.error("engine error (request id %s)", rid, exc_info=exc)
+            raise ApiError(
+                500,
+                "engine_error",
+                f"the engine failed this request's batch (request id {rid})",
+                {"X-Request-Id": rid},
+            ) from None
         note_access(
             items=enc.n_items,
             queue_ms=round(timing["queue_s"] * 1000, 2),

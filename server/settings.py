@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServerSettings(BaseSettings):
@@ -42,7 +43,16 @@ class ServerSettings(BaseSettings):
         default=8192, ge=64, description="computed tokens per engine batch"
     )
     max_wait_ms: float = Field(default=2.0, ge=0, description="wait for more requests to batch")
-    max_queue_items: int = Field(default=2048, ge=1, description="items waiting; beyond -> 429")
+    max_queue_items: int = Field(
+        default=2048, ge=1, description="hard cap on items waiting (alone until a rate is measured)"
+    )
+    max_queue_wait_ms: float = Field(
+        default=250.0,
+        gt=0,
+        description="admit a request only if its expected queue wait plus its own service time "
+        "(from the measured token rate) stays under this; beyond -> 429. Default: half a 500 ms "
+        "p99 SLO, leaving the other half for batching and HTTP",
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline -> 504")
 
     # vLLM engine
@@ -59,4 +69,60 @@ class ServerSettings(BaseSettings):
     vllm_max_model_len: int | None = Field(default=None, ge=64, description="default: the model's")
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
 
+    # security (see docs/serving.md, "Security and reliability")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="accepted Bearer keys (repeat --api-key; env: comma-separated); none = open",
+    )
+    api_key_file: str | None = Field(
+        default=None, description="file with one accepted key per line (a mounted secret)"
+    )
+    metrics_public: bool = Field(default=False, description="/metrics without a key")
+    log_request_text: bool = Field(
+        default=False, description="debug only: log request bodies (member data!) at DEBUG"
+    )
+    verify_checkpoint: bool = Field(
+        default=True, description="check the checkpoint's manifest (sha256 per file) at start"
+    )
+
+    # connections and lifecycle
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request's headers must arrive within this -> else 408"
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request's body must arrive within this -> else 408"
+    )
+    max_header_bytes: int = Field(default=65536, ge=1024, description="beyond -> 431")
+    drain_window_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="after SIGTERM: /ready 503 and new requests 503 for this long, then shutdown",
+    )
+    graceful_shutdown_s: float = Field(
+        default=30.0, gt=0, description="after the drain window: admitted requests may finish"
+    )
+    fault_batches: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="test only: these engine batches (1 = first after warm-up) raise",
+    )
+
     log_level: str = "info"
+
+    @field_validator("api_keys", "fault_batches", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        """Env vars and single flags give a string: ``a,b`` -> ``[a, b]``."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    def accepted_keys(self) -> list[str]:
+        """``api_keys`` plus the key file's lines (blank lines and ``#`` comments skipped)."""
+        keys = list(self.api_keys)
+        if self.api_key_file:
+            for line in Path(self.api_key_file).read_text().splitlines():
+                if line.strip() and not line.strip().startswith("#"):
+                    keys.append(line.strip())
+        return keys

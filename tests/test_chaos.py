@@ -93,9 +93,6 @@ def test_overload(short_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="SIGTERM handled before uvicorn's: drain window with 503 + close"
-)
 def test_drain(short_cfg):
     rep = _run("drain", short_cfg)
     before, after = rep["requests"]["before_signal"], rep["requests"]["after_signal"]
@@ -108,7 +105,6 @@ def test_drain(short_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the engine fault switch (SLIMRANK_FAULT_BATCHES)")
 def test_engine_fault(short_cfg):
     rep = _run("engine-fault", short_cfg)
     t = rep["requests"]["requests"]
@@ -119,7 +115,6 @@ def test_engine_fault(short_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="header and body read timeouts")
 def test_slow_clients(short_cfg):
     rep = _run("slow-clients", short_cfg)
     t = rep["requests"]["normal"]

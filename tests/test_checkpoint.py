@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ranking.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint, save_checkpoint
+from ranking.manifest import read_manifest, verify_manifest
 
 
 def test_demo_teacher_roundtrip(tiny_demo, tiny_teacher, tmp_path):
@@ -16,6 +17,8 @@ def test_demo_teacher_roundtrip(tiny_demo, tiny_teacher, tmp_path):
     for a, b in zip(model.parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert not (tmp_path / "copy.partial").exists()
+    verify_manifest(out)  # written last, covering every file
+    assert "model.safetensors" in read_manifest(out)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ ADAPTER = K8S / "prometheus-adapter"
 K8S_VERSION = "1.32"  # schemas of kubernetes-validate; kubectl on the dev machine is 1.32
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in the built-in schemas: checked by hand
 OVERLAYS = ("cpu", "gpu")
+SHUTDOWN_MARGIN_S = 5  # engine stop and process exit after the graceful shutdown
 SERVER_CMD = ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]
 COMPRESS_CMD = [
     "sh",
@@ -262,6 +263,8 @@ def mounts(service: dict) -> dict[str, str]:
 
 
 def test_compose_parses_and_references_exist():
+    from server.settings import ServerSettings
+
     c = compose()
     services = c["services"]
     assert {"ranker", "prometheus", "grafana"} <= set(services)
@@ -305,6 +308,21 @@ def test_compose_parses_and_references_exist():
         t for job in cfg["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
     ]
     assert "ranker:8000" in targets
+
+    # API key: one compose secret, read by the ranker (key file) and sent by Prometheus
+    (secret,) = c["secrets"]
+    assert "slimrank_api_key" == secret and "slimrank_api_key" in ranker["secrets"]
+    assert ranker["environment"]["SLIMRANK_API_KEY_FILE"] == f"/run/secrets/{secret}"
+    assert secret in prom["secrets"]
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "slimrank"]
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{secret}",
+    }
+    # shutdown: the drain window and the graceful shutdown fit in the stop grace period
+    grace = int(ranker["stop_grace_period"].removesuffix("s"))
+    defaults = ServerSettings(model="x")
+    assert defaults.drain_window_s + defaults.graceful_shutdown_s + SHUTDOWN_MARGIN_S <= grace
 
     # Grafana: provisioned data source -> the prometheus service; dashboards folder mounted
     graf = services["grafana"]
@@ -350,10 +368,20 @@ def rule_groups() -> list[dict]:
     return [g for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
 
 
-def test_promtool_check_config_and_rules():
+def test_promtool_check_config_and_rules(tmp_path):
     promtool = need("promtool")
     assert RULE_FILES and RULE_TESTS
-    out = run(promtool, "check", "config", str(PROM_CONFIG)).stdout
+    # promtool checks that the credentials file exists: a copy pointing at one made here
+    cfg = yaml.safe_load(PROM_CONFIG.read_text())
+    key = tmp_path / "api-key"
+    key.write_text("k\n")
+    for job in cfg["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(key)
+    cfg["rule_files"] = [str(PROM_CONFIG.parent / f) for f in cfg["rule_files"]]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(cfg))
+    out = run(promtool, "check", "config", str(copy)).stdout
     assert f"{len(RULE_FILES)} rule files found" in out
     run(promtool, "check", "rules", *map(str, RULE_FILES))
     # unit tests of the rules: the alerts fire (and stay quiet) on synthetic series
@@ -545,6 +573,29 @@ def test_k8s_ranker(rendered, overlay):
     assert matches(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
     sm = one(docs, "ServiceMonitor")
     assert matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+
+    # API keys: the server reads the Secret's key file; Prometheus sends the Secret's own key
+    key_file = {e["name"]: e.get("value") for e in ranker["env"]}["SLIMRANK_API_KEY_FILE"]
+    mount = next(m for m in ranker["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]["secretName"]
+    assert key_file.removeprefix(mount["mountPath"] + "/") == "api-keys"
+    token = sm["spec"]["endpoints"][0]["bearerTokenSecret"]
+    assert token["name"] == secret and token["key"] == "prometheus"
+
+    # shutdown arithmetic: preStop + drain window + graceful shutdown + margin <= grace period
+    settings = ServerSettings(**{k.removeprefix("SLIMRANK_").lower(): v for k, v in config.items()})
+    pre_stop = ranker["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    total = (
+        float(pre_stop[1])
+        + settings.drain_window_s
+        + settings.graceful_shutdown_s
+        + SHUTDOWN_MARGIN_S
+    )
+    assert total <= spec["terminationGracePeriodSeconds"], total
+    assert settings.drain_window_s == ServerSettings(model="x").drain_window_s
+    assert settings.graceful_shutdown_s == ServerSettings(model="x").graceful_shutdown_s
     assert sm["spec"]["endpoints"][0]["port"] == "http"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
@@ -661,14 +712,25 @@ def test_k8s_prometheusrule_matches_rule_files(rendered):
 
 @pytest.fixture(scope="module")
 def live_server(tiny_demo, tmp_path_factory):
-    with ServerProcess(tiny_demo / "teacher", "torch", tmp_path_factory.mktemp("server")) as srv:
-        r = httpx.post(srv.url + "/v1/rank", json={"query": QUERY, "items": ITEMS}, timeout=60)
+    logs = tmp_path_factory.mktemp("server")
+    with ServerProcess(tiny_demo / "teacher", "torch", logs, api_key=LIVE_KEY) as srv:
+        r = httpx.post(
+            srv.url + "/v1/rank",
+            json={"query": QUERY, "items": ITEMS},
+            headers=LIVE_AUTH,
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
+        assert httpx.get(srv.url + "/metrics", timeout=10).status_code == 401
         yield srv
 
 
+LIVE_KEY = "deploy-test-key"
+LIVE_AUTH = {"Authorization": f"Bearer {LIVE_KEY}"}
+
+
 def exported_names(url: str) -> set[str]:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url + "/metrics", timeout=10, headers=LIVE_AUTH).text
     return {
         re.split(r"[{ ]", line, maxsplit=1)[0]
         for line in text.splitlines()
@@ -690,6 +752,8 @@ def test_metric_names_are_exported_by_the_server(live_server):
 
 class PrometheusProcess:
     def __init__(self, tmp: Path, target: str):
+        key_file = tmp / "api-key"
+        key_file.write_text(LIVE_KEY + "\n")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
@@ -699,7 +763,14 @@ class PrometheusProcess:
                 "evaluation_interval": "1s",
             },
             "rule_files": [str(f) for f in RULE_FILES],
-            "scrape_configs": [{"job_name": "slimrank", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "slimrank",
+                    "static_configs": [{"targets": [target]}],
+                    # as deploy/prometheus/prometheus.yml: the key from a file
+                    "authorization": {"type": "Bearer", "credentials_file": str(key_file)},
+                }
+            ],
         }
         self.config = tmp / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
@@ -779,7 +850,7 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
 
         prom.wait_for(target_up, 60, "the server as an up target")
         # traffic over ~3 s, so that several scrapes see the counters grow
-        with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        with httpx.Client(base_url=live_server.url, timeout=30, headers=LIVE_AUTH) as client:
             for i in range(36):
                 r = client.post("/v1/rank", json={"query": QUERY, "items": ITEMS[: 1 + i % 3]})
                 assert r.status_code == 200, r.text

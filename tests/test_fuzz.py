@@ -27,18 +27,11 @@ from loadtest.hostile import (
 # Read timeouts for the slow tests' server (settings the server reads from the environment;
 # ignored by a server without them). Protocol cases wait longer than this, then call it a hang.
 SERVER_READ_TIMEOUT_S = 2
+API_KEY = "fuzz-test-key"  # the fuzz server requires it: every case goes through the key check
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROTOCOL_WAIT_S = 6.0
 
-TODO = {  # case -> the server-side fix it waits for
-    "rank-item-lone-surrogate": "refuse lone surrogates in list items with a 422 naming them",
-    "rerank-document-lone-surrogate": "refuse lone surrogates in documents with a 422",
-    "rerank-100k-documents": "rerank errors name the rerank field (documents, not items)",
-    "lying-content-length": "a body read timeout",
-    "endless-chunked-body": "a body read timeout",
-    "headers-byte-at-a-time": "a header read timeout",
-    "idle-connection": "a header read timeout on fresh connections",
-    "huge-header": "a header size limit (431)",
-}
+TODO: dict[str, str] = {}  # case -> the server-side fix it waits for (strict xfail)
 
 
 def _param(case):
@@ -143,6 +136,7 @@ def fuzz_server(tiny_demo, tmp_path_factory):
     env = {
         "SLIMRANK_HEADER_TIMEOUT_S": str(SERVER_READ_TIMEOUT_S),
         "SLIMRANK_BODY_TIMEOUT_S": str(SERVER_READ_TIMEOUT_S),
+        "SLIMRANK_API_KEYS": API_KEY,
     }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -163,7 +157,7 @@ def fuzz_server(tiny_demo, tmp_path_factory):
 def test_seeded_fuzz_run(fuzz_server):
     from loadtest.fuzz import SCORING, alive, fuzz_schema
 
-    stats = fuzz_schema(fuzz_server.url, max_examples=30, seed=0, progress=False)
+    stats = fuzz_schema(fuzz_server.url, max_examples=30, seed=0, api_key=API_KEY, progress=False)
     paths = {label.split()[1] for label in stats}
     assert set(SCORING) | {"/health", "/ready", "/v1/models", "/metrics"} <= paths
     for label, st in stats.items():
@@ -178,15 +172,26 @@ def test_seeded_fuzz_run(fuzz_server):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [_param(c) for c in JSON_CASES])
 def test_hostile_request(fuzz_server, case):
-    (row,) = hostile.run_json_cases(fuzz_server.url, [case])
+    (row,) = hostile.run_json_cases(fuzz_server.url, [case], headers=AUTH)
     assert row["ok"], row["problem"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [_param(c) for c in PROTOCOL_CASES])
 def test_protocol_case(fuzz_server, case):
-    (row,) = hostile.run_protocol_cases("127.0.0.1", fuzz_server.port, [case], PROTOCOL_WAIT_S)
+    (row,) = hostile.run_protocol_cases(
+        "127.0.0.1", fuzz_server.port, [case], PROTOCOL_WAIT_S, headers=AUTH
+    )
     assert row["ok"], row["problem"]
+
+
+@pytest.mark.slow
+def test_fuzz_server_refuses_requests_without_its_key(fuzz_server):
+    import httpx
+
+    for path in ("/v1/rank", "/v1/score", "/v1/rerank", "/v1/models", "/metrics"):
+        r = httpx.request("GET" if path[-1] in "sl" else "POST", fuzz_server.url + path, json={})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", path
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -188,11 +189,21 @@ def test_connection_refused_is_counted(tiny_demo):
 # ---- a real server (slow: one server process for these tests) -------------------------------
 @pytest.fixture(scope="module")
 def server(tiny_demo, tmp_path_factory):
-    """Torch engine; a queue of 64 items, so two 60-item requests at once overflow it (429)."""
+    """Torch engine; a queue of 64 items, so two 60-item requests at once overflow it (429).
+    The expected-wait bound is set out of the way (the item cap alone decides), and the server
+    requires an API key, which the load tester sends."""
     with ServerProcess(
-        tiny_demo / "teacher", "torch", tmp_path_factory.mktemp("logs"), max_queue_items=64
+        tiny_demo / "teacher",
+        "torch",
+        tmp_path_factory.mktemp("logs"),
+        max_queue_items=64,
+        max_queue_wait_ms=60_000,
+        api_key=KEY,
     ) as s:
         yield s
+
+
+KEY = "loadtest-key"
 
 
 def small(tiny_demo, **kw) -> RequestPool:
@@ -202,7 +213,9 @@ def small(tiny_demo, **kw) -> RequestPool:
 
 @pytest.mark.slow
 def test_rate_is_honoured_and_run_stops_by_itself(server, tiny_demo):
-    cfg = RunConfig(server.url, rate=8, duration_s=5, slo_ms=5000, progress=False, seed=1)
+    cfg = RunConfig(
+        server.url, rate=8, duration_s=5, slo_ms=5000, progress=False, seed=1, api_key=KEY
+    )
     t = time.perf_counter()
     s = run(cfg, small(tiny_demo)).summary()
     wall = time.perf_counter() - t
@@ -226,13 +239,17 @@ def test_rate_is_honoured_and_run_stops_by_itself(server, tiny_demo):
 @pytest.mark.slow
 def test_errors_are_counted_by_type(server, tiny_demo):
     """Invalid bodies (422) and overload (429) counted by type, equal to the server's counts."""
-    cfg = RunConfig(server.url, rate=10, duration_s=2, progress=False, arrivals="constant")
+    cfg = RunConfig(
+        server.url, rate=10, duration_s=2, progress=False, arrivals="constant", api_key=KEY
+    )
     s = run(cfg, small(tiny_demo, invalid_share=0.25)).summary()
     assert s["errors"] == {"http_422:invalid_request": 5}
     assert s["server"]["requests_by_status"] == {"200": 15, "422": 5}
     assert s["slo"] is None
     # a burst of 60-item requests into a 64-item queue
-    burst = RunConfig(server.url, rate=200, duration_s=0.5, progress=False, slo_ms=10000)
+    burst = RunConfig(
+        server.url, rate=200, duration_s=0.5, progress=False, slo_ms=10000, api_key=KEY
+    )
     s = run(burst, small(tiny_demo, items=60, distinct=1)).summary()
     n429 = s["errors"].get("http_429:overloaded", 0)
     assert n429 > 0, s["errors"]
@@ -240,21 +257,23 @@ def test_errors_are_counted_by_type(server, tiny_demo):
     assert s["requests"]["ok"] + n429 == s["requests"]["scheduled"]
     assert s["slo"]["goodput"] <= s["requests"]["ok"] / s["requests"]["scheduled"]
     # too short a client timeout: 'timeout', not a crash
-    quick = RunConfig(server.url, rate=10, duration_s=0.5, timeout_s=0.0005, progress=False)
+    quick = RunConfig(
+        server.url, rate=10, duration_s=0.5, timeout_s=0.0005, progress=False, api_key=KEY
+    )
     s = run(quick, small(tiny_demo)).summary()
     assert s["errors"].get("timeout", 0) >= 1
 
 
 @pytest.mark.slow
 def test_sweep_writes_json_and_png(server, tiny_demo, tmp_path):
-    base = RunConfig(server.url, rate=1, duration_s=1.5, slo_ms=5000, progress=False)
+    base = RunConfig(server.url, rate=1, duration_s=1.5, slo_ms=5000, progress=False, api_key=KEY)
     rep = sweep(base, small(tiny_demo), [2, 4], settle_s=0, verbose=False)
     assert [p["offered_rate"] for p in rep["points"]] == [2, 4]
     assert rep["max_rate_meeting_slo"] == 4 and rep["stopped_early"] is None
     png = plot_sweep(rep, tmp_path / "sweep.png")
     assert png.stat().st_size > 10_000
     # an impossible SLO is clearly broken at the first rate: the sweep stops there
-    tight = RunConfig(server.url, rate=1, duration_s=1, slo_ms=0.01, progress=False)
+    tight = RunConfig(server.url, rate=1, duration_s=1, slo_ms=0.01, progress=False, api_key=KEY)
     rep = sweep(tight, small(tiny_demo), [2, 4, 8], settle_s=0, verbose=False)
     assert len(rep["points"]) == 1 and rep["stopped_early"] and rep["max_rate_meeting_slo"] is None
 
@@ -268,9 +287,11 @@ def test_cli_run_prints_table_and_json(server, tiny_demo, tmp_path):
          "--tokenizer", str(tiny_demo / "teacher"), "--query-tokens", "30", "--items", "3",
          "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SLIMRANK_API_KEY": KEY},  # the key from the environment
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "goodput" in r.stdout and "server prefill" in r.stdout
+    assert "goodput" in r.stdout and "server prefill" in r.stdout  # /metrics scraped with the key
+    assert KEY not in out.read_text()  # the report never holds the key
     rep = json.loads(out.read_text())
     assert rep["workload"]["endpoint"] == "rerank" and rep["config"]["path"] == "/v1/rerank"
     assert rep["requests"]["ok"] == rep["requests"]["scheduled"] > 0

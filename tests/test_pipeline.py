@@ -15,7 +15,9 @@ import compression.pipeline as pipeline
 from compression.recipe import load_recipe
 from compression.stages import STAGES, StageType
 from compression.stages.quantize import QuantizeStage
+from compression.train import NonFiniteLoss
 from ranking.checkpoint import inspect_checkpoint
+from ranking.manifest import verify_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +169,7 @@ def test_every_stage_is_a_finished_loadable_checkpoint(compressed):
     for name in MAIN + ABLATIONS:
         d = recipe.output / name
         assert (d / "stage.json").is_file(), name
+        verify_manifest(d)  # every file, stage.json included, as the stage wrote it
         formats[name] = inspect_checkpoint(d).format
     assert formats["fp8"] == "fp8" and formats["int8"] == "int8" and formats["int4"] == "int4"
     assert formats["distilled"] == "bf16" and formats["pruned"] == "bf16"
@@ -266,6 +269,35 @@ def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_pa
     assert set(result["stage_seconds"]) == {"int8", "int4"}
     assert inspect_checkpoint(out / "int8").format == "int8"
     assert not list(out.glob(".*"))
+
+
+def test_non_finite_loss_discards_the_stage_and_keeps_earlier_ones(
+    compressed, tmp_path, monkeypatch
+):
+    recipe, _ = compressed
+    out = tmp_path / "run"
+    shutil.copytree(recipe.output, out)
+    recipe.output = out
+    for name in ("int8", "int4"):
+        shutil.rmtree(out / name)
+
+    class NanStage(QuantizeStage):
+        def run(self, ctx, src, dst):
+            import torch
+
+            from compression.train import TrainConfig, train
+
+            dst.mkdir(parents=True)
+            (dst / "config.json").write_text("{}")  # half-written
+            model = torch.nn.Linear(2, 1)
+            cfg = TrainConfig(steps=3, batch_queries=1, warmup_steps=1)
+            train(model, [0, 1], cfg, lambda m, b: m(torch.ones(1, 2)).sum() * float("nan"))
+
+    monkeypatch.setitem(STAGES, "quantize", NanStage())
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        pipeline.run_recipe(recipe, report=False)
+    assert not (out / "int8").exists() and not list(out.glob(".*"))  # the temp folder is gone
+    verify_manifest(out / "redistilled")  # the finished stages are intact
 
 
 def test_changed_settings_rerun_that_stage_and_everything_downstream(compressed, tmp_path):

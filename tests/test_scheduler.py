@@ -121,3 +121,72 @@ async def test_drain_finishes_queued_work_and_refuses_new():
     assert len(scores) == 3
     await draining
     assert engine.batches == [[3]]
+
+
+# ---- admission by expected wait -------------------------------------------------------------------
+async def test_admission_by_item_cap_alone_until_a_rate_is_measured():
+    s = await started(FakeEngine(delay_s=0.2), max_wait_s=0.0, max_queue_wait_s=0.001)
+    assert s.tokens_per_s is None and s.expected_wait_s() == 0.0
+    first = asyncio.create_task(s.submit(request(2), 5))
+    await asyncio.sleep(0.01)  # the first is on the engine, nothing is queued
+    waiters = [asyncio.create_task(s.submit(request(2), 5)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert all(not w.done() for w in waiters)  # no rate yet: only the item cap applies
+    await asyncio.gather(first, *waiters)
+    assert s.tokens_per_s is not None and s.tokens_per_s > 0
+    await s.drain()
+
+
+async def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
+    engine = FakeEngine(delay_s=0.1)
+    s = await started(engine, max_wait_s=0.0, max_queue_wait_s=0.25)
+    await s.submit(request(10), 5)  # measures the rate: 42 tokens in ~0.1 s
+    rate = s.tokens_per_s
+    assert rate == pytest.approx(42 / 0.1, rel=0.5)
+    running = asyncio.create_task(s.submit(request(10), 5))
+    await asyncio.sleep(0.01)
+    queued = [asyncio.create_task(s.submit(request(10), 5))]  # nothing queued: always admitted
+    await asyncio.sleep(0.01)
+    admitted, refused = 0, None
+    for _ in range(10):
+        try:
+            queued.append(asyncio.create_task(s.submit(request(10), 5)))
+            await asyncio.sleep(0)
+            if queued[-1].done() and queued[-1].exception() is not None:
+                raise queued[-1].exception()
+            admitted += 1
+        except Overloaded as exc:
+            refused = exc
+            queued.pop()
+            break
+    assert refused is not None, "the budget never refused"
+    assert "expected wait" in str(refused) and "max_queue_wait_ms=250" in str(refused)
+    assert refused.retry_after >= 1
+    # the expected wait of what was admitted stays within the budget
+    assert s.expected_wait_s() <= 0.25 + 42 / rate
+    await asyncio.gather(running, *queued)
+    await s.drain()
+
+
+async def test_expected_wait_counts_queued_tokens_at_the_measured_rate():
+    s = Scheduler(FakeEngine(), ServerMetrics(), 10_000, 10.0, 100, max_queue_wait_s=1.0)
+    s.tokens_per_s = 100.0
+    s._queued_tokens = 50
+    assert s.expected_wait_s() == pytest.approx(0.5)
+    assert s.expected_wait_s(extra_tokens=50) == pytest.approx(1.0)
+    s._running_tokens, s._running_since = 100, __import__("time").perf_counter()
+    assert s.expected_wait_s() == pytest.approx(1.5, abs=0.05)
+
+
+async def test_injected_fault_fails_only_its_batch():
+    engine = FakeEngine()
+    s = await started(engine, max_wait_s=0.0, fault_batches=(2,))
+    out = []
+    for i in range(3):
+        try:
+            await s.submit(request(2, seed=i), 5)
+            out.append("ok")
+        except Exception as exc:  # noqa: BLE001
+            out.append(type(exc).__name__)
+    assert out == ["ok", "EngineFault", "ok"]
+    await s.drain()

@@ -17,3 +17,46 @@ def test_missing_checkpoint_fails_fast(tmp_path):
         timeout=60,
     )
     assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+def _checkpoint_folder(path):
+    """Just enough of a checkpoint for the pre-flight checks (no weights are loaded)."""
+    from ranking.manifest import write_manifest
+
+    path.mkdir()
+    cfg = (
+        '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16"}'
+    )
+    (path / "config.json").write_text(cfg)
+    (path / "model.safetensors").write_bytes(b"\0" * 4096)
+    (path / "ranking_task.json").write_text("{}")
+    write_manifest(path)
+    return path
+
+
+def test_corrupted_checkpoint_fails_fast_naming_the_file(tmp_path):
+    ck = _checkpoint_folder(tmp_path / "ck")
+    with open(ck / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    args = [sys.executable, "-m", "server", "--model", str(ck)]
+    p = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "model.safetensors is truncated" in p.stderr, p.stderr
+
+
+def test_preflight_verifies_unless_told_not_to(tmp_path, caplog):
+    import pytest
+
+    from ranking.checkpoint import CheckpointError
+    from ranking.manifest import MANIFEST_FILE
+    from server.__main__ import preflight
+    from server.settings import ServerSettings
+
+    ck = _checkpoint_folder(tmp_path / "ck")
+    preflight(ServerSettings(model=str(ck)))
+    (ck / "model.safetensors").write_bytes(b"\1" * 4096)  # same size, other bytes
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
+        preflight(ServerSettings(model=str(ck)))
+    preflight(ServerSettings(model=str(ck), verify_checkpoint=False))
+    (ck / MANIFEST_FILE).unlink()
+    preflight(ServerSettings(model=str(ck)))  # no manifest: a warning, not a refusal
+    assert "not verified" in caplog.text

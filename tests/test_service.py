@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server.app import create_app
+from server.app import begin_drain, create_app
 from server.settings import ServerSettings
 from tests.fake_engine import NO_ID, OTHER_MASS, YES_ID, FakeEngine, expected_scores
 from tests.serving import metric_value
@@ -238,27 +238,62 @@ async def test_malformed_json_big_bodies_unknown_paths(client):
     assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
 
 
-async def test_engine_failure_is_500_in_the_error_shape():
+async def test_engine_failure_is_500_without_the_exception_text(caplog):
     app, engine = make_app()
 
     async def broken(requests):
         raise RuntimeError("kernel exploded")
 
-    async with app.router.lifespan_context(app):
-        await wait_until(lambda: app.state.service.ready)
-        engine.score = broken
-        # the app answers, then re-raises to the server (which logs it), as under uvicorn
-        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    with caplog.at_level(logging.ERROR, logger="slimrank.server"):
+        async with serving(app, engine) as c:
+            engine.score = broken
             r = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
     assert r.status_code == 500
-    assert r.json()["error"] == {
-        "type": "internal_error",
-        "message": "RuntimeError: kernel exploded",
-    }
+    err = r.json()["error"]
+    rid = r.headers["x-request-id"]
+    assert err["type"] == "engine_error" and rid in err["message"]
+    assert "exploded" not in r.text and QUERY not in r.text
+    logged = [rec for rec in caplog.records if rid in rec.getMessage()]
+    assert logged and "kernel exploded" in str(logged[0].exc_info[1])
 
 
-# ---- readiness ---------------------------------------------------------------------------------
+async def test_unexpected_failure_is_a_generic_500_with_a_request_id():
+    app, engine = make_app()
+
+    def broken(*args):
+        raise ValueError("secret member text")
+
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: app.state.service.ready)
+        app.state.service.models = broken  # a bug outside the engine path
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            r = await c.get("/v1/models")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+    assert "secret" not in r.text and r.headers["x-request-id"] in r.text
+
+
+async def test_fault_batches_fail_only_their_own_requests():
+    app, engine = make_app(fault_batches=[2], max_wait_ms=0)
+    async with serving(app, engine) as c:
+        got = [(await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})) for _ in range(4)]
+    assert [r.status_code for r in got] == [200, 500, 200, 200]
+    assert got[1].json()["error"]["type"] == "engine_error"
+    assert len(engine.batches) == 3  # the faulty batch never reached the engine
+
+
+async def test_dead_engine_turns_health_and_ready_503_and_fails_requests_at_once():
+    app, engine = make_app(max_wait_ms=0)
+    async with serving(app, engine) as c:
+        assert (await c.get("/health")).status_code == 200
+        engine.is_alive = lambda: False
+        for path in ("/health", "/ready"):
+            r = await c.get(path)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
+        r = await asyncio.wait_for(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS}), 1)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
+
+
 async def test_not_ready_while_loading_then_ready():
     gate = asyncio.Event()
     s = ServerSettings(model="fake", served_model_name="fake")
@@ -399,6 +434,110 @@ async def test_drain_finishes_in_flight_and_refuses_new_with_503():
         assert r.status_code == 200 and len(r.json()["results"]) == 4
         await shutdown
     assert engine.batches == [[4]] and engine.stopped
+
+
+async def test_begin_drain_turns_ready_503_and_refuses_new_requests_with_close():
+    app, engine = make_app(delay_s=0.3, max_wait_ms=0)
+    async with serving(app, engine) as c:
+        in_flight = asyncio.create_task(c.post("/v1/rank", json={"query": QUERY, "items": ITEMS}))
+        await wait_until(lambda: engine.running == 1)
+        begin_drain(app)  # the first SIGTERM (server/lifecycle.py)
+        ready = await c.get("/ready")
+        late = await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})
+        done = await in_flight
+    assert ready.status_code == 503 and ready.json()["error"]["type"] == "shutting_down"
+    assert late.status_code == 503 and late.json()["error"]["type"] == "shutting_down"
+    assert late.headers["connection"] == "close" and int(late.headers["retry-after"]) >= 1
+    assert done.status_code == 200 and done.headers["connection"] == "close"
+    assert engine.batches == [[4]]
+
+
+# ---- API keys ----------------------------------------------------------------------------------
+SCORING = {
+    "/v1/rank": {"query": QUERY, "items": ITEMS},
+    "/v1/score": {"query": QUERY, "items": ITEMS},
+    "/v1/rerank": {"query": QUERY, "documents": ITEMS},
+}
+
+
+@pytest.mark.parametrize("path", list(SCORING))
+async def test_api_key_required_on_scoring_endpoints(path):
+    app, engine = make_app(api_keys=["k-one", "k-two"])
+    async with serving(app, engine) as c:
+        none = await c.post(path, json=SCORING[path])
+        wrong = await c.post(path, json=SCORING[path], headers={"Authorization": "Bearer k-on"})
+        basic = await c.post(path, json=SCORING[path], headers={"Authorization": "Basic k-one"})
+        ok = [
+            await c.post(path, json=SCORING[path], headers={"Authorization": f"Bearer {k}"})
+            for k in ("k-one", "k-two")
+        ]
+    for r in (none, wrong, basic):
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert [r.status_code for r in ok] == [200, 200]
+
+
+async def test_api_key_probes_open_metrics_closed_unless_public(tmp_path):
+    key_file = tmp_path / "keys"
+    key_file.write_text("# one key a line\nfrom-file\n")
+    app, engine = make_app(api_key_file=str(key_file))
+    async with serving(app, engine) as c:
+        assert (await c.get("/health")).status_code == 200
+        assert (await c.get("/ready")).status_code == 200
+        assert (await c.get("/metrics")).status_code == 401
+        assert (await c.get("/v1/models")).status_code == 401
+        auth = {"Authorization": "Bearer from-file"}
+        assert (await c.get("/metrics", headers=auth)).status_code == 200
+    app, engine = make_app(api_keys=["k"], metrics_public=True)
+    async with serving(app, engine) as c:
+        assert (await c.get("/metrics")).status_code == 200
+
+
+def test_api_keys_from_env_comma_separated(monkeypatch):
+    monkeypatch.setenv("SLIMRANK_API_KEYS", "a, b,")
+    monkeypatch.setenv("SLIMRANK_FAULT_BATCHES", "3,5")
+    s = ServerSettings(model="fake")
+    assert s.accepted_keys() == ["a", "b"] and s.fault_batches == [3, 5]
+
+
+# ---- request text stays out of logs and errors ------------------------------------------------
+async def test_request_text_reaches_no_log_line(caplog):
+    marker = "zq-private-7f3a9"
+    app, engine = make_app(**LIMITS)
+    with caplog.at_level(logging.DEBUG):
+        async with serving(app, engine) as c:
+            await c.post("/v1/rank", json={"query": f"{QUERY} {marker}", "items": ITEMS})
+            bad = json.dumps({"query": marker, "documents": [marker, "\ud800"]})
+            await c.post("/v1/rerank", content=bad, headers={"content-type": "application/json"})
+            await c.post("/v1/score", json={"query": marker, "items": [marker] * 100})
+            await c.post("/v1/rank", json={"query": marker, "items": ITEMS, "bogus": marker})
+    assert caplog.records
+    assert not [r.getMessage() for r in caplog.records if marker in r.getMessage()]
+
+
+async def test_log_request_text_is_opt_in(caplog):
+    marker = "zq-private-debug"
+    app, engine = make_app(log_request_text=True)
+    with caplog.at_level(logging.DEBUG, logger="slimrank.request_text"):
+        async with serving(app, engine) as c:
+            await c.post("/v1/rank", json={"query": marker, "items": ITEMS})
+    assert any(marker in r.getMessage() for r in caplog.records)
+
+
+async def test_lone_surrogates_are_422_naming_the_field(client):
+    for path, field, body in [
+        ("/v1/rank", "items[1]", {"query": QUERY, "items": ["ok", "a\ud800b"]}),
+        ("/v1/rerank", "documents[0]", {"query": QUERY, "documents": ["\udfff"]}),
+        ("/v1/score", "query", {"query": "\ud83d", "items": ITEMS}),
+    ]:
+        raw = json.dumps(body).encode()  # json.dumps escapes the surrogate as \\udxxx
+        r = await client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and field in r.json()["error"]["message"], (path, r.text)
+
+
+async def test_rerank_limits_name_documents(client):
+    r = await client.post("/v1/rerank", json={"query": QUERY, "documents": ["x"] * 65})
+    assert r.status_code == 422 and "65 documents" in r.json()["error"]["message"]
 
 
 # ---- accounting ------------------------------------------------------------------------------

@@ -53,6 +53,11 @@ class Engine(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def is_alive(self) -> bool:
+        """False once the engine can no longer score (a dead worker process): /health and
+        /ready turn 503 so that an orchestrator restarts the server."""
+        return True
+
     async def warmup(self) -> None:
         """One real request through the whole path (first-call costs: allocation, kernels)."""
         q = self.task.encode_query(self.tokenizer, WARMUP_QUERY)

@@ -148,6 +148,10 @@ class VllmEngine(Engine):
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(self._request(r) for r in requests)))
 
+    def is_alive(self) -> bool:
+        """vLLM marks its engine dead when the engine-core process exits (EngineDeadError)."""
+        return self.llm is None or not self.llm.errored
+
     async def stop(self) -> None:
         if self.llm is not None:
             self.llm.shutdown()
