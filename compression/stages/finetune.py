@@ -47,7 +47,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_queries < 1:
             raise ValueError("steps and batch_queries must be >= 1")
-        if self.lr <= 0:
+        if not isinstance(self.lr, int | float) or self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
