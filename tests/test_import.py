@@ -141,7 +141,7 @@ async def _scores_per_preset(family_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma"])
 def test_family_imported_scores_alike_in_both_engines(family, tmp_path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     torch.set_num_threads(max(1, torch.get_num_threads()))
