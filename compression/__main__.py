@@ -6,6 +6,7 @@ Commands:
   import     a Hugging Face causal LM folder -> a slimrank checkpoint (prompt preset)
   run        run a compression recipe (YAML): its stages in order, resumably, then the report
   distill    one distillation stage: teacher -> student checkpoint
+  finetune   train a base or imported model on the ranking data (optional LoRA, merged)
   prune      one OSSCAR structured-pruning stage
   quantize   one llmcompressor quantization stage (a scheme of compression.quantize.SCHEMES)
   evaluate   score a checkpoint on a benchmark split and print the quality metrics
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for kind, help_ in (
         ("distill", "distil a teacher into a student (keys of DistillConfig via --set)"),
+        ("finetune", "train a model on the ranking data (keys of FinetuneConfig via --set)"),
         ("prune", "OSSCAR structured pruning (keys of PruneConfig via --set)"),
         ("quantize", "llmcompressor quantization into compressed-tensors"),
     ):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from compression.stages.base import StageContext, StageType
 from compression.stages.distill import DistillStage
+from compression.stages.finetune import FinetuneStage
 from compression.stages.generative import GenerativeDistillStage
 from compression.stages.prune import PruneStage
 from compression.stages.quantize import QuantizeStage
@@ -15,6 +16,7 @@ from compression.stages.quantize import QuantizeStage
 STAGES: dict[str, StageType] = {
     "distill": DistillStage(),
     "distill-generative": GenerativeDistillStage(),
+    "finetune": FinetuneStage(),
     "prune": PruneStage(),
     "quantize": QuantizeStage(),
 }
