@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from compression.train import RankingObjective, TrainConfig, ranking_eval, train
+from compression.train import RankingObjective, TrainConfig, ranking_eval, train, train_config_from
 from ranking.checkpoint import load_checkpoint, save_checkpoint
 from ranking.datafolder import read_split
 from ranking.dataset import encode_groups
@@ -41,17 +41,7 @@ class DistillConfig:
     seed: int = 0
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps,
-            batch_queries=self.batch_queries,
-            lr=self.lr,
-            min_lr_ratio=self.min_lr_ratio,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            lm_weight=self.lm_weight,
-            eval_every=self.eval_every,
-            seed=self.seed,
-        )
+        return train_config_from(self)
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:

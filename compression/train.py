@@ -10,6 +10,7 @@ way it is served.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,13 @@ class TrainConfig:
     lm_weight: float = 0.0  # auxiliary next-token loss on every prompt token (see lm_loss)
     eval_every: int = 250
     seed: int = 0
+
+
+def train_config_from(stage_config) -> TrainConfig:
+    """The ``TrainConfig`` of a stage whose config names some of its fields (distill,
+    finetune): the shared names are copied, the rest keep their defaults."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig(**{n: getattr(stage_config, n) for n in names if hasattr(stage_config, n)})
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

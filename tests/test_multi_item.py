@@ -5,30 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
 import ranking.multi_item as mi
 from ranking.request import EncodedRequest
 from ranking.scorer import naive_label_logits
+from tests.random_models import random_model as shared_random_model
 
-SMALL = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
 LABELS = (5, 6)
 
 
@@ -39,17 +21,7 @@ class Req:
 
 
 def random_model(kind: str, **overrides):
-    torch.manual_seed(0)
-    cfg = {**SMALL, **overrides}
-    if kind == "llama":
-        m = LlamaForCausalLM(LlamaConfig(**cfg))
-    elif kind == "qwen2":  # q/k/v biases
-        m = Qwen2ForCausalLM(Qwen2Config(**cfg, tie_word_embeddings=True))
-    elif kind == "qwen3":  # per-head q/k norms, head_dim not hidden/heads
-        m = Qwen3ForCausalLM(Qwen3Config(**cfg, head_dim=24))
-    else:
-        m = MistralForCausalLM(MistralConfig(**cfg))
-    return m.eval()
+    return shared_random_model(kind, **{"num_hidden_layers": 3, **overrides})
 
 
 def ragged_requests() -> list[Req]:

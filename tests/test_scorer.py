@@ -2,38 +2,10 @@
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, label_logits, naive_label_logits, yes_probability
-
-SMALL = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
-
-
-def random_model(kind: str, dtype=torch.float32):
-    torch.manual_seed(0)
-    if kind == "llama":
-        m = LlamaForCausalLM(LlamaConfig(**SMALL))
-    elif kind == "qwen2":  # q/k/v biases
-        m = Qwen2ForCausalLM(Qwen2Config(**SMALL, tie_word_embeddings=True))
-    else:  # per-head q/k norms
-        m = Qwen3ForCausalLM(Qwen3Config(**SMALL, head_dim=16))
-    return m.to(dtype).eval()
+from tests.random_models import random_model
 
 
 def ragged_batch():

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from compression.stages.base import StageContext, StageType
-from compression.train import RankingObjective, TrainConfig, ranking_eval, train
+from compression.train import RankingObjective, TrainConfig, ranking_eval, train, train_config_from
 
 
 @dataclass
@@ -55,17 +55,7 @@ class FinetuneConfig:
             raise ValueError("lora_targets must name at least one module")
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps,
-            batch_queries=self.batch_queries,
-            lr=self.lr,
-            min_lr_ratio=self.min_lr_ratio,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            lm_weight=self.lm_weight,
-            eval_every=self.eval_every,
-            seed=self.seed,
-        )
+        return train_config_from(self)
 
 
 def with_lora(model, cfg: FinetuneConfig):
