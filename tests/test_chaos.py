@@ -97,7 +97,8 @@ def test_drain(short_cfg):
     rep = _run("drain", short_cfg)
     before, after = rep["requests"]["before_signal"], rep["requests"]["after_signal"]
     assert before["lost"] == 0 and before["connection_errors"] == 0, before
-    assert set(before["by_status"]) <= {"200", "429"}, before
+    # a request sent just before the signal may reach the server after it: 503, not lost
+    assert set(before["by_status"]) <= {"200", "429", "503"}, before
     assert after["connection_errors"] == 0 and after["lost"] == 0, after
     assert _check(rep, "after the signal: 503 shutting_down with Connection: close")["ok"]
     assert any(s == 503 for _, s in rep["ready_after_signal"]), "/ready never turned 503"
