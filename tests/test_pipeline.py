@@ -227,11 +227,14 @@ def test_rerun_reuses_every_finished_stage(compressed, monkeypatch):
     recipe, _ = compressed
 
     class Boom(StageType):
+        def __init__(self, real: StageType):
+            self.data_splits = real.data_splits  # the fingerprint covers the splits it reads
+
         def run(self, ctx, src, dst):
             raise AssertionError("a finished stage was run again")
 
-    for kind in list(STAGES):
-        monkeypatch.setitem(STAGES, kind, Boom())
+    for kind, real in list(STAGES.items()):
+        monkeypatch.setitem(STAGES, kind, Boom(real))
     result = pipeline.run_recipe(recipe, ablations=True, report=False)
     assert result["stage_seconds"] == {}
 
@@ -259,11 +262,14 @@ def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_pa
     assert (out / "redistilled" / "stage.json").is_file()  # finished stages are kept
 
     class Fail(StageType):
+        def __init__(self, real: StageType):
+            self.data_splits = real.data_splits  # the fingerprint covers the splits it reads
+
         def run(self, ctx, src, dst):
             raise AssertionError("only the unfinished stages should run")
 
-    monkeypatch.setitem(STAGES, "distill", Fail())
-    monkeypatch.setitem(STAGES, "prune", Fail())
+    monkeypatch.setitem(STAGES, "distill", Fail(STAGES["distill"]))
+    monkeypatch.setitem(STAGES, "prune", Fail(STAGES["prune"]))
     monkeypatch.setitem(STAGES, "quantize", real)
     result = pipeline.run_recipe(recipe, report=False)
     assert set(result["stage_seconds"]) == {"int8", "int4"}
@@ -274,7 +280,7 @@ def test_interrupted_stage_leaves_nothing_that_looks_finished(compressed, tmp_pa
 def test_non_finite_loss_discards_the_stage_and_keeps_earlier_ones(
     compressed, tmp_path, monkeypatch
 ):
-    recipe, _ = compressed
+    recipe = copy.deepcopy(compressed[0])  # the module-scoped fixture stays untouched
     out = tmp_path / "run"
     shutil.copytree(recipe.output, out)
     recipe.output = out

@@ -80,7 +80,8 @@ def finetune(src: Path, data: Path, dst: Path, cfg: FinetuneConfig, desc: str = 
     import torch
 
     from ranking.checkpoint import load_checkpoint, save_checkpoint
-    from ranking.dataset import encode_groups, read_split
+    from ranking.datafolder import read_split
+    from ranking.dataset import encode_groups
 
     cfg.validate()
     t0 = time.time()
