@@ -5,7 +5,9 @@ The loss is ``compression.train.RankingObjective`` without a teacher: hard-label
 of the yes/no answer (plus an optional next-token loss on the prompts), through the same
 shared-prefix forward the server scores with. With ``lora_rank > 0`` only LoRA adapters (peft)
 are trained, which fits a large base model's optimiser state in memory; they are merged into
-the weights at the end, so the output is a plain checkpoint every engine and stage reads.
+the weights at the end, so the output is a plain checkpoint every engine and stage reads. It
+keeps the input's dtype: training runs in fp32, and rounding a barely trained fp32 model to bf16
+reorders its near-tied scores.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def finetune(src: Path, data: Path, dst: Path, cfg: FinetuneConfig, desc: str = 
     train_seconds = time.time() - t_train
     if cfg.lora_rank:
         model = trained.merge_and_unload()
-    save_checkpoint(model, tokenizer, task, dst, dtype=torch.bfloat16)
+    saved_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    save_checkpoint(model, tokenizer, task, dst, dtype=saved_dtype[info.format])
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": trainable,
