@@ -89,7 +89,8 @@ def test_recipe_prunes_distils_and_quantizes_an_imported_qwen3(own_model_compres
     assert cfg["intermediate_size"] == 64
     assert "quantization_config" in json.loads((recipe.output / "int8" / "config.json").read_text())
     print({n: round(r["auc"], 4) for n, r in rows.items()})
-    assert rows["teacher"]["auc"] > 0.65, rows  # the imported model ranks: there is a ranking to keep
+    # the imported model ranks: there is a ranking to keep
+    assert rows["teacher"]["auc"] > 0.65, rows
     for name in ("redistilled", "int8"):
         assert np.isfinite(rows[name]["auc"]), rows[name]
         # keeps most of the teacher's ranking (48 test pairs: an AUC step is about 0.002)
