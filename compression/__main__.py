@@ -180,6 +180,7 @@ def _stage_cmd(kind: str):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
+        from compression import distributed
         from compression.recipe import (
             Recipe,
             RecipeError,
@@ -204,10 +205,13 @@ def _stage_cmd(kind: str):
             return 2
         recipe = replace(recipe, teacher=Path(args.teacher or args.model))
         t0 = time.time()
-        summary = STAGES[kind].run(recipe.context(stage), model, out)
+        # one stage on its own does not resume: ``compression run`` keys resumable state
+        ctx = replace(recipe.context(stage), work=None)
+        summary = STAGES[kind].run(ctx, model, out)
         summary.pop("curve", None)
         seconds = round(time.time() - t0, 1)
-        print(json.dumps({"out": args.out, "seconds": seconds, **summary}, default=str))
+        if distributed.is_main():
+            print(json.dumps({"out": args.out, "seconds": seconds, **summary}, default=str))
         return 0
 
     return run

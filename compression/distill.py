@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from compression import distributed
 from compression.train import RankingObjective, TrainConfig, ranking_eval, train, train_config_from
 from ranking.checkpoint import load_checkpoint, save_checkpoint
 from ranking.datafolder import read_split
@@ -96,9 +97,11 @@ def distill(
     dst: str | Path,
     cfg: DistillConfig,
     desc: str = "distill",
+    resume: Path | None = None,
 ) -> dict:
     """Distils ``teacher_dir`` into the student described by ``cfg.student`` (or the checkpoint
-    ``student_src`` when ``cfg.student`` is None) and writes the student checkpoint ``dst``."""
+    ``student_src`` when ``cfg.student`` is None) and writes the student checkpoint ``dst``
+    (rank 0 under ``torchrun``); ``resume``: see ``compression.train.train``."""
     cfg.validate()
     t0 = time.time()
     teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
@@ -125,9 +128,11 @@ def distill(
         objective,
         ranking_eval(tokenizer, task, val_groups),
         desc=desc,
+        resume=resume,
     )
     train_seconds = time.time() - t_train
-    save_checkpoint(student, tokenizer, task, dst)
+    if distributed.is_main():
+        save_checkpoint(student, tokenizer, task, dst)
     return {
         "params": sum(p.numel() for p in student.parameters()),
         "train_seconds": round(train_seconds, 1),

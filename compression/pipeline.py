@@ -4,7 +4,12 @@ Each stage writes into a hidden temporary folder; its summary (``stage.json``, h
 stage's fingerprint) is written last and the folder is then renamed into place. So a folder
 ``<output>/<stage>/`` with a ``stage.json`` is always a finished checkpoint, an interrupted run
 leaves only a temporary folder (removed on the next run), and re-running the recipe skips every
-finished stage whose settings (and upstream) are unchanged.
+finished stage whose settings (and upstream) are unchanged. A training stage killed midway
+keeps its training state in ``<output>/.<stage>.resume/`` and continues from it when rerun with
+the same fingerprint.
+
+Under ``torchrun`` every process runs the recipe: the data-parallel stages (``distill``,
+``finetune``) on all ranks, the others on rank 0 while the rest wait; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import time
 
+from compression import distributed
 from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe, Stage
 from compression.report import write_report
@@ -36,39 +42,70 @@ def finished(recipe: Recipe, stage: Stage) -> dict | None:
 def run_recipe(recipe: Recipe, ablations: bool = False, report: bool = True) -> dict:
     """Runs the main stages (and the ablations if asked), reusing finished ones."""
     t0 = time.time()
-    recipe.output.mkdir(parents=True, exist_ok=True)
+    distributed.init()
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    distributed.on_main(lambda: recipe.output.mkdir(parents=True, exist_ok=True))
     todo = [s for s in recipe.stages if ablations or not s.ablation]
     timings = {}
     for i, stage in enumerate(todo, 1):
-        if finished(recipe, stage):
-            print(f"[compress] {i}/{len(todo)} {stage.name}: finished earlier, reused")
+        if distributed.on_main(lambda stage=stage: finished(recipe, stage) is not None):
+            say(f"[compress] {i}/{len(todo)} {stage.name}: finished earlier, reused")
             continue
-        print(f"[compress] {i}/{len(todo)} {stage.name} ({stage.type} from {stage.source})")
+        say(f"[compress] {i}/{len(todo)} {stage.name} ({stage.type} from {stage.source})")
         ts = time.time()
-        run_stage(recipe, stage)
+        if STAGES[stage.type].data_parallel:
+            run_stage(recipe, stage)
+        else:
+            distributed.on_main(lambda stage=stage: run_stage(recipe, stage))
         timings[stage.name] = round(time.time() - ts, 1)
-        print(f"[compress] {stage.name} done in {timings[stage.name]:.0f}s")
+        say(f"[compress] {stage.name} done in {timings[stage.name]:.0f}s")
     result = {"stage_seconds": timings}
     if report:
-        result["report"] = write_report(recipe, [s.name for s in todo])
+        result["report"] = distributed.on_main(lambda: write_report(recipe, [s.name for s in todo]))
     result["seconds"] = round(time.time() - t0, 1)
-    print(f"[compress] recipe finished in {result['seconds']:.0f}s -> {recipe.output}")
+    say(f"[compress] recipe finished in {result['seconds']:.0f}s -> {recipe.output}")
     return result
 
 
-def run_stage(recipe: Recipe, stage: Stage) -> dict:
-    """Runs one stage into a temporary folder and moves it into place only when complete."""
+def _resume_folder(recipe: Recipe, stage: Stage):
+    """The stage's resume folder, emptied unless it was left by a run with this fingerprint."""
+    ctx = recipe.context(stage)
+    stamp = ctx.work / "fingerprint"
+    fingerprint = recipe.fingerprint(stage.name)
+    if ctx.work.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
+        shutil.rmtree(ctx.work)
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    return ctx
+
+
+def run_stage(recipe: Recipe, stage: Stage) -> dict | None:
+    """Runs one stage into a temporary folder and moves it into place only when complete.
+    Under ``torchrun`` (a data-parallel stage, on every rank) rank 0 handles the folders and
+    returns the summary; the other ranks train and return None."""
     final = stage_dir(recipe, stage.name)
     tmp = recipe.output / f".{stage.name}.tmp"
-    for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+    main = distributed.is_main()
+
+    def prepare():
+        for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        return _resume_folder(recipe, stage)
+
+    ctx = distributed.on_main(prepare)
     src = stage_dir(recipe, stage.source)
     try:
-        summary = STAGES[stage.type].run(recipe.context(stage), src, tmp)
+        summary = STAGES[stage.type].run(ctx, src, tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed stage leaves nothing; earlier stay
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed stage leaves nothing; earlier stay
         raise
+    return distributed.on_main(lambda: _finish(recipe, stage, summary, tmp, final))
+
+
+def _finish(recipe: Recipe, stage: Stage, summary: dict, tmp, final) -> dict:
+    """Writes the stage's summary and manifest into ``tmp`` and renames it into place."""
     info = {
         "name": stage.name,
         "type": stage.type,
@@ -88,4 +125,5 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict:
         os.replace(final, stale)
         shutil.rmtree(stale)
     os.replace(tmp, final)
+    shutil.rmtree(recipe.context(stage).work, ignore_errors=True)
     return info

@@ -71,7 +71,8 @@ class Recipe:
 
     def context(self, stage: Stage) -> StageContext:
         """What ``stage`` needs from the recipe to run."""
-        return StageContext(stage.name, stage.config, self.teacher, self.data)
+        work = self.output / f".{stage.name}.resume"
+        return StageContext(stage.name, stage.config, self.teacher, self.data, work)
 
     def fingerprint(self, name: str) -> str:
         """Hash of a stage's settings, of the content of the data splits it reads and of

@@ -8,6 +8,7 @@ already exists, so a second run costs seconds.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from compression import distributed
 from compression.train import RankingObjective, TrainConfig, ranking_eval, train
 from ranking.checkpoint import inspect_checkpoint, save_checkpoint
 from ranking.datafolder import read_split, split_path
@@ -125,11 +127,12 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig | None = None, force: bool =
     out = Path(out_dir)
     data_dir = out / "data"
     t0 = time.time()
-    meta = build_data(cfg, data_dir)
+    distributed.init()
+    meta = distributed.on_main(lambda: build_data(cfg, data_dir))
     summary = train_teacher(
         data_dir, out / "teacher", cfg.model, cfg.train, key=_cfg_dict(cfg), force=force
     )
-    if summary["reused"]:
+    if summary["reused"] or not distributed.is_main():
         return summary
     summary.update(
         total_seconds=round(time.time() - t0, 1),
@@ -201,26 +204,45 @@ def train_teacher(
         task.label_token_ids(tokenizer), tokenizer.pad_token_id or 0, lm_weight=train_cfg.lm_weight
     )
     evaluate_val = ranking_eval(tokenizer, task, val_groups)
-    curve = train(model, train_groups, train_cfg, objective, evaluate_val, desc="teacher")
+    resume = distributed.on_main(lambda: _resume_folder(teacher_dir, key))
+    curve = train(model, train_groups, train_cfg, objective, evaluate_val, desc="teacher",
+                  resume=resume)  # fmt: skip
     train_seconds = time.time() - t_train
 
-    save_checkpoint(model, tokenizer, task, teacher_dir)
-    # Evaluate the SAVED checkpoint (bf16), exactly as it will be served.
-    test, _, info = evaluate_checkpoint(teacher_dir, data_dir, "test", progress=True)
-    summary = {
-        "config": key,
-        "params": params,
-        "format": info.format,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.time() - t0, 1),
-        "test": test,
-        "curve": curve,
-        "reused": False,
-    }
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    if curve:
-        plot_curve(curve, teacher_dir / "learning_curve.png")
-    return summary
+    def finish() -> dict:
+        save_checkpoint(model, tokenizer, task, teacher_dir)
+        # Evaluate the SAVED checkpoint (bf16), exactly as it will be served.
+        test, _, info = evaluate_checkpoint(teacher_dir, data_dir, "test", progress=True)
+        summary = {
+            "config": key,
+            "params": params,
+            "format": info.format,
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.time() - t0, 1),
+            "test": test,
+            "curve": curve,
+            "reused": False,
+        }
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        if curve:
+            plot_curve(curve, teacher_dir / "learning_curve.png")
+        shutil.rmtree(resume, ignore_errors=True)
+        return summary
+
+    return distributed.on_main(finish)
+
+
+def _resume_folder(teacher_dir: Path, key: dict) -> Path:
+    """Where a killed training run of this teacher left its state (``<teacher>.resume``),
+    emptied unless that run had the same ``key``."""
+    folder = teacher_dir.with_name(teacher_dir.name + ".resume")
+    stamp = folder / "key.json"
+    wanted = json.dumps(key, sort_keys=True)
+    if folder.exists() and not (stamp.is_file() and stamp.read_text() == wanted):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wanted)
+    return folder
 
 
 def _cfg_dict(cfg: DemoConfig) -> dict:

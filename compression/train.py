@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from compression import distributed
 from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, tap_logits, token_kd_loss
 from ranking.evaluation import evaluate
 from ranking.request import EncodedRequest
@@ -119,6 +122,30 @@ def ranking_eval(
     return lambda model: evaluate(TorchScorer(model, tokenizer, task), groups)
 
 
+class _ObjectiveStep(torch.nn.Module):
+    """The objective as a module: DDP synchronises gradients of what runs in its ``forward``,
+    and the objectives call the model's parts (shared-prefix forward, head) directly."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: list) -> torch.Tensor:
+        return self.objective(self.model, batch)
+
+
+RESUME_FILE = "train_state.pt"
+
+
+def _save_state(folder: Path, state: dict) -> None:
+    """Writes the resumable training state atomically (rank 0 only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (RESUME_FILE + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / RESUME_FILE)
+
+
 def train(
     model: torch.nn.Module,
     examples: Sequence,
@@ -126,9 +153,26 @@ def train(
     objective: Objective,
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     desc: str = "train",
+    resume: Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> list[dict]:
     """Trains ``model`` in place on minibatches of ``cfg.batch_queries`` examples; returns the
-    learning curve (train loss EMA and the ``eval_fn`` metrics every ``cfg.eval_every`` steps)."""
+    learning curve (train loss EMA and the ``eval_fn`` metrics every ``cfg.eval_every`` steps).
+
+    Under ``torchrun`` with N processes, each takes every N-th example of the same global
+    minibatch and DDP averages the gradients, so the run follows the one-process run at the
+    same ``batch_queries`` (exactly when every query has the same number of items: each rank's
+    loss is a mean over its own items). Evaluation and progress are rank 0's. With ``resume``
+    (a folder that survives a killed run), the state is written there every
+    ``checkpoint_every`` steps (default: ``SLIMRANK_CHECKPOINT_EVERY``, else 50) and a rerun
+    continues from the last one: same batches, same learning rate, same optimiser moments."""
+    if checkpoint_every is None:
+        checkpoint_every = int(os.environ.get("SLIMRANK_CHECKPOINT_EVERY", "50"))
+    distributed.init()
+    world = distributed.world_size()
+    if world > cfg.batch_queries:
+        raise ValueError(f"batch_queries {cfg.batch_queries} < {world} processes: raise it")
+    main = distributed.is_main()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -141,10 +185,27 @@ def train(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
+    step_fn: torch.nn.Module = _ObjectiveStep(model, objective)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
     curve: list[dict] = []
     order = rng.permutation(len(examples))
-    cursor, t0, running = 0, time.time(), None
-    bar = tqdm(range(cfg.steps), desc=desc, unit="step")
+    cursor, t0, running, start = 0, time.time(), None, 0
+    state_path = resume / RESUME_FILE if resume is not None else None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        order, cursor, running = state["order"], state["cursor"], state["running"]
+        curve, start = state["curve"], state["step"]
+        if main:
+            print(f"[{desc}] resumed at step {start} from {state_path}")
+    bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start,
+               total=cfg.steps, disable=not main)  # fmt: skip
     for step in bar:
         if cursor + cfg.batch_queries > len(order):
             order, cursor = rng.permutation(len(examples)), 0
@@ -154,10 +215,11 @@ def train(
             g["lr"] = lr_at(step, cfg)
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-            loss = objective(model, batch)
-        if not torch.isfinite(loss.detach()).all():
+            loss = step_fn(distributed.shard(batch))
+        value = distributed.mean(loss.item())  # every rank stops together on a bad loss
+        if not math.isfinite(value):
             raise NonFiniteLoss(
-                f"[{desc}] non-finite loss ({loss.item()}) at step {step + 1} "
+                f"[{desc}] non-finite loss ({value}) at step {step + 1} "
                 f"(lr {lr_at(step, cfg):.2e}): lower the stage's lr or check its data; "
                 "nothing of this stage is kept"
             )
@@ -165,10 +227,10 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_at(step, cfg):.2e}")
         last = step == cfg.steps - 1
-        if eval_fn and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
+        if eval_fn and main and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
             model.eval()
             with torch.inference_mode():
                 m = eval_fn(model)
@@ -179,5 +241,12 @@ def train(
                 f"{k} {v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "loss", "kl")
             )
             bar.write(f"[{desc}] step {step + 1}: train loss {running:.4f} val {shown}")
+        if state_path is not None and main and not last and (step + 1) % checkpoint_every == 0:
+            _save_state(resume, {
+                "step": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "order": order, "cursor": cursor, "running": running, "curve": curve,
+            })  # fmt: skip
+    distributed.barrier()
     model.eval()
     return curve

@@ -898,3 +898,38 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
         assert prom.query(
             'sum by (status) (rate(slimrank_requests_total{endpoint="/v1/rank"}[30s]))'
         )["result"]
+
+
+def test_k8s_distributed_compression_job_is_consistent(rendered):
+    """The multi-node form: an Indexed Job whose pods reach pod 0 through a headless Service,
+    with torchrun's node count, node rank and GPUs per node agreeing with the Job's shape."""
+    import kubernetes_validate
+
+    kubectl = need("kubectl")
+    text = run(kubectl, "kustomize", str(K8S / "compress-distributed"), timeout=60).stdout
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    job = one(docs, "Job", "slimrank-compress-distributed")
+    svc = one(docs, "Service", "slimrank-compress-workers")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"]  # every node at once: a static world
+    assert svc["spec"]["clusterIP"] == "None" and pod["subdomain"] == svc["metadata"]["name"]
+    assert matches(svc["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    cmd = " ".join(container["command"] + container["args"])
+    assert "torch.distributed.run" in cmd and "-m compression run" in cmd
+    assert '--node-rank="$JOB_COMPLETION_INDEX"' in cmd  # set by the Indexed Job
+    assert int(env["NNODES"]) == spec["completions"]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(env["NPROC_PER_NODE"]) == int(gpus)
+    master = f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert f'--master-addr="{master}"' in cmd
+    port = re.search(r"--master-port=(\d+)", cmd).group(1)
+    assert int(port) == svc["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    # the volume the single-pod Job fills and the ranker reads, shared by every pod
+    claim = {v["name"]: v for v in pod["volumes"]}["models"]["persistentVolumeClaim"]["claimName"]
+    pvc = one(rendered["gpu"], "PersistentVolumeClaim", claim)
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]

@@ -22,6 +22,9 @@ class StageContext:
     config: Any  # the stage's parsed settings (an instance of its type's ``Config``)
     teacher: Path  # the recipe's teacher checkpoint (distillation targets)
     data: Path  # the benchmark folder (train / validation / test splits)
+    # Survives a killed run of this stage with unchanged settings (resumable training state);
+    # removed once the stage has finished. None: nothing to resume from.
+    work: Path | None = None
 
 
 class StageType:
@@ -32,6 +35,9 @@ class StageType:
     # The data splits ``run`` reads: the stage's fingerprint keys on their content, so new data
     # reruns the stages that read it (and their downstream) and nothing else.
     data_splits: ClassVar[tuple[str, ...]] = ("train", "validation")
+    # Whether every ``torchrun`` process runs this stage (data-parallel training, rank 0
+    # writing); otherwise rank 0 runs it alone while the others wait.
+    data_parallel: ClassVar[bool] = False
 
     def parse(self, spec: dict) -> Any:
         """The settings from a stage's YAML mapping; ``ValueError`` names an unknown key or a

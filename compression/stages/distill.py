@@ -23,9 +23,10 @@ def student_output_config(student: dict | str | None, config: Any) -> Any:
 
 class DistillStage(StageType):
     Config = DistillConfig
+    data_parallel = True
 
     def check(self, cfg: DistillConfig, config: Any) -> Any:
         return student_output_config(cfg.student, config)
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        return distill(ctx.teacher, src, ctx.data, dst, ctx.config, desc=ctx.name)
+        return distill(ctx.teacher, src, ctx.data, dst, ctx.config, desc=ctx.name, resume=ctx.work)

@@ -78,9 +78,19 @@ def with_lora(model, cfg: FinetuneConfig):
     return get_peft_model(model, lora)
 
 
-def finetune(src: Path, data: Path, dst: Path, cfg: FinetuneConfig, desc: str = "finetune") -> dict:
+def finetune(
+    src: Path,
+    data: Path,
+    dst: Path,
+    cfg: FinetuneConfig,
+    desc: str = "finetune",
+    resume: Path | None = None,
+) -> dict:
+    """Fine-tunes ``src`` on ``data`` into ``dst`` (rank 0 writes under ``torchrun``);
+    ``resume``: see ``compression.train.train``."""
     import torch
 
+    from compression import distributed
     from ranking.checkpoint import load_checkpoint, save_checkpoint
     from ranking.datafolder import read_split
     from ranking.dataset import encode_groups
@@ -105,12 +115,14 @@ def finetune(src: Path, data: Path, dst: Path, cfg: FinetuneConfig, desc: str = 
         objective,
         ranking_eval(tokenizer, task, val_groups),
         desc=desc,
+        resume=resume,
     )
     train_seconds = time.time() - t_train
     if cfg.lora_rank:
         model = trained.merge_and_unload()
     saved_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    save_checkpoint(model, tokenizer, task, dst, dtype=saved_dtype[info.format])
+    if distributed.is_main():
+        save_checkpoint(model, tokenizer, task, dst, dtype=saved_dtype[info.format])
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": trainable,
@@ -124,6 +136,7 @@ def finetune(src: Path, data: Path, dst: Path, cfg: FinetuneConfig, desc: str = 
 
 class FinetuneStage(StageType):
     Config = FinetuneConfig
+    data_parallel = True
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        return finetune(src, ctx.data, dst, ctx.config, desc=ctx.name)
+        return finetune(src, ctx.data, dst, ctx.config, desc=ctx.name, resume=ctx.work)
