@@ -40,6 +40,8 @@ class DistillConfig:
     lm_weight: float = 0.0
     eval_every: int = 0  # validation AUC every N steps (0: only at the end)
     seed: int = 0
+    # a teacher-outputs stage of the recipe: KD from its stored outputs, no teacher loaded
+    teacher_outputs: str | None = None
 
     def train_config(self) -> TrainConfig:
         return train_config_from(self)
@@ -53,6 +55,8 @@ class DistillConfig:
             raise ValueError("steps and batch_queries must be >= 1")
         if isinstance(self.student, str) and not Path(self.student).is_dir():
             raise ValueError(f"student checkpoint {self.student} does not exist")
+        if self.teacher_outputs is not None and not isinstance(self.teacher_outputs, str):
+            raise ValueError("teacher_outputs names a teacher-outputs stage of the recipe")
 
 
 def student_config(teacher_config, overrides: dict):
@@ -78,12 +82,12 @@ def make_student(teacher_config, overrides: dict, seed: int = 0) -> torch.nn.Mod
 
 
 def load_student(
-    spec: dict | str | None, teacher: torch.nn.Module, input_dir: str | Path | None, seed: int
+    spec: dict | str | None, teacher_config, input_dir: str | Path | None, seed: int
 ) -> torch.nn.Module:
-    """The student, fp32 for training: config overrides of the teacher (random init), a
-    checkpoint folder, or (``spec`` None) the stage's input checkpoint."""
+    """The student, fp32 for training: config overrides of the teacher's config (random init),
+    a checkpoint folder, or (``spec`` None) the stage's input checkpoint."""
     if isinstance(spec, dict):
-        return make_student(teacher.config, spec, seed)
+        return make_student(teacher_config, spec, seed)
     src = spec if isinstance(spec, str) else input_dir
     if src is None:
         raise ValueError("distill needs a student: config overrides, a folder, or an input")
@@ -98,27 +102,48 @@ def distill(
     cfg: DistillConfig,
     desc: str = "distill",
     resume: Path | None = None,
+    stored_dir: Path | None = None,
 ) -> dict:
     """Distils ``teacher_dir`` into the student described by ``cfg.student`` (or the checkpoint
     ``student_src`` when ``cfg.student`` is None) and writes the student checkpoint ``dst``
-    (rank 0 under ``torchrun``); ``resume``: see ``compression.train.train``."""
+    (rank 0 under ``torchrun``); ``resume``: see ``compression.train.train``. With
+    ``stored_dir`` (a teacher-outputs stage's folder) the teacher's weights are never loaded:
+    KD reads its stored outputs, and training draws from the queries they cover."""
+    from compression.teacher_outputs import StoredOutputs
+    from ranking.checkpoint import load_tokenizer_and_task
+
     cfg.validate()
     t0 = time.time()
-    teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
-    teacher.requires_grad_(False)
-    student = load_student(cfg.student, teacher, student_src, cfg.seed)
+    wants_teacher = cfg.alpha > 0 or cfg.token_kd_weight > 0
+    stored = StoredOutputs(stored_dir) if stored_dir is not None and wants_teacher else None
+    if stored is None:
+        teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
+        teacher.requires_grad_(False)
+        teacher_config = teacher.config
+    else:
+        teacher = None
+        tokenizer, task = load_tokenizer_and_task(teacher_dir)
+        teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    student = load_student(cfg.student, teacher_config, student_src, cfg.seed)
     label_ids = task.label_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id or 0
     train_groups = encode_groups(read_split(data_dir, "train"), tokenizer, task)
+    if stored is not None:
+        if list(stored.meta["label_ids"]) != list(label_ids):
+            raise ValueError(f"{stored_dir} was computed for other label tokens")
+        train_groups = [g for g in train_groups if stored.covers(g)]
+        if not train_groups:
+            raise ValueError(f"{stored_dir} covers none of the training queries of {data_dir}")
     val_groups = encode_groups(read_split(data_dir, "validation"), tokenizer, task)
     objective = RankingObjective(
         label_ids,
         pad_id,
         lm_weight=cfg.lm_weight,
-        teacher=teacher if (cfg.alpha > 0 or cfg.token_kd_weight > 0) else None,
+        teacher=teacher if wants_teacher else None,
         alpha=cfg.alpha,
         temperature=cfg.temperature,
         token_kd_weight=cfg.token_kd_weight,
+        stored=stored,
     )
     t_train = time.time()
     curve = train(
@@ -138,6 +163,8 @@ def distill(
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - t0, 1),
         "val_auc": curve[-1]["val_auc"] if curve else None,
+        "kd_source": "stored" if stored is not None else ("live" if wants_teacher else None),
+        "train_queries": len(train_groups),
         "curve": curve,
         "config": asdict(cfg),
     }

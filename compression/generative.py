@@ -225,7 +225,7 @@ def distill_generative(
     t0 = time.time()
     teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
     teacher.requires_grad_(False)
-    student = load_student(cfg.student, teacher, student_src, cfg.seed)
+    student = load_student(cfg.student, teacher.config, student_src, cfg.seed)
     pad_id = tokenizer.pad_token_id or 0
     train_ex = generative_examples(read_split(data_dir, "train"), tokenizer, task)
     val_ex = generative_examples(

@@ -54,7 +54,7 @@ def tap_logits(model, taps: list) -> list[torch.Tensor]:
     flattened in a fixed order, so student and teacher logits line up row for row."""
     head = model.get_output_embeddings()
     out = []
-    for _ids, mask, hidden in taps:
+    for _ids, mask, hidden, _items in taps:
         valid = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
         out.append(head(hidden[:, :-1][valid]).float())
     return out
@@ -63,10 +63,44 @@ def tap_logits(model, taps: list) -> list[torch.Tensor]:
 def tap_targets(taps: list) -> list[torch.Tensor]:
     """The next token at every position that ``tap_logits`` returns, in the same order."""
     out = []
-    for ids, mask, _hidden in taps:
+    for ids, mask, _hidden, _items in taps:
         valid = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
         out.append(ids[:, 1:][valid])
     return out
+
+
+def tap_segments(taps: list, item_counts: list[int]) -> list[tuple[int, int]]:
+    """The (request, item) of each block of rows that ``tap_logits`` returns, in its order:
+    item -1 for a query's own rows (``len(query) - 1`` of them), else ``len(item) - 1`` rows.
+    ``item_counts``: the number of items of each request of the forward."""
+    flat = [(r, j) for r, n in enumerate(item_counts) for j in range(n)]
+    out: list[tuple[int, int]] = []
+    for _ids, _mask, _hidden, items in taps:
+        out.extend([(r, -1) for r in range(len(item_counts))] if items is None
+                   else [flat[i] for i in items])  # fmt: skip
+    return out
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor, top_ids: torch.Tensor, top_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """Forward KL to a teacher known only by its top-k next-token log-probs, per row.
+
+    The teacher's distribution is its k tokens plus one "tail" outcome holding the rest of its
+    mass (1 - sum of the k probabilities); the student's is the same k tokens (from its full
+    log-softmax) plus its own tail. KL over these k + 1 outcomes is exact when k is the whole
+    vocabulary and a lower bound of the full KL otherwise (merging outcomes never raises KL), so
+    the student matches the teacher's head and the total mass it leaves to the rest. Mean over
+    rows, as ``token_kd_loss``.
+    """
+    log_q = F.log_softmax(student_logits.float(), dim=-1).gather(1, top_ids.long())
+    log_p = top_logprobs.float()
+    p = log_p.exp()
+    tail_p = (1 - p.sum(dim=-1)).clamp_min(0)
+    tail_q = (1 - log_q.exp().sum(dim=-1)).clamp_min(1e-12)
+    kl = (p * (log_p - log_q)).sum(dim=-1)
+    kl = kl + torch.where(tail_p > 1e-9, tail_p * (tail_p.clamp_min(1e-12).log() - tail_q.log()), 0)
+    return kl.mean()
 
 
 def lm_loss(model, taps: list) -> torch.Tensor:

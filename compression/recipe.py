@@ -72,7 +72,8 @@ class Recipe:
     def context(self, stage: Stage) -> StageContext:
         """What ``stage`` needs from the recipe to run."""
         work = self.output / f".{stage.name}.resume"
-        return StageContext(stage.name, stage.config, self.teacher, self.data, work)
+        inputs = {n: self.output / n for n in STAGES[stage.type].reads(stage.config)}
+        return StageContext(stage.name, stage.config, self.teacher, self.data, work, inputs)
 
     def fingerprint(self, name: str) -> str:
         """Hash of a stage's settings, of the content of the data splits it reads and of
@@ -91,8 +92,11 @@ class Recipe:
             split: content_hash(split_path(self.data, split))
             for split in STAGES[s.type].data_splits
         }
+        reads = {n: self.fingerprint(n) for n in STAGES[s.type].reads(s.config)}
         blob = json.dumps(
-            {"type": s.type, "spec": s.spec, "data": data, "up": upstream}, sort_keys=True
+            {"type": s.type, "spec": s.spec, "data": data, "up": upstream}
+            | ({"reads": reads} if reads else {}),
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -106,13 +110,16 @@ def parse_stage_config(kind: str, spec: dict, where: str) -> Any:
         raise RecipeError(f"{where}: {exc}") from exc
 
 
-def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> list[Stage]:
+def _parse_stages(
+    items: Any, key: str, known: list[str], ablation: bool, earlier: list[Stage] | None = None
+) -> list[Stage]:
     if items is None:
         return []
     if not isinstance(items, list):
         raise RecipeError(f"'{key}' must be a list of stages")
-    stages = []
+    stages: list[Stage] = []
     for i, item in enumerate(items):
+        all_stages = [*(earlier or []), *stages]
         where = f"{key}[{i}]"
         if not isinstance(item, dict):
             raise RecipeError(f"{where} must be a mapping")
@@ -141,6 +148,10 @@ def _parse_stages(items: Any, key: str, known: list[str], ablation: bool) -> lis
             )
         spec = dict(item)
         cfg = parse_stage_config(kind, item, where)
+        types = {s.name: s.type for s in all_stages}
+        for dep, dep_type in STAGES[kind].reads(cfg).items():
+            if types.get(dep) != dep_type:
+                raise RecipeError(f"{where}: {dep!r} is not an earlier stage of type {dep_type}")
         stages.append(Stage(name, kind, source, cfg, ablation, spec, compare_to))
         known.append(name)
     return stages
@@ -172,7 +183,7 @@ def load_recipe(path: str | Path, check_paths: bool = True) -> Recipe:
     stages = _parse_stages(raw["stages"], "stages", known, ablation=False)
     if not stages:
         raise RecipeError(f"{p}: 'stages' is empty")
-    stages += _parse_stages(raw.get("ablations"), "ablations", known, ablation=True)
+    stages += _parse_stages(raw.get("ablations"), "ablations", known, True, earlier=stages)
     recipe = Recipe(
         p, Path(raw["teacher"]), Path(raw["data"]), Path(raw["output"]), stages, evaluation
     )

@@ -84,11 +84,14 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     split = recipe.evaluation["split"]
     names = ["teacher", *stage_names]
     infos = {n: json.loads((stage_dir(recipe, n) / STAGE_FILE).read_text()) for n in stage_names}
-    rows, generative, scores = [], [], {}
+    rows, generative, outputs, scores = [], [], [], {}
     for name in tqdm(names, desc="report: quality", unit="stage"):
         ckpt = stage_dir(recipe, name)
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
         own = None if name == "teacher" else STAGES[info["type"]].report_metrics(info["summary"])
+        if name != "teacher" and not STAGES[info["type"]].scored:  # stored teacher outputs
+            outputs.append({"name": name, **(own or {})})
+            continue
         if own is not None:  # not a ranker (the generative student): its own metrics
             generative.append({"name": name, **own, "compare_to": info.get("compare_to")})
             continue
@@ -110,6 +113,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                 "params": m["params"],
                 "bytes": m["bytes"],
                 "path": str(ckpt),
+                "kd_source": _kd_source(info, infos),
             }
         )
     teacher = rows[0]
@@ -137,6 +141,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
         "checks": checks(rows),
         "ablations": ablations(rows, generative),
         "generative": generative,
+        "teacher_outputs": outputs,
         "torch_threads": torch.get_num_threads(),
     }
     report["bytes_by_part"] = footprint.rows([(r["name"], Path(r["path"])) for r in rows])
@@ -314,8 +319,38 @@ def markdown(report: dict) -> str:
                 f"| {g['name']} | {g['mode']} | {g['val_kl_before']:.4f} | {g['val_kl']:.4f} | "
                 f"{_num(g.get('val_kl_onpolicy'))} | {g['val_ce']:.4f} |"
             )
+    if report.get("teacher_outputs"):
+        lines += [
+            "",
+            "Stored teacher outputs (`teacher-outputs` stages) and the stages that distil from them:",
+            "",
+            "| stage | engine | top-k | queries | prompt tokens | MB | MB per M prompt tokens | "
+            "engine s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for o in report["teacher_outputs"]:
+            lines.append(
+                f"| {o['name']} | {o['engine']} | {o['top_k']} | {o['queries']:,} | "
+                f"{o['prompt_tokens']:,} | {o['bytes'] / 1e6:.1f} | "
+                f"{o['bytes_per_million_prompt_tokens'] / 1e6:.1f} | {o['engine_seconds']:.0f} |"
+            )
+        lines += [""] + [
+            f"- {r['name']}: KD from {r['kd_source']}"
+            for r in report["stages"] if r.get("kd_source")
+        ]  # fmt: skip
     lines += profile_markdown(report["stages"])
     return "\n".join(lines) + "\n"
+
+
+def _kd_source(info: dict, infos: dict) -> str | None:
+    """Where a distillation stage's teacher signal came from (None: not a distillation)."""
+    if info.get("type") not in ("distill", "distill-generative"):
+        return None
+    name = (info.get("spec") or {}).get("teacher_outputs")
+    if not name:
+        return "the live teacher"
+    engine = (infos.get(name) or {}).get("summary", {}).get("engine", "?")
+    return f"stored outputs ({name}, {engine})"
 
 
 def _auc(r: dict) -> str:

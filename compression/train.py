@@ -17,13 +17,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from compression import distributed
-from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, tap_logits, token_kd_loss
+from compression.losses import (
+    answer_kd_loss,
+    hard_label_loss,
+    lm_loss,
+    tap_logits,
+    tap_segments,
+    token_kd_loss,
+    topk_kd_loss,
+)
 from ranking.evaluation import evaluate
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
@@ -73,8 +82,11 @@ class RankingObjective:
 
     loss = (1 - alpha) * hard-label CE + alpha * answer KD (teacher's yes/no distribution at
     ``temperature``) + lm_weight * next-token CE on prompt tokens + token_kd_weight * forward KL
-    to the teacher's next-token distribution on prompt tokens. Without a teacher, alpha and
-    token_kd_weight must be 0 (the teacher's own recipe).
+    to the teacher's next-token distribution on prompt tokens. The teacher is either a live
+    model (``teacher``) or its outputs stored once (``stored``, a
+    ``compression.teacher_outputs.StoredOutputs``: the answer log-probs, and top-k next-token
+    log-probs trained with ``topk_kd_loss``). Without either, alpha and token_kd_weight must
+    be 0 (the teacher's own recipe).
     """
 
     label_ids: tuple[int, int]
@@ -84,10 +96,20 @@ class RankingObjective:
     alpha: float = 0.0
     temperature: float = 1.0
     token_kd_weight: float = 0.0
+    stored: Any = None
 
     def __post_init__(self) -> None:
-        if self.teacher is None and (self.alpha > 0 or self.token_kd_weight > 0):
-            raise ValueError("alpha / token_kd_weight > 0 need a teacher")
+        if (
+            self.teacher is None
+            and self.stored is None
+            and (self.alpha > 0 or self.token_kd_weight > 0)
+        ):
+            raise ValueError("alpha / token_kd_weight > 0 need a teacher or its stored outputs")
+        if self.stored is not None and self.token_kd_weight > 0 and not self.stored.top_k:
+            raise ValueError(
+                "token_kd_weight > 0 needs stored top-k token outputs: set top_k > 0 in the "
+                "teacher-outputs stage"
+            )
 
     def __call__(self, model: torch.nn.Module, groups: list[EncodedRequest]) -> torch.Tensor:
         want_taps = self.lm_weight > 0 or self.token_kd_weight > 0
@@ -99,7 +121,17 @@ class RankingObjective:
             loss = loss + (1 - self.alpha) * hard_label_loss(model, hidden, labels, self.label_ids)
         if self.lm_weight > 0:
             loss = loss + self.lm_weight * lm_loss(model, taps)
-        if self.teacher is not None and (self.alpha > 0 or self.token_kd_weight > 0):
+        if self.stored is not None:
+            if self.alpha > 0:
+                s_logits = head_label_logits(model, hidden, self.label_ids)
+                t_logits = self.stored.answers(groups).to(s_logits.device)
+                loss = loss + self.alpha * answer_kd_loss(s_logits, t_logits, self.temperature)
+            if self.token_kd_weight > 0:
+                segments = tap_segments(taps, [g.n_items for g in groups])
+                ids, vals = self.stored.topk_rows(groups, segments)
+                s_tok = torch.cat(tap_logits(model, taps))
+                loss = loss + self.token_kd_weight * topk_kd_loss(s_tok, ids, vals)
+        elif self.teacher is not None and (self.alpha > 0 or self.token_kd_weight > 0):
             t_taps: list | None = [] if self.token_kd_weight > 0 else None
             with torch.no_grad():
                 t_hidden = answer_hidden(self.teacher, groups, self.pad_id, taps=t_taps)

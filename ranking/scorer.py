@@ -100,8 +100,9 @@ def answer_hidden(
 
     Differentiable (training uses it). ``max_item_tokens`` bounds the padded item tensor of one
     forward, which bounds activation memory for very large requests. If ``taps`` is a list, the
-    (ids, mask, hidden) of every forward (queries, then item chunks) are appended to it, for
-    losses on all tokens.
+    (ids, mask, hidden, items) of every forward (queries, then item chunks) are appended to it,
+    for losses on all tokens; ``items`` is None for the queries' forward and the flat indices
+    (requests in order, their items in order) of a chunk's items.
     """
     batch = _flatten(requests)
     device = model.device
@@ -110,7 +111,7 @@ def answer_hidden(
     q_out = base(input_ids=q_ids, attention_mask=q_mask, use_cache=True)
     q_cache = q_out.past_key_values
     if taps is not None:
-        taps.append((q_ids, q_mask, q_out.last_hidden_state))
+        taps.append((q_ids, q_mask, q_out.last_hidden_state, None))
     layers = [(layer.keys, layer.values) for layer in q_cache.layers]
     q_len = q_mask.sum(dim=1)
 
@@ -131,7 +132,7 @@ def answer_hidden(
             use_cache=True,
         ).last_hidden_state
         if taps is not None:
-            taps.append((i_ids, i_mask, hidden))
+            taps.append((i_ids, i_mask, hidden, chunk))
         parts.append(hidden[torch.arange(len(chunk), device=device), i_mask.sum(dim=1) - 1])
     stacked = torch.cat(parts, dim=0)
     order = torch.as_tensor([i for chunk in chunks for i in chunk], device=device)

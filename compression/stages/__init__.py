@@ -12,6 +12,7 @@ from compression.stages.finetune import FinetuneStage
 from compression.stages.generative import GenerativeDistillStage
 from compression.stages.prune import PruneStage
 from compression.stages.quantize import QuantizeStage
+from compression.stages.teacher_outputs import TeacherOutputsStage
 
 STAGES: dict[str, StageType] = {
     "distill": DistillStage(),
@@ -19,6 +20,7 @@ STAGES: dict[str, StageType] = {
     "finetune": FinetuneStage(),
     "prune": PruneStage(),
     "quantize": QuantizeStage(),
+    "teacher-outputs": TeacherOutputsStage(),
 }
 
 __all__ = ["STAGES", "StageContext", "StageType"]

@@ -9,7 +9,7 @@ distillation), and the pipeline calls ``run``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +25,8 @@ class StageContext:
     # Survives a killed run of this stage with unchanged settings (resumable training state);
     # removed once the stage has finished. None: nothing to resume from.
     work: Path | None = None
+    # The folders of the other stages this one reads (``StageType.reads``), by stage name.
+    inputs: dict[str, Path] = field(default_factory=dict)
 
 
 class StageType:
@@ -38,6 +40,9 @@ class StageType:
     # Whether every ``torchrun`` process runs this stage (data-parallel training, rank 0
     # writing); otherwise rank 0 runs it alone while the others wait.
     data_parallel: ClassVar[bool] = False
+    # Whether the report scores this stage's output as a ranker (a checkpoint); otherwise it
+    # shows ``report_metrics`` of its summary.
+    scored: ClassVar[bool] = True
 
     def parse(self, spec: dict) -> Any:
         """The settings from a stage's YAML mapping; ``ValueError`` names an unknown key or a
@@ -53,6 +58,12 @@ class StageType:
         if hasattr(cfg, "validate"):
             cfg.validate()
         return cfg
+
+    def reads(self, cfg: Any) -> dict[str, str]:
+        """Other stages (besides ``from``) whose output this one reads: {stage name: the stage
+        type it must have}. The recipe checks they come earlier, and the fingerprint covers
+        them. Default: none."""
+        return {}
 
     def check(self, cfg: Any, config: Any) -> Any:
         """The Hugging Face config of the checkpoint this stage will write, given its input's

@@ -25,8 +25,13 @@ class DistillStage(StageType):
     Config = DistillConfig
     data_parallel = True
 
+    def reads(self, cfg: DistillConfig) -> dict[str, str]:
+        return {cfg.teacher_outputs: "teacher-outputs"} if cfg.teacher_outputs else {}
+
     def check(self, cfg: DistillConfig, config: Any) -> Any:
         return student_output_config(cfg.student, config)
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
-        return distill(ctx.teacher, src, ctx.data, dst, ctx.config, desc=ctx.name, resume=ctx.work)
+        stored = ctx.inputs[ctx.config.teacher_outputs] if ctx.config.teacher_outputs else None
+        return distill(ctx.teacher, src, ctx.data, dst, ctx.config, desc=ctx.name,
+                       resume=ctx.work, stored_dir=stored)  # fmt: skip
