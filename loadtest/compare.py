@@ -5,6 +5,8 @@ Engines (``--engines``, any subset, in this order):
 - ``server-vllm``: our server with the vLLM engine over HTTP;
 - ``vllm-serve``: the peer, vLLM's own OpenAI-compatible server and its
   ``/generative_scoring`` route, tuned flags listed in the output (``loadtest.peer``);
+- ``torch-inprocess``: our torch engine called in-process, no HTTP (``loadtest.offline``): the
+  notes give ``server-torch`` against it, the cost of the server path;
 - ``vllm-offline``: plain vLLM offline generation with prefix caching (``loadtest.offline``);
 - ``transformers``: naive batched transformers, full prompts (``loadtest.offline``).
 
@@ -55,7 +57,14 @@ from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
 from server.process import REPO, ServerProcess
 
-ENGINES = ("server-torch", "server-vllm", PEER_ENGINE, "vllm-offline", "transformers")
+ENGINES = (
+    "server-torch",
+    "server-vllm",
+    PEER_ENGINE,
+    "torch-inprocess",
+    "vllm-offline",
+    "transformers",
+)
 BASELINE = "transformers"
 OURS = ("server-torch", "server-vllm")
 
@@ -328,6 +337,13 @@ def format_compare(rep: dict[str, Any]) -> str:
         out_peer = _against_peer([r for r in rows_ if r["model"] == m])
         if out_peer:
             notes.append(f"{Path(m).name}: {out_peer}")
+        by = {r["engine"]: r for r in rows_ if r["model"] == m and r.get("items_per_s")}
+        if "server-torch" in by and "torch-inprocess" in by:
+            gap = 1 - by["server-torch"]["items_per_s"] / by["torch-inprocess"]["items_per_s"]
+            notes.append(
+                f"{Path(m).name}: the server path (HTTP, JSON, tokenization, scheduling) costs "
+                f"{gap:.1%} of the in-process torch engine's items/s"
+            )
     flags = next((r["flags"] for r in rows_ if r.get("flags")), None)
     if flags:
         notes.append(f"{PEER_ENGINE} flags: {' '.join(flags)}")

@@ -1,4 +1,8 @@
-"""The two in-process baselines of ``loadtest compare``, each run in its own subprocess.
+"""The in-process rows of ``loadtest compare``, each run in its own subprocess.
+
+- ``torch-inprocess``: our torch engine itself (``server.engines.torch_engine.TorchEngine``,
+  the server's settings defaults) called in-process, no HTTP, no scheduler: the floor that
+  ``server-torch`` is measured against (what the server path costs on top of the model);
 
 - ``vllm-offline``: plain vLLM, ``vllm.LLM(..., enable_prefix_caching=True)``; each item is one
   full prompt (query + item token ids), all the prompts of a request in one ``generate`` call,
@@ -29,7 +33,7 @@ import numpy as np
 from loadtest.stats import throughput_summary
 from ranking.request import EncodedRequest
 
-OFFLINE_ENGINES = ("vllm-offline", "transformers")
+OFFLINE_ENGINES = ("torch-inprocess", "vllm-offline", "transformers")
 
 
 def _encode(
@@ -67,6 +71,24 @@ def vllm_scorer(model: str, label_ids: tuple[int, int]) -> Callable[[list[Encode
         ]
         outs = llm.generate(prompts, params, use_tqdm=False)
         assert len(outs) == len(prompts)
+
+    return score
+
+
+def inprocess_scorer(model: str) -> Callable[[list[EncodedRequest]], None]:
+    """The server's torch engine, started and called in this process (its worker thread and
+    all), with the settings the server defaults to."""
+    import asyncio
+
+    from server.engines.torch_engine import TorchEngine
+    from server.settings import ServerSettings
+
+    engine = TorchEngine(ServerSettings(model=model, engine="torch"))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(engine.start())
+
+    def score(requests: list[EncodedRequest]) -> None:
+        loop.run_until_complete(engine.score(requests))
 
     return score
 
@@ -123,7 +145,9 @@ def main() -> None:
 
     pairs = [(q, list(items)) for q, items in json.loads(Path(args.requests_file).read_text())]
     requests, tok, label_ids = _encode(args.model, pairs)
-    if args.engine == "vllm-offline":
+    if args.engine == "torch-inprocess":
+        score = inprocess_scorer(args.model)
+    elif args.engine == "vllm-offline":
         score = vllm_scorer(args.model, label_ids)
     else:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0

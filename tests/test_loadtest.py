@@ -298,7 +298,7 @@ def test_cli_run_prints_table_and_json(server, tiny_demo, tmp_path):
     assert set(rep["latency_ms"]) == {"p50", "p90", "p95", "p99", "max"}
 
 
-# ---- compare: five engines on the tiny model, the peer (vLLM's own server) included -----------
+# ---- compare: six engines on the tiny model, the peer (vLLM's own server) included -----------
 @pytest.mark.slow
 def test_compare_all_engines(tiny_demo, tmp_path):
     out = tmp_path / "compare.json"
@@ -316,6 +316,7 @@ def test_compare_all_engines(tiny_demo, tmp_path):
         "server-torch",
         "server-vllm",
         "vllm-serve",
+        "torch-inprocess",
         "vllm-offline",
         "transformers",
     ]
@@ -336,3 +337,4 @@ def test_compare_all_engines(tiny_demo, tmp_path):
     assert work["peak_gflops"] > 0 and work["gflop_per_request"] > 0
     assert "vs naive" in r.stdout and "vllm-serve flags:" in r.stdout
     assert "our best (" in r.stdout and "GFLOP/s" in r.stdout
+    assert "the server path (HTTP, JSON, tokenization, scheduling) costs" in r.stdout
