@@ -165,6 +165,7 @@ def train_teacher(
     rerun costs seconds and changed data retrains.
     """
     data_dir, teacher_dir = Path(data_dir), Path(teacher_dir)
+    distributed.init()
     if not (data_dir / "tokenizer").is_dir():
         raise FileNotFoundError(f"no tokenizer/ in {data_dir}: the data builder trains one")
     if key is None:
