@@ -25,12 +25,21 @@ from compression.data_cli import add_data_commands
 from compression.profile import add_profile_parser
 
 
+def _is_main() -> bool:
+    """Whether this process reports (rank 0 under ``torchrun``, or the only process)."""
+    from compression import distributed
+
+    return distributed.is_main()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from compression.teacher import DemoConfig, build_demo
 
     cfg = DemoConfig.tiny() if args.tiny else DemoConfig()
     t0 = time.time()
     s = build_demo(args.out, cfg, force=args.force)
+    if not _is_main():
+        return 0
     test = s["test"]
     print(
         f"[demo] teacher {'reused' if s['reused'] else 'trained'}: {args.out}/teacher\n"
@@ -62,6 +71,8 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not _is_main():
+        return 0
     test = s["test"]
     print(
         f"[teacher] {'reused' if s['reused'] else 'trained'}: {args.out}\n"

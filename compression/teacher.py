@@ -196,10 +196,11 @@ def train_teacher(
     val_groups = encode_groups(read_split(data_dir, "validation"), tokenizer, task)
     model = make_teacher_model(shape, tokenizer, train_cfg.seed)
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"[teacher] Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training queries, "
-        f"{train_cfg.steps} steps"
-    )
+    if distributed.is_main():
+        print(
+            f"[teacher] Llama {params / 1e6:.1f}M parameters, {len(train_groups)} training "
+            f"queries, {train_cfg.steps} steps"
+        )
     t_train = time.time()
     objective = RankingObjective(
         task.label_token_ids(tokenizer), tokenizer.pad_token_id or 0, lm_weight=train_cfg.lm_weight

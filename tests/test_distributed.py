@@ -130,3 +130,40 @@ def test_killed_recipe_resumes_its_training_stage(tiny_demo, tmp_path):
     w_res = load_file(out / "distilled" / "model.safetensors")
     drift = max(float((w_ref[k].float() - w_res[k].float()).abs().max()) for k in w_ref)
     assert drift < 1e-2, drift
+
+
+def test_teacher_and_finetune_train_under_torchrun(tiny_demo, tmp_path):
+    """The demo teacher's training and the finetune stage, two processes: one checkpoint,
+    written once, by rank 0."""
+    from transformers import AutoModelForCausalLM
+
+    from compression.importer import import_model
+    from tests.chat_tokenizer import chat_tokenizer
+    from tests.tiny_families import tiny_config
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2"]  # fmt: skip
+    teacher = tmp_path / "teacher"
+    r = subprocess.run([*torchrun, "-m", "compression", "teacher", "--data",
+                        str(tiny_demo / "data"), "--out", str(teacher), "--preset", "tiny",
+                        "--steps", "8"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("[teacher] trained") == 1, r.stdout[-2000:]
+    summary = json.loads((teacher / "training_summary.json").read_text())
+    assert summary["test"]["auc"] > 0 and not teacher.with_name("teacher.resume").exists()
+
+    base = tmp_path / "base"
+    tok = chat_tokenizer()
+    AutoModelForCausalLM.from_config(tiny_config("qwen3", tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    imported = import_model(base, "qwen3-reranker", tmp_path / "imported").out
+    out = tmp_path / "finetuned"
+    r = subprocess.run([*torchrun, "-m", "compression", "finetune", "--model", str(imported),
+                        "--data", str(tiny_demo / "data"), "--out", str(out),
+                        "--set", "steps=6", "--set", "lora_rank=4"], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 1 and lines[0]["val_auc"] is not None  # rank 0 alone reports
+    assert (out / "model.safetensors").is_file()
