@@ -18,12 +18,14 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 
 from compression import distributed
 from compression.layout import STAGE_FILE, stage_dir
 from compression.recipe import Recipe, Stage
 from compression.report import write_report
 from compression.stages import STAGES
+from compression.train import NonFiniteLoss
 from ranking.manifest import write_manifest
 
 
@@ -68,12 +70,15 @@ def run_recipe(recipe: Recipe, ablations: bool = False, report: bool = True) -> 
 
 
 def _resume_folder(recipe: Recipe, stage: Stage):
-    """The stage's resume folder, emptied unless it was left by a run with this fingerprint."""
+    """The stage's context, its resume folder emptied unless a run with this fingerprint left
+    it; no resume folder for a stage type that keeps no training state."""
     ctx = recipe.context(stage)
     stamp = ctx.work / "fingerprint"
     fingerprint = recipe.fingerprint(stage.name)
     if ctx.work.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
         shutil.rmtree(ctx.work)
+    if not STAGES[stage.type].resumable:
+        return replace(ctx, work=None)
     ctx.work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     return ctx
@@ -97,9 +102,11 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict | None:
     src = stage_dir(recipe, stage.source)
     try:
         summary = STAGES[stage.type].run(ctx, src, tmp)
-    except BaseException:
+    except BaseException as exc:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)  # a failed stage leaves nothing; earlier stay
+            if isinstance(exc, NonFiniteLoss) and ctx.work is not None:
+                shutil.rmtree(ctx.work, ignore_errors=True)  # resuming would diverge again
         raise
     return distributed.on_main(lambda: _finish(recipe, stage, summary, tmp, final))
 

@@ -40,6 +40,8 @@ class StageType:
     # Whether every ``torchrun`` process runs this stage (data-parallel training, rank 0
     # writing); otherwise rank 0 runs it alone while the others wait.
     data_parallel: ClassVar[bool] = False
+    # Whether ``run`` keeps resumable training state in ``ctx.work`` (see the pipeline).
+    resumable: ClassVar[bool] = False
     # Whether the report scores this stage's output as a ranker (a checkpoint); otherwise it
     # shows ``report_metrics`` of its summary.
     scored: ClassVar[bool] = True

@@ -24,6 +24,7 @@ def student_output_config(student: dict | str | None, config: Any) -> Any:
 class DistillStage(StageType):
     Config = DistillConfig
     data_parallel = True
+    resumable = True
 
     def reads(self, cfg: DistillConfig) -> dict[str, str]:
         return {cfg.teacher_outputs: "teacher-outputs"} if cfg.teacher_outputs else {}

@@ -137,6 +137,7 @@ def finetune(
 class FinetuneStage(StageType):
     Config = FinetuneConfig
     data_parallel = True
+    resumable = True
 
     def run(self, ctx: StageContext, src: Path, dst: Path) -> dict:
         return finetune(src, ctx.data, dst, ctx.config, desc=ctx.name, resume=ctx.work)
