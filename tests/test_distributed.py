@@ -135,11 +135,7 @@ def test_killed_recipe_resumes_its_training_stage(tiny_demo, tmp_path):
 def test_teacher_and_finetune_train_under_torchrun(tiny_demo, tmp_path):
     """The demo teacher's training and the finetune stage, two processes: one checkpoint,
     written once, by rank 0."""
-    from transformers import AutoModelForCausalLM
-
-    from compression.importer import import_model
-    from tests.chat_tokenizer import chat_tokenizer
-    from tests.tiny_families import tiny_config
+    from tests.tiny_families import untrained_import
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node=2"]  # fmt: skip
@@ -153,11 +149,7 @@ def test_teacher_and_finetune_train_under_torchrun(tiny_demo, tmp_path):
     summary = json.loads((teacher / "training_summary.json").read_text())
     assert summary["test"]["auc"] > 0 and not teacher.with_name("teacher.resume").exists()
 
-    base = tmp_path / "base"
-    tok = chat_tokenizer()
-    AutoModelForCausalLM.from_config(tiny_config("qwen3", tok)).save_pretrained(base)
-    tok.save_pretrained(base)
-    imported = import_model(base, "qwen3-reranker", tmp_path / "imported").out
+    imported = untrained_import("qwen3", tmp_path)
     out = tmp_path / "finetuned"
     r = subprocess.run([*torchrun, "-m", "compression", "finetune", "--model", str(imported),
                         "--data", str(tiny_demo / "data"), "--out", str(out),

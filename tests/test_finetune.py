@@ -8,7 +8,6 @@ import json
 import pytest
 
 from compression.__main__ import main as compression_main
-from compression.importer import import_model
 from compression.stages import STAGES
 from compression.stages.finetune import FinetuneConfig
 from ranking.evaluation import evaluate_checkpoint
@@ -25,16 +24,9 @@ def test_finetune_is_a_registered_stage_with_checked_settings():
 
 @pytest.mark.slow
 def test_finetune_with_lora_makes_a_teacher(tiny_demo, tmp_path, capsys):
-    from transformers import AutoModelForCausalLM
+    from tests.tiny_families import untrained_import
 
-    from tests.chat_tokenizer import chat_tokenizer
-    from tests.tiny_families import tiny_config
-
-    base = tmp_path / "base"
-    tok = chat_tokenizer()
-    AutoModelForCausalLM.from_config(tiny_config("qwen3", tok)).save_pretrained(base)
-    tok.save_pretrained(base)
-    imported = import_model(base, "qwen3-reranker", tmp_path / "imported").out
+    imported = untrained_import("qwen3", tmp_path)
     out = tmp_path / "teacher"
     rc = compression_main([
         "finetune", "--model", str(imported), "--data", str(tiny_demo / "data"),

@@ -56,6 +56,20 @@ def tiny_config(family: str, tokenizer):
     )
 
 
+def untrained_import(family: str, root: Path, preset: str = "qwen3-reranker") -> Path:
+    """A tiny untrained model of ``family`` (chat tokenizer) saved under ``root / "base"`` and
+    imported with ``preset`` into ``root / "imported"``: a base model to fine-tune."""
+    from transformers import AutoModelForCausalLM
+
+    from compression.importer import import_model
+
+    base = root / "base"
+    tok = chat_tokenizer()
+    AutoModelForCausalLM.from_config(tiny_config(family, tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    return import_model(base, preset, root / "imported").out
+
+
 def build_tiny(
     family: str, out: Path, max_steps: int = 150, min_std: float = 0.15, seed: int = 0
 ) -> Path:
