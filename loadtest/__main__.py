@@ -125,9 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="engines side by side on the same model and workload")
     cmp_.add_argument("--model", action="append", default=[], help="model folder (repeatable)")
     cmp_.add_argument("--models", help="comma-separated model folders")
-    cmp_.add_argument(
-        "--engines", default="server-torch,server-vllm,vllm-serve,vllm-offline,transformers"
-    )
+    from loadtest.compare import ENGINES
+
+    cmp_.add_argument("--engines", default=",".join(ENGINES), help="[all, in this order]")
     cmp_.add_argument("--requests", type=_positive(int), default=12, help="measured per engine")
     cmp_.add_argument("--concurrency", type=_positive(int), default=1)
     cmp_.add_argument("--warmup", type=int, default=2)
