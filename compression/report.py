@@ -114,6 +114,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                 "bytes": m["bytes"],
                 "path": str(ckpt),
                 "kd_source": _kd_source(info, infos),
+                "stage_seconds": (info.get("summary") or {}).get("seconds"),
             }
         )
     teacher = rows[0]
@@ -336,6 +337,7 @@ def markdown(report: dict) -> str:
             )
         lines += [""] + [
             f"- {r['name']}: KD from {r['kd_source']}"
+            + (f", {r['stage_seconds']:.0f} s" if r.get("stage_seconds") else "")
             for r in report["stages"] if r.get("kd_source")
         ]  # fmt: skip
     lines += profile_markdown(report["stages"])
