@@ -175,3 +175,18 @@ def test_recipe_distils_from_stored_outputs_without_the_teacher(tiny_demo, tmp_p
     path.write_text(yaml.safe_dump(recipe))
     assert load_recipe(path).fingerprint("from-stored") != fp
     assert load_recipe(path).fingerprint("live") == loaded.fingerprint("live")
+
+
+def test_recipe_refuses_teacher_outputs_that_are_not_an_earlier_outputs_stage(tmp_path):
+    from compression.recipe import RecipeError
+
+    distill = {"name": "d", "type": "distill", "from": "teacher", "teacher_outputs": "outs"}
+    for stages in ([distill],  # no such stage
+                   [{"name": "outs", "type": "prune", "intermediate_size": 8}, distill]):  # fmt: skip
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({"teacher": "t", "data": "d", "output": "o",
+                                        "stages": stages}))  # fmt: skip
+        with pytest.raises(
+            RecipeError, match="'outs' is not an earlier stage of type teacher-outputs"
+        ):
+            load_recipe(path, check_paths=False)
