@@ -42,6 +42,7 @@ class ModelShape:
     num_key_value_heads: int = 2
     intermediate_size: int = 1152
     max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
 
 
 @dataclass
@@ -92,7 +93,6 @@ def make_teacher_model(shape: ModelShape, tokenizer, seed: int = 0) -> LlamaForC
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
         rope_theta=10000.0,
         **asdict(shape),
     )
