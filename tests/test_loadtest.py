@@ -338,3 +338,23 @@ def test_compare_all_engines(tiny_demo, tmp_path):
     assert "vs naive" in r.stdout and "vllm-serve flags:" in r.stdout
     assert "our best (" in r.stdout and "GFLOP/s" in r.stdout
     assert "the server path (HTTP, JSON, tokenization, scheduling) costs" in r.stdout
+
+
+def test_vllm_threads_bound_to_every_allowed_core(monkeypatch):
+    """vLLM-CPU's ``auto`` binding keeps a core for its scheduler; our engine and the peer bind
+    their compute threads to every core this process may use (or OMP_NUM_THREADS of them)."""
+    from loadtest.peer import peer_env
+    from server.engines.vllm_engine import cpu_threads_bind
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {2, 3, 4, 5})
+    assert cpu_threads_bind() == "2-5"
+    assert peer_env()["VLLM_CPU_OMP_THREADS_BIND"] == "2-5"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads_bind() == "2-3"
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 2, 7})
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads_bind() == "0,2,7"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    assert peer_env()["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # the user's value wins

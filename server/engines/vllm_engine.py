@@ -37,6 +37,17 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_threads_bind() -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for every core this process may use (``OMP_NUM_THREADS``
+    of them when set), as the torch engine gets. vLLM-CPU's default (``auto``) keeps one core
+    for its scheduler process: half of a 2-core machine, which measured 0.6x the items/s."""
+    cpus = sorted(os.sched_getaffinity(0))
+    n = int(os.environ.get("OMP_NUM_THREADS") or len(cpus))
+    cpus = cpus[: max(n, 1)]
+    contiguous = cpus == list(range(cpus[0], cpus[-1] + 1))
+    return f"{cpus[0]}-{cpus[-1]}" if contiguous else ",".join(map(str, cpus))
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
@@ -75,6 +86,8 @@ class VllmEngine(Engine):
         os.environ.setdefault(
             "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
         )
+        if not has_cuda():  # a value already in the environment wins
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind())
         self.tokenizer, self.task = load_tokenizer_and_task(info.path)
         self.label_ids = self.task.label_token_ids(self.tokenizer)
         from transformers import AutoConfig
