@@ -56,3 +56,31 @@ def test_a_folder_without_a_tokenizer_is_refused_by_name(tmp_path, capsys):
     args = ["teacher", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "t")]
     assert main(args) == 2
     assert "no tokenizer/ in" in capsys.readouterr().err
+
+
+def test_the_demo_teacher_starts_tied_with_its_residual_branches_at_zero():
+    """The demo preset's init: one embedding table for input and head, and every block's
+    o_proj / down_proj at zero (the model starts as embeddings + head); the tiny and MovieLens
+    presets keep the untied, default-initialised teacher."""
+    import torch
+    from compression.teacher import ModelShape, make_teacher_model
+    from tests.chat_tokenizer import chat_tokenizer
+
+    tok = chat_tokenizer()
+    shape = ModelShape(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, intermediate_size=128)  # fmt: skip
+    assert shape.tie_word_embeddings and shape.zero_init_residual  # the demo's defaults
+    model = make_teacher_model(shape, tok)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    for layer in model.model.layers:
+        assert not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+        assert layer.mlp.up_proj.weight.std() > 0  # the rest keeps its random init
+    ids = torch.tensor([[1, 5, 7]])
+    model.eval()
+    with torch.no_grad():
+        h = model.model(input_ids=ids).last_hidden_state
+        e = model.model.norm(model.model.embed_tokens(ids))
+    torch.testing.assert_close(h, e)  # identity blocks
+    for preset in ("tiny", "movielens"):
+        m = PRESETS[preset]().model
+        assert not m.tie_word_embeddings and not m.zero_init_residual
