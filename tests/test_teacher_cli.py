@@ -63,6 +63,7 @@ def test_the_demo_teacher_starts_tied_with_its_residual_branches_at_zero():
     o_proj / down_proj at zero (the model starts as embeddings + head); the tiny and MovieLens
     presets keep the untied, default-initialised teacher."""
     import torch
+
     from compression.teacher import ModelShape, make_teacher_model
     from tests.chat_tokenizer import chat_tokenizer
 
