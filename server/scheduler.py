@@ -7,7 +7,8 @@
   every client a growing latency. An item count is the hard cap (alone until a rate is
   measured), and a request finding nothing queued is always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
-  reach ``max_batch_tokens``, waiting at most ``max_wait`` for company after the first arrives.
+  reach ``max_batch_tokens``, waiting at most ``max_wait`` (default 0) for company after the
+  first arrives.
 - Deadlines and disconnects: a request whose deadline passed or whose client went away is
   dropped before its batch starts, so it stops costing compute.
 """

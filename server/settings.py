@@ -42,7 +42,12 @@ class ServerSettings(BaseSettings):
     max_batch_tokens: int = Field(
         default=8192, ge=64, description="computed tokens per engine batch"
     )
-    max_wait_ms: float = Field(default=2.0, ge=0, description="wait for more requests to batch")
+    max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="wait for more requests to batch after the first arrives (0, as Triton's "
+        "max_queue_delay: requests that arrive while a batch runs are batched together anyway)",
+    )
     max_queue_items: int = Field(
         default=2048, ge=1, description="hard cap on items waiting (alone until a rate is measured)"
     )
