@@ -102,7 +102,7 @@ def test_unsupported_architecture_for_the_pruner(base, tiny_demo, tmp_path):
         load_recipe(write(tmp_path, base))
 
 
-@pytest.mark.slow  # subprocesses and a full drain: 16-19 s
+@pytest.mark.slow  # the stage subcommands as subprocesses: about 19 s
 def test_stage_commands_run_on_their_own(tiny_demo, tmp_path):
     """`python -m compression prune|quantize ...`: one stage from the command line; bad
     settings fail with exit code 2 and a message, before any work."""

@@ -205,7 +205,7 @@ def test_concurrent_requests_are_batched_and_correct(server, reference):
 
 
 # ---- shutdown (admission, deadlines, disconnects: test_service.py, in-process) ----------------------
-@pytest.mark.slow  # subprocesses and a full drain: 16-19 s
+@pytest.mark.slow  # a server subprocess and a full drain: about 16 s
 def test_graceful_shutdown_finishes_in_flight(tiny_demo, tmp_path):
     s = ServerProcess(
         tiny_demo / "teacher", "torch", tmp_path, max_wait_ms=600, max_batch_tokens=100000
