@@ -44,10 +44,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"[demo] teacher {'reused' if s['reused'] else 'trained'}: {args.out}/teacher\n"
         f"[demo]   parameters     {s['params']:,} ({s['params'] / 1e6:.1f}M, {s['format']})\n"
-        f"[demo]   test AUC       {test['auc']:.4f}\n"
-        f"[demo]   Bayes AUC      {s['bayes_auc_test']:.4f}  (gap {s['auc_gap']:.4f})\n"
-        f"[demo]   expected AUC   {test.get('expected_auc', float('nan')):.4f}  (against the true "
-        f"probabilities; non-personalised oracle {s.get('main_effects_auc_test') or float('nan'):.4f})\n"
+        f"[demo]   test AUC       {test['auc']:.4f}  (the true probabilities on the same labels "
+        f"{test['bayes_auc_sampled']:.4f}: gap {s['auc_gap']:.4f})\n"
+        f"[demo]   expected AUC   {test['expected_auc']:.4f}  (over labels; Bayes-optimal "
+        f"{test['bayes_auc']:.4f}: gap {s['auc_gap_expected']:.4f}; non-personalised oracle "
+        f"{s['main_effects_auc_test']:.4f})\n"
+        f"[demo]   learned terms  "
+        + "  ".join(f"{k} {v['weight']:.2f}" for k, v in s["effects"].items())
+        + "  (1 = as in the truth; worth in AUC: "
+        + " ".join(f"{v['worth']:.3f}" for v in s["effects"].values())
+        + ")\n"
         f"[demo]   test log loss  {test['logloss']:.4f}   NDCG@10 {test['ndcg@10']:.4f}\n"
         f"[demo]   training time  {s['train_seconds']:.0f}s; build time {s['total_seconds']:.0f}s; "
         f"this run {time.time() - t0:.0f}s"

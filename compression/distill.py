@@ -40,6 +40,8 @@ class DistillConfig:
     lm_weight: float = 0.0
     eval_every: int = 0  # validation AUC every N steps (0: only at the end)
     seed: int = 0
+    optimizer: str = "adamw"  # or "muon" (compression.optim), at lr * muon_lr_ratio
+    muon_lr_ratio: float = 1.0
     # a teacher-outputs stage of the recipe: KD from its stored outputs, no teacher loaded
     teacher_outputs: str | None = None
 
@@ -51,6 +53,7 @@ class DistillConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.train_config()  # names a bad optimizer or muon_lr_ratio
         if self.steps < 1 or self.batch_queries < 1:
             raise ValueError("steps and batch_queries must be >= 1")
         if isinstance(self.student, str) and not Path(self.student).is_dir():

@@ -33,6 +33,7 @@ from compression.losses import (
     token_kd_loss,
     topk_kd_loss,
 )
+from compression.optim import OPTIMIZERS, build_optimizer
 from ranking.evaluation import evaluate
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
@@ -55,6 +56,18 @@ class TrainConfig:
     lm_weight: float = 0.0  # auxiliary next-token loss on every prompt token (see lm_loss)
     eval_every: int = 250
     seed: int = 0
+    # "adamw", or "muon": Muon for the blocks' weight matrices (compression.optim), its
+    # learning rate lr * muon_lr_ratio
+    optimizer: str = "adamw"
+    muon_lr_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.muon_lr_ratio <= 0:
+            raise ValueError(f"muon_lr_ratio must be > 0, got {self.muon_lr_ratio}")
 
 
 def train_config_from(stage_config) -> TrainConfig:
@@ -207,16 +220,7 @@ def train(
     main = distributed.is_main()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
+    opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.muon_lr_ratio)
     step_fn: torch.nn.Module = _ObjectiveStep(model, objective)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -244,7 +248,7 @@ def train(
         batch = [examples[i] for i in order[cursor : cursor + cfg.batch_queries]]
         cursor += cfg.batch_queries
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
             loss = step_fn(distributed.shard(batch))

@@ -36,8 +36,8 @@ def score_groups(
 
 
 def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap: int = 0) -> dict:
-    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes and
-    expected AUC). ``bootstrap`` > 0 adds ``auc_lo`` / ``auc_hi``: a 95% interval over that many
+    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes AUC
+    in expectation and on the sampled labels, and the expected AUC). ``bootstrap`` > 0 adds ``auc_lo`` / ``auc_hi``: a 95% interval over that many
     replicates resampling queries (``ranking.bootstrap``), so a difference can be told from
     noise; only for 0/1 labels."""
     labels = np.concatenate([g.labels for g in groups])
@@ -54,6 +54,8 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap:
         _, metrics["auc_lo"], metrics["auc_hi"] = bootstrap_auc(labels, scores, qid, n=bootstrap)
     if not np.isnan(probs).any():
         metrics["bayes_auc"] = expected_auc(probs, probs)
+        # the true probabilities' AUC on these sampled labels: the ceiling to compare "auc" with
+        metrics["bayes_auc_sampled"] = roc_auc(labels, probs)
         # AUC against the true probabilities in expectation: less noisy than sampled labels
         metrics["expected_auc"] = expected_auc(probs, scores)
     return metrics

@@ -58,6 +58,8 @@ ROLES = ["student", "engineer", "teacher", "nurse", "artist", "manager", "retire
 INTEREST_WEIGHTS = (1.3, 1.0, 0.7)  # first, second, third listed interest
 LATENT_DIM = 3
 GENERATOR_VERSION = 3
+# the terms of the hidden logit, item-only first (see ``World.effects``)
+EFFECTS = ("main", "interest", "format", "level", "latent")
 
 
 @dataclass(frozen=True)
@@ -153,20 +155,23 @@ class World:
             + self.cfg.popularity_weight * self.popularity[it.topic]
         )
 
-    def logit(self, m: Member, it: Item) -> float:
+    def effects(self, m: Member, it: Item) -> dict[str, float]:
+        """The logit's terms one by one (``EFFECTS``): ``logit = bias + sum(effects)``."""
         c = self.cfg
-        z = c.bias + self.main_effects(it)
-        if it.topic in m.interests:
-            z += INTEREST_WEIGHTS[m.interests.index(it.topic)]
-        z += c.format_weight * (1.0 if it.fmt == m.fmt else -0.25)
         gap = abs(LEVELS.index(it.level) - LEVELS.index(m.level))
-        z += c.level_weight * (1.0 - gap)
-        z += (
-            c.latent_weight
-            * float(self.role_vec[m.role] @ self.topic_vec[it.topic])
-            / math.sqrt(LATENT_DIM)
-        )
-        return z
+        role_topic = float(self.role_vec[m.role] @ self.topic_vec[it.topic])
+        return {
+            "main": self.main_effects(it),
+            "interest": (
+                INTEREST_WEIGHTS[m.interests.index(it.topic)] if it.topic in m.interests else 0.0
+            ),
+            "format": c.format_weight * (1.0 if it.fmt == m.fmt else -0.25),
+            "level": c.level_weight * (1.0 - gap),
+            "latent": c.latent_weight * role_topic / math.sqrt(LATENT_DIM),
+        }
+
+    def logit(self, m: Member, it: Item) -> float:
+        return self.cfg.bias + sum(self.effects(m, it).values())
 
     def probability(self, m: Member, it: Item) -> float:
         return 1.0 / (1.0 + math.exp(-self.logit(m, it)))
@@ -192,42 +197,87 @@ def render_item(it: Item, tags: tuple[str, ...] = ()) -> str:
 SPLITS = ("train", "validation", "test")
 
 
-def _split_rows(world: World, split: str, n_queries: int, n_items: int) -> list[dict]:
+def _split_pairs(world: World, split: str, n_queries: int, n_items: int):
+    """(query index, member, item, label) in the split's order; replayable from the seed."""
     rng = np.random.default_rng([world.cfg.seed, SPLITS.index(split) + 1])
-    rows = []
     for q in range(n_queries):
         m = world.member(rng)
-        query = render_member(m)
-        for j, it in enumerate(world.candidates(rng, m, n_items)):
-            p = world.probability(m, it)
-            rows.append(
-                {
-                    "query_id": f"{split}-{q}",
-                    "query": query,
-                    "item_id": j,
-                    "item": render_item(it),
-                    "label": int(rng.random() < p),
-                    "p": round(p, 6),
-                    "z_main": round(world.main_effects(it), 6),
-                }
-            )
+        for it in world.candidates(rng, m, n_items):
+            label = int(rng.random() < world.probability(m, it))
+            yield q, m, it, label
+
+
+def _split_rows(world: World, split: str, n_queries: int, n_items: int) -> list[dict]:
+    rows, item_id, last_q = [], 0, -1
+    for q, m, it, label in _split_pairs(world, split, n_queries, n_items):
+        item_id = item_id + 1 if q == last_q else 0
+        last_q = q
+        rows.append(
+            {
+                "query_id": f"{split}-{q}",
+                "query": render_member(m),
+                "item_id": item_id,
+                "item": render_item(it),
+                "label": label,
+                "p": round(world.probability(m, it), 6),
+                "z_main": round(world.main_effects(it), 6),
+            }
+        )
     return rows
 
 
-def generate(cfg: BenchmarkConfig) -> dict[str, list[dict]]:
-    world = World(cfg)
-    sizes = {
+def _split_sizes(cfg: BenchmarkConfig) -> dict[str, tuple[int, int]]:
+    return {
         "train": (cfg.train_queries, cfg.items_per_query),
         "validation": (cfg.val_queries, cfg.eval_items_per_query),
         "test": (cfg.test_queries, cfg.eval_items_per_query),
     }
-    return {s: _split_rows(world, s, *sizes[s]) for s in SPLITS}
+
+
+def generate(cfg: BenchmarkConfig) -> dict[str, list[dict]]:
+    world = World(cfg)
+    return {s: _split_rows(world, s, *size) for s, size in _split_sizes(cfg).items()}
 
 
 def bayes_auc(rows: list[dict]) -> float:
     """Expected AUC of ranking by the true probability (labels ~ Bernoulli(p))."""
     p = np.array([r["p"] for r in rows])
     return expected_auc(p, p)
+
+
+def split_effects(cfg: BenchmarkConfig, split: str) -> np.ndarray:
+    """The logit's terms (columns in ``EFFECTS`` order) for every row of ``split``, in the
+    order ``write_benchmark`` writes them: replayed from the seed, not read from the files."""
+    world = World(cfg)
+    pairs = _split_pairs(world, split, *_split_sizes(cfg)[split])
+    return np.array([[world.effects(m, it)[k] for k in EFFECTS] for _, m, it, _ in pairs])
+
+
+def effect_attribution(cfg: BenchmarkConfig, split: str, scores: np.ndarray) -> dict:
+    """Which of the hidden logit's terms a scorer has learned, and what each is worth.
+
+    ``weight``: the term's coefficient when the scorer's logit is regressed on all terms
+    (1: learned as strongly as the truth has it; 0: ignored). ``worth``: the expected AUC the
+    Bayes-optimal ranker loses without the term, so a term with weight 0 and a large worth is
+    where a scorer's gap to the ceiling is.
+    """
+    x = split_effects(cfg, split)
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(x):
+        raise ValueError(f"{len(scores)} scores for the {len(x)} rows of the {split} split")
+    s = np.clip(scores, 1e-6, 1 - 1e-6)
+    design = np.c_[x, np.ones(len(x))]
+    coef, *_ = np.linalg.lstsq(design, np.log(s / (1 - s)), rcond=None)
+    z = cfg.bias + x.sum(axis=1)
+    p = 1 / (1 + np.exp(-z))
+    ceiling = expected_auc(p, p)
+    return {
+        name: {
+            "weight": float(coef[i]),
+            "worth": float(ceiling - expected_auc(p, z - x[:, i])),
+        }
+        for i, name in enumerate(EFFECTS)
+    }
 
 
 def write_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> dict:
@@ -257,6 +307,18 @@ def write_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> dict:
 
 def read_meta(data_dir: str | Path) -> dict:
     return json.loads((Path(data_dir) / "meta.json").read_text())
+
+
+def benchmark_config(data_dir: str | Path) -> BenchmarkConfig | None:
+    """The config that generated ``data_dir`` if it is this generator's benchmark, else None
+    (another data folder, or one written by another generator version)."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if meta.get("generator_version") != GENERATOR_VERSION:
+        return None
+    return BenchmarkConfig(**meta["config"])
 
 
 def corpus(rows: list[dict]) -> list[str]:

@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 
 from ranking.datafolder import read_split
 from ranking.metrics import expected_auc, roc_auc
@@ -6,7 +9,10 @@ from ranking.synthetic import (
     BenchmarkConfig,
     World,
     bayes_auc,
+    benchmark_config,
+    effect_attribution,
     generate,
+    split_effects,
     read_meta,
     render_item,
     render_member,
@@ -66,3 +72,37 @@ def test_write_and_read(tmp_path):
     t = meta["splits"]["test"]
     assert 0.5 < t["main_effects_auc"] < t["bayes_auc"] < 1  # personalisation carries signal
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_effects_replay_the_written_rows():
+    """The terms replayed from the seed are the rows' own: they add up to each row's p."""
+    rows = generate(SMALL)["test"]
+    x = split_effects(SMALL, "test")
+    assert x.shape == (len(rows), 5)
+    p = 1 / (1 + np.exp(-(SMALL.bias + x.sum(axis=1))))
+    assert np.allclose(p, [r["p"] for r in rows], atol=1e-6)
+    assert np.allclose(x[:, 0], [r["z_main"] for r in rows], atol=1e-6)
+
+
+def test_effect_attribution_tells_what_a_scorer_learned():
+    cfg = BenchmarkConfig(train_queries=10, val_queries=10, test_queries=600)
+    rows = generate(cfg)["test"]
+    truth = effect_attribution(cfg, "test", np.array([r["p"] for r in rows]))
+    assert all(abs(e["weight"] - 1) < 1e-3 for e in truth.values())
+    assert all(e["worth"] > 0 for e in truth.values())
+    assert max(truth, key=lambda k: truth[k]["worth"]) == "main"
+    main_only = np.array([1 / (1 + np.exp(-r["z_main"])) for r in rows])
+    learned = effect_attribution(cfg, "test", main_only)
+    assert abs(learned["main"]["weight"] - 1) < 1e-3
+    assert all(abs(learned[k]["weight"]) < 1e-3 for k in ("interest", "format", "level", "latent"))
+    with pytest.raises(ValueError, match="3 scores for the 6000 rows"):
+        effect_attribution(cfg, "test", np.zeros(3))
+
+
+def test_benchmark_config_only_for_this_generator(tmp_path):
+    write_benchmark(SMALL, tmp_path)
+    assert benchmark_config(tmp_path) == SMALL
+    assert benchmark_config(tmp_path / "elsewhere") is None
+    meta = read_meta(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "generator_version": -1}))
+    assert benchmark_config(tmp_path) is None

@@ -1,0 +1,96 @@
+"""The optimisers ``compression.train`` can run: AdamW, or Muon for the transformer blocks.
+
+Muon (``torch.optim.Muon``) replaces each 2-D weight matrix's update with its momentum
+orthogonalised by a few Newton-Schulz iterations. On the demo benchmark it learns the member x
+item interactions (interest match, the role x topic term) in far fewer steps than AdamW, which
+is what the teacher's CPU budget is short of (docs/results.md). As Muon's authors prescribe, the
+embeddings, the LM head and every vector (norms) stay on AdamW. With Moonshot's RMS matching
+(``adjust_lr_fn="match_rms_adamw"``) a Muon step is sized like an AdamW step at the same
+learning rate; ``muon_lr_ratio`` scales it from there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+OPTIMIZERS = ("adamw", "muon")
+BETAS = (0.9, 0.98)
+
+
+class MuonWithAdamW:
+    """Muon for ``matrices`` and AdamW for ``others``, stepped, zeroed and saved as one
+    optimiser. Each param group carries ``lr_scale``: the training loop sets a group's
+    learning rate to the schedule's value times it."""
+
+    def __init__(
+        self,
+        matrices: list[torch.nn.Parameter],
+        others: list[dict],
+        lr: float,
+        weight_decay: float,
+        muon_lr_ratio: float,
+    ) -> None:
+        self.muon = torch.optim.Muon(
+            matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"
+        )
+        self.adamw = torch.optim.AdamW(others, lr=lr, betas=BETAS)
+        for g in self.muon.param_groups:
+            g["lr_scale"] = muon_lr_ratio
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    muon_lr_ratio: float = 1.0,
+) -> torch.optim.AdamW | MuonWithAdamW:
+    """``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters: weight decay on matrices
+    and embeddings, none on vectors."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    vectors = [p for p in params if p.ndim < 2]
+    if name == "adamw":
+        decay = [p for p in params if p.ndim >= 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": vectors, "weight_decay": 0.0}]  # fmt: skip
+        return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
+    tables = {id(p) for p in _embedding_tables(model)}
+    matrices = [p for p in params if p.ndim == 2 and id(p) not in tables]
+    embeddings = [p for p in params if id(p) in tables or p.ndim > 2]
+    others = [{"params": embeddings, "weight_decay": weight_decay},
+              {"params": vectors, "weight_decay": 0.0}]  # fmt: skip
+    return MuonWithAdamW(matrices, others, lr, weight_decay, muon_lr_ratio)
+
+
+def _embedding_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The input embedding and output head weights (one tensor when tied): AdamW's in Muon
+    runs. Any ``nn.Embedding`` counts, so a model without the Hugging Face accessors works."""
+    tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is not None:
+        tables.append(head.weight)
+    return tables
