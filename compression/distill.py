@@ -42,6 +42,7 @@ class DistillConfig:
     seed: int = 0
     optimizer: str = "adamw"  # or "muon" (compression.optim), at lr * muon_lr_ratio
     muon_lr_ratio: float = 1.0
+    muon_ns_steps: int = 5
     # a teacher-outputs stage of the recipe: KD from its stored outputs, no teacher loaded
     teacher_outputs: str | None = None
 

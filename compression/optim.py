@@ -31,10 +31,10 @@ class MuonWithAdamW:
         lr: float,
         weight_decay: float,
         muon_lr_ratio: float,
+        ns_steps: int = 5,
     ) -> None:
-        self.muon = torch.optim.Muon(
-            matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"
-        )
+        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay,
+                                     ns_steps=ns_steps, adjust_lr_fn="match_rms_adamw")  # fmt: skip
         self.adamw = torch.optim.AdamW(others, lr=lr, betas=BETAS)
         for g in self.muon.param_groups:
             g["lr_scale"] = muon_lr_ratio
@@ -65,9 +65,11 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     muon_lr_ratio: float = 1.0,
+    muon_ns_steps: int = 5,
 ) -> torch.optim.AdamW | MuonWithAdamW:
     """``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters: weight decay on matrices
-    and embeddings, none on vectors."""
+    and embeddings, none on vectors. ``muon_ns_steps``: Newton-Schulz iterations per Muon
+    update (each costs three matrix products per weight matrix)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,7 +84,7 @@ def build_optimizer(
     embeddings = [p for p in params if id(p) in tables or p.ndim > 2]
     others = [{"params": embeddings, "weight_decay": weight_decay},
               {"params": vectors, "weight_decay": 0.0}]  # fmt: skip
-    return MuonWithAdamW(matrices, others, lr, weight_decay, muon_lr_ratio)
+    return MuonWithAdamW(matrices, others, lr, weight_decay, muon_lr_ratio, muon_ns_steps)
 
 
 def _embedding_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -60,6 +60,7 @@ class TrainConfig:
     # learning rate lr * muon_lr_ratio
     optimizer: str = "adamw"
     muon_lr_ratio: float = 1.0
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -68,6 +69,8 @@ class TrainConfig:
             )
         if self.muon_lr_ratio <= 0:
             raise ValueError(f"muon_lr_ratio must be > 0, got {self.muon_lr_ratio}")
+        if not 1 <= self.muon_ns_steps < 100:
+            raise ValueError(f"muon_ns_steps must be in [1, 100), got {self.muon_ns_steps}")
 
 
 def train_config_from(stage_config) -> TrainConfig:
@@ -220,7 +223,8 @@ def train(
     main = distributed.is_main()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.muon_lr_ratio)
+    opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.muon_lr_ratio,
+                          cfg.muon_ns_steps)  # fmt: skip
     step_fn: torch.nn.Module = _ObjectiveStep(model, objective)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -43,6 +43,8 @@ def test_unknown_optimizer_is_named():
         build_optimizer(torch.nn.Linear(2, 2), "lion", lr=1e-3, weight_decay=0.0)
     with pytest.raises(ValueError, match="muon_lr_ratio must be > 0"):
         TrainConfig(optimizer="muon", muon_lr_ratio=0)
+    with pytest.raises(ValueError, match=r"muon_ns_steps must be in \[1, 100\), got 0"):
+        TrainConfig(optimizer="muon", muon_ns_steps=0)
 
 
 class Regression:
