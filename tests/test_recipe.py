@@ -69,6 +69,10 @@ def test_the_shipped_demo_recipe_parses():
         (lambda r: r.update(extra=1), r"unknown top-level key\(s\) \['extra'\]"),
         (lambda r: r.pop("stages"), "missing 'stages'"),
         (lambda r: r["stages"][0].update(alpha=1.5), "alpha"),
+        (
+            lambda r: r["stages"][0].update(optimizer="sgd"),
+            "unknown optimizer 'sgd': choose one of adamw, muon",
+        ),
         (lambda r: r["stages"][0].update(student={"hidden_sise": 8}), "hidden_sise"),
         (lambda r: r["stages"][1].update(intermediate_size=100000), "intermediate"),
         (lambda r: r["stages"][1].update(gradual_steps=0), "gradual_steps must be >= 1"),
