@@ -12,10 +12,10 @@ from ranking.synthetic import (
     benchmark_config,
     effect_attribution,
     generate,
-    split_effects,
     read_meta,
     render_item,
     render_member,
+    split_effects,
     write_benchmark,
 )
 
