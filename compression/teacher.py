@@ -356,7 +356,8 @@ def plot_curve(
                            fontsize=8, xytext=(0, 3), textcoords="offset points")  # fmt: skip
         ax[2].axhline(1.0, color="gray", linestyle="--", label="as in the truth")
         ax[2].set_ylabel("learned weight (test)")
-        ax[2].set_title("hidden terms learned; worth = AUC the ceiling loses without it")
+        ax[2].set_title("hidden terms learned\n(worth: the AUC the Bayes ranker loses without it)",
+                        fontsize=9)  # fmt: skip
         ax[2].legend()
     fig.suptitle("teacher learning curve")
     fig.tight_layout()
