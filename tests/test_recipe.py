@@ -77,6 +77,10 @@ def test_the_shipped_demo_recipe_parses():
         (lambda r: r["stages"][1].update(intermediate_size=100000), "intermediate"),
         (lambda r: r["stages"][1].update(gradual_steps=0), "gradual_steps must be >= 1"),
         (
+            lambda r: r["stages"][1].update(distill_optimizer="sgd"),
+            "unknown distill_optimizer 'sgd'",
+        ),
+        (
             lambda r: r["stages"].append({"name": "p2", "type": "prune"}),
             "stage p2: prune a bf16/fp32 checkpoint, not a quantized one",
         ),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from compression.optim import OPTIMIZERS
 from compression.prune import PruneConfig, head_dim, prune_checkpoint, prune_model
 from compression.stages.base import StageContext, StageType
 
@@ -26,6 +27,8 @@ class PruneStageConfig(PruneConfig):
     gradual_steps: int = 1  # prune steps; 1: one shot
     distill_steps: int = 0  # distillation steps after each prune step but the last
     distill_lr: float = 5e-4
+    distill_optimizer: str = "adamw"  # or "muon" (compression.optim)
+    distill_muon_lr_ratio: float = 1.0
     distill_batch_queries: int = 12
     distill_warmup_steps: int = 10
 
@@ -35,6 +38,9 @@ class PruneStageConfig(PruneConfig):
             raise ValueError("gradual_steps must be >= 1 and distill_steps >= 0")
         if self.distill_batch_queries < 1 or self.distill_warmup_steps < 0:
             raise ValueError("distill_batch_queries must be >= 1 and distill_warmup_steps >= 0")
+        if self.distill_optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown distill_optimizer {self.distill_optimizer!r}: choose one "
+                             f"of {', '.join(OPTIMIZERS)}")  # fmt: skip
         if config is not None:
             super().validate(config)
 
@@ -119,6 +125,8 @@ def gradual_prune(
                 warmup_steps=c.distill_warmup_steps,
                 eval_every=0,
                 seed=c.seed + k,
+                optimizer=c.distill_optimizer,
+                muon_lr_ratio=c.distill_muon_lr_ratio,
             )
             train(model, groups, tc, objective, desc=f"gradual {k + 1}/{c.gradual_steps}")
     save_checkpoint(model, tok, task, dst)
