@@ -285,8 +285,8 @@ def markdown(report: dict) -> str:
         if "redistill_recovery" in c:
             rec = c["redistill_recovery"]
             lines.append(
-                f"- Pruning alone lost {c['prune_auc_lost']:+.4f} AUC; re-distillation regained "
-                f"{c['redistill_auc_regained']:+.4f}"
+                f"- Pruning alone lost {c['prune_auc_lost']:.4f} AUC; re-distillation regained "
+                f"{c['redistill_auc_regained']:.4f}"
                 + (
                     f" ({rec:.0%} recovered, target >= 80%)."
                     if rec is not None
