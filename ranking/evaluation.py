@@ -36,10 +36,10 @@ def score_groups(
 
 
 def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap: int = 0) -> dict:
-    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes AUC
-    in expectation and on the sampled labels, and the expected AUC). ``bootstrap`` > 0 adds ``auc_lo`` / ``auc_hi``: a 95% interval over that many
-    replicates resampling queries (``ranking.bootstrap``), so a difference can be told from
-    noise; only for 0/1 labels."""
+    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes AUC in
+    expectation and on the sampled labels, and the expected AUC). ``bootstrap`` > 0 adds
+    ``auc_lo`` / ``auc_hi``: a 95% interval over that many replicates resampling queries
+    (``ranking.bootstrap``), so a difference can be told from noise; only for 0/1 labels."""
     labels = np.concatenate([g.labels for g in groups])
     probs = np.concatenate([g.probs for g in groups])
     qid = np.concatenate([np.full(len(g.labels), i) for i, g in enumerate(groups)])
