@@ -59,6 +59,12 @@ class MuonWithAdamW:
         self.adamw.load_state_dict(state["adamw"])
 
 
+def check_optimizer(name: str, key: str = "optimizer") -> None:
+    """Refuses an optimiser name this module cannot build, naming the setting and the choices."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown {key} {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
 def build_optimizer(
     model: torch.nn.Module,
     name: str,
@@ -70,8 +76,7 @@ def build_optimizer(
     """``name`` (one of ``OPTIMIZERS``) over ``model``'s parameters: weight decay on matrices
     and embeddings, none on vectors. ``muon_ns_steps``: Newton-Schulz iterations per Muon
     update (each costs three matrix products per weight matrix)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    check_optimizer(name)
     params = [p for p in model.parameters() if p.requires_grad]
     vectors = [p for p in params if p.ndim < 2]
     if name == "adamw":

@@ -33,7 +33,7 @@ from compression.losses import (
     token_kd_loss,
     topk_kd_loss,
 )
-from compression.optim import OPTIMIZERS, build_optimizer
+from compression.optim import build_optimizer, check_optimizer
 from ranking.evaluation import evaluate
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
@@ -63,10 +63,7 @@ class TrainConfig:
     muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
-            )
+        check_optimizer(self.optimizer)
         if self.muon_lr_ratio <= 0:
             raise ValueError(f"muon_lr_ratio must be > 0, got {self.muon_lr_ratio}")
         if not 1 <= self.muon_ns_steps < 100:

@@ -198,18 +198,19 @@ SPLITS = ("train", "validation", "test")
 
 
 def _split_pairs(world: World, split: str, n_queries: int, n_items: int):
-    """(query index, member, item, label) in the split's order; replayable from the seed."""
+    """(query index, member, item, true p, label) in the split's order; replayable from the
+    seed."""
     rng = np.random.default_rng([world.cfg.seed, SPLITS.index(split) + 1])
     for q in range(n_queries):
         m = world.member(rng)
         for it in world.candidates(rng, m, n_items):
-            label = int(rng.random() < world.probability(m, it))
-            yield q, m, it, label
+            p = world.probability(m, it)
+            yield q, m, it, p, int(rng.random() < p)
 
 
 def _split_rows(world: World, split: str, n_queries: int, n_items: int) -> list[dict]:
     rows, item_id, last_q = [], 0, -1
-    for q, m, it, label in _split_pairs(world, split, n_queries, n_items):
+    for q, m, it, p, label in _split_pairs(world, split, n_queries, n_items):
         item_id = item_id + 1 if q == last_q else 0
         last_q = q
         rows.append(
@@ -219,7 +220,7 @@ def _split_rows(world: World, split: str, n_queries: int, n_items: int) -> list[
                 "item_id": item_id,
                 "item": render_item(it),
                 "label": label,
-                "p": round(world.probability(m, it), 6),
+                "p": round(p, 6),
                 "z_main": round(world.main_effects(it), 6),
             }
         )
@@ -250,7 +251,8 @@ def split_effects(cfg: BenchmarkConfig, split: str) -> np.ndarray:
     order ``write_benchmark`` writes them: replayed from the seed, not read from the files."""
     world = World(cfg)
     pairs = _split_pairs(world, split, *_split_sizes(cfg)[split])
-    return np.array([[world.effects(m, it)[k] for k in EFFECTS] for _, m, it, _ in pairs])
+    effects = (world.effects(m, it) for _, m, it, _, _ in pairs)
+    return np.array([[e[k] for k in EFFECTS] for e in effects])
 
 
 def effect_attribution(cfg: BenchmarkConfig, split: str, scores: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from compression.optim import OPTIMIZERS
+from compression.optim import check_optimizer
 from compression.prune import PruneConfig, head_dim, prune_checkpoint, prune_model
 from compression.stages.base import StageContext, StageType
 
@@ -38,9 +38,7 @@ class PruneStageConfig(PruneConfig):
             raise ValueError("gradual_steps must be >= 1 and distill_steps >= 0")
         if self.distill_batch_queries < 1 or self.distill_warmup_steps < 0:
             raise ValueError("distill_batch_queries must be >= 1 and distill_warmup_steps >= 0")
-        if self.distill_optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown distill_optimizer {self.distill_optimizer!r}: choose one "
-                             f"of {', '.join(OPTIMIZERS)}")  # fmt: skip
+        check_optimizer(self.distill_optimizer, "distill_optimizer")
         if config is not None:
             super().validate(config)
 
