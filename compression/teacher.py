@@ -58,18 +58,18 @@ class ModelShape:
 class DemoConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelShape = field(default_factory=ModelShape)
-    # Sized for about 10 minutes on 2 CPU cores (about 1.09 s a step, Muon's Newton-Schulz
+    # Sized for about 10 minutes on 2 CPU cores (about 0.93 s a step, Muon's Newton-Schulz
     # iterations and the validation passes included); see the learning curve it writes. Muon
     # learns the member x item terms that AdamW reaches only after several times the steps
     # (docs/results.md).
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=540,
+            steps=600,
             batch_queries=12,
             lr=1e-3,
             warmup_steps=50,
             lm_weight=0.5,
-            eval_every=135,
+            eval_every=150,
             optimizer="muon",
             muon_lr_ratio=2.5,
         )

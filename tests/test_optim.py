@@ -92,3 +92,27 @@ def test_muon_state_round_trips():
         opt.step()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_training_runs_eager_attention_on_cpu_and_restores_the_models_own():
+    """The loop trains with eager attention (faster backwards on CPU, same math) and hands the
+    model back with the attention implementation it came with."""
+    model = tiny_llama(tied=True)
+    model.set_attn_implementation("sdpa")
+    seen = []
+
+    def next_token_loss(m, batch):
+        seen.append(m.config._attn_implementation)
+        ids = torch.as_tensor(batch).view(1, -1)
+        return m(input_ids=ids, labels=ids).loss
+
+    cfg = TrainConfig(steps=3, batch_queries=4, warmup_steps=1, eval_every=0)
+    train(model, list(range(8)), cfg, next_token_loss)
+    assert seen == ["eager"] * 3
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.arange(8).view(1, -1)
+    with torch.no_grad():
+        sdpa = model(ids).logits
+        model.set_attn_implementation("eager")
+        eager = model(ids).logits
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
