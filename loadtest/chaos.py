@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import secrets
 import signal
 import time
@@ -161,21 +160,13 @@ def server(cfg: ChaosConfig, env: dict[str, str] | None = None, **settings) -> I
     log_dir = Path(cfg.log_dir) if cfg.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
-    srv = ServerProcess(Path(cfg.model), cfg.engine, log_dir, **settings)
     env = {"SLIMRANK_API_KEYS": RUN_KEY, **(env or {})}  # every scenario runs with keys on
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    srv = ServerProcess(Path(cfg.model), cfg.engine, log_dir, env, **settings)
     try:
         srv.start(timeout=600)
     except BaseException:
         srv.stop()
         raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield srv
     finally:

@@ -145,7 +145,8 @@ def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, s
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
     key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
-    with ServerProcess(Path(model), engine.removeprefix("server-"), logs, api_key=key) as srv:
+    env = {"SLIMRANK_API_KEYS": key}
+    with ServerProcess(Path(model), engine.removeprefix("server-"), logs, env) as srv:
         return _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
 
 
@@ -226,7 +227,9 @@ def compare(
                 row |= _server(model, engine, pool, requests, concurrency, warmup, logs, sweep_spec)
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
             row |= {"items_per_s": None, "p50_ms": None, "p99_ms": None, "error": str(exc)}
-            print(f"\n{engine} on {model} failed: {str(exc)[:400]}", file=sys.stderr, flush=True)
+            msg = str(exc)  # a log's head says where it failed, its tail why
+            msg = msg if len(msg) <= 1600 else f"{msg[:300]}\n[...]\n{msg[-1200:]}"
+            print(f"\n{engine} on {model} failed: {msg}", file=sys.stderr, flush=True)
         results.append(row)
     _score_diffs(results)
     work = {m: useful_work(m, pool.pairs) for m in models}

@@ -27,7 +27,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, engine: str = "torch", log_dir: Path | None = None, **settings):
+    def __init__(
+        self,
+        model: Path,
+        engine: str = "torch",
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        **settings,
+    ):
+        """``settings`` become ``--flag=value`` (a value may start with ``-``, as a random key
+        can); ``env`` is added to the server's environment, the place for secrets such as
+        ``SLIMRANK_API_KEYS``, which ``ps`` would show on a command line."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
@@ -41,14 +51,14 @@ class ServerProcess:
             "--port",
             str(self.port),
         ]
-        for k, v in settings.items():
-            self.args += ["--" + k.replace("_", "-"), str(v)]
+        self.args += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+        self.env = dict(env or {})
         self.log_path = (log_dir or Path("/tmp")) / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     def start(self, wait_ready: bool = True, timeout: float = 300) -> ServerProcess:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.serving import REPO
 
 
@@ -44,8 +46,6 @@ def test_corrupted_checkpoint_fails_fast_naming_the_file(tmp_path):
 
 
 def test_preflight_verifies_unless_told_not_to(tmp_path, caplog):
-    import pytest
-
     from ranking.checkpoint import CheckpointError
     from ranking.manifest import MANIFEST_FILE
     from server.__main__ import preflight
@@ -60,3 +60,33 @@ def test_preflight_verifies_unless_told_not_to(tmp_path, caplog):
     (ck / MANIFEST_FILE).unlink()
     preflight(ServerSettings(model=str(ck)))  # no manifest: a warning, not a refusal
     assert "not verified" in caplog.text
+
+
+def test_server_process_passes_values_that_look_like_flags(tmp_path):
+    """A random key can start with ``-``; ``--api-key -x`` would be refused as a missing value."""
+    from server.__main__ import _parser
+    from server.process import ServerProcess
+
+    srv = ServerProcess(tmp_path, "torch", tmp_path, api_key="-Xy_z", served_model_name="--m")
+    args = _parser().parse_args(srv.args[3:])  # past "python -m server"
+    assert args.api_keys == ["-Xy_z"] and args.served_model_name == "--m"
+    assert str(tmp_path) == args.model and args.port == srv.port
+
+
+@pytest.mark.slow
+def test_server_process_keys_from_env_reach_a_real_server(tiny_demo, tmp_path):
+    """Secrets go in the environment (off the command line): the server then refuses a request
+    without the key and accepts one with it, a key starting with ``-`` included."""
+    import httpx
+
+    from server.process import ServerProcess
+
+    key = "-starts-with-a-dash"
+    with ServerProcess(tiny_demo / "teacher", "torch", tmp_path, {"SLIMRANK_API_KEYS": key}) as s:
+        assert key not in " ".join(s.args)
+        body = {"query": "q", "items": ["a"]}
+        assert httpx.post(s.url + "/v1/rank", json=body, timeout=60).status_code == 401
+        ok = httpx.post(
+            s.url + "/v1/rank", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        )
+        assert ok.status_code == 200, ok.text
