@@ -268,13 +268,19 @@ def test_content_hash_follows_content_not_path(tmp_path_factory, folder):
     assert b not in (a, content_hash(copy))
 
 
-def test_content_hash_is_cached(tmp_path):
-    big = tmp_path / "big.bin"
-    big.write_bytes(b"\1" * (64 << 20))
+def test_content_hash_is_cached(tmp_path, monkeypatch):
+    """A file's bytes are read once per (path, size, mtime, inode): hashing again reads none."""
+    (tmp_path / "big.bin").write_bytes(b"\1" * (4 << 20))
     clear_cache()
-    t0 = time.perf_counter()
+    reads, real_open = [], Path.open
+
+    def counting_open(self, *args, **kwargs):
+        reads.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
     h = content_hash(tmp_path)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert content_hash(tmp_path) == h
-    assert time.perf_counter() - t0 < first / 5
+    assert reads == ["big.bin"]
+    assert content_hash(tmp_path) == h and reads == ["big.bin"]
+    clear_cache()
+    assert content_hash(tmp_path) == h and reads == ["big.bin", "big.bin"]
