@@ -100,8 +100,9 @@ class DemoConfig:
     def movielens(cls) -> DemoConfig:
         """Six narrow layers (hidden 384, MLP 1152, 11.9M parameters) on MovieLens prompts
         (about 157 query tokens and 10 items of 12.5 tokens a query): the teacher of the
-        MovieLens table in docs/results.md. Measured on 2 unshared cores: about 2.7 s a step, so
-        about 50 minutes for the 1,100 steps."""
+        MovieLens table in docs/results.md. Muon, as the demo teacher: on this data it reaches
+        in 275 steps the validation AUC that AdamW reached in 825. Measured on 2 unshared cores:
+        about 2.8 s a step, so about 51 minutes for the 1,100 steps."""
         return cls(
             model=ModelShape(
                 num_hidden_layers=6,
@@ -112,10 +113,12 @@ class DemoConfig:
             train=TrainConfig(
                 steps=1100,
                 batch_queries=12,
-                lr=1.5e-3,
+                lr=1e-3,
                 warmup_steps=50,
                 lm_weight=0.5,
                 eval_every=275,
+                optimizer="muon",
+                muon_lr_ratio=2.5,
             ),
             vocab_size=2048,
         )
