@@ -227,9 +227,8 @@ def compare(
                 row |= _server(model, engine, pool, requests, concurrency, warmup, logs, sweep_spec)
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
             row |= {"items_per_s": None, "p50_ms": None, "p99_ms": None, "error": str(exc)}
-            msg = str(exc)  # a log's head says where it failed, its tail why
-            msg = msg if len(msg) <= 1600 else f"{msg[:300]}\n[...]\n{msg[-1200:]}"
-            print(f"\n{engine} on {model} failed: {msg}", file=sys.stderr, flush=True)
+            # whole: a server's or a run's error already carries just its log's tail
+            print(f"\n{engine} on {model} failed: {exc}", file=sys.stderr, flush=True)
         results.append(row)
     _score_diffs(results)
     work = {m: useful_work(m, pool.pairs) for m in models}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.serving import REPO
+from tests.serving import REPO, ServerProcess
 
 
 def test_missing_checkpoint_fails_fast(tmp_path):
@@ -65,7 +65,6 @@ def test_preflight_verifies_unless_told_not_to(tmp_path, caplog):
 def test_server_process_passes_values_that_look_like_flags(tmp_path):
     """A random key can start with ``-``; ``--api-key -x`` would be refused as a missing value."""
     from server.__main__ import _parser
-    from server.process import ServerProcess
 
     srv = ServerProcess(tmp_path, "torch", tmp_path, api_key="-Xy_z", served_model_name="--m")
     args = _parser().parse_args(srv.args[3:])  # past "python -m server"
@@ -78,8 +77,6 @@ def test_server_process_keys_from_env_reach_a_real_server(tiny_demo, tmp_path):
     """Secrets go in the environment (off the command line): the server then refuses a request
     without the key and accepts one with it, a key starting with ``-`` included."""
     import httpx
-
-    from server.process import ServerProcess
 
     key = "-starts-with-a-dash"
     with ServerProcess(tiny_demo / "teacher", "torch", tmp_path, {"SLIMRANK_API_KEYS": key}) as s:
