@@ -83,7 +83,7 @@ def inprocess_scorer(model: str) -> Callable[[list[EncodedRequest]], None]:
     from server.engines.torch_engine import TorchEngine
     from server.settings import ServerSettings
 
-    engine = TorchEngine(ServerSettings(model=model, engine="torch"))
+    engine = TorchEngine(ServerSettings(model=model, engine="torch").model_spec())
     loop = asyncio.new_event_loop()
     loop.run_until_complete(engine.start())
 

@@ -92,13 +92,13 @@ def answer_hidden(
     model,
     requests: Sequence[EncodedRequest],
     pad_id: int = 0,
-    max_item_tokens: int = 16384,
+    max_chunk_tokens: int = 16384,
     taps: list | None = None,
 ) -> torch.Tensor:
     """(n_items, hidden) final hidden state at the answer position of each item, query prefix
     shared: each query runs once into a KV cache that its items attend to.
 
-    Differentiable (training uses it). ``max_item_tokens`` bounds the padded item tensor of one
+    Differentiable (training uses it). ``max_chunk_tokens`` bounds the padded item tensor of one
     forward, which bounds activation memory for very large requests. If ``taps`` is a list, the
     (ids, mask, hidden, items) of every forward (queries, then item chunks) are appended to it,
     for losses on all tokens; ``items`` is None for the queries' forward and the flat indices
@@ -115,7 +115,7 @@ def answer_hidden(
     layers = [(layer.keys, layer.values) for layer in q_cache.layers]
     q_len = q_mask.sum(dim=1)
 
-    chunks, parts = _item_chunks(batch, max_item_tokens), []
+    chunks, parts = _item_chunks(batch, max_chunk_tokens), []
     for chunk in chunks:
         own = torch.as_tensor([batch.owner[i] for i in chunk], device=device)
         cache = DynamicCache(config=model.config)
@@ -146,7 +146,7 @@ def label_logits(
     requests: Sequence[EncodedRequest],
     label_ids: tuple[int, int],
     pad_id: int = 0,
-    max_item_tokens: int = 16384,
+    max_chunk_tokens: int = 16384,
 ) -> torch.Tensor:
     """(n_items, 2) logits of (yes, no) of every item of ``requests``, in order.
 
@@ -158,7 +158,7 @@ def label_logits(
     if not torch.is_grad_enabled() and prefer_multi_item(model, requests):
         hidden = multi_item_answer_hidden(model, requests)
     else:
-        hidden = answer_hidden(model, requests, pad_id, max_item_tokens)
+        hidden = answer_hidden(model, requests, pad_id, max_chunk_tokens)
     return head_label_logits(model, hidden, label_ids)
 
 
@@ -199,13 +199,13 @@ def _split(flat, requests: Sequence[EncodedRequest]) -> list:
 class TorchScorer:
     """Scores (query, items) with a loaded model; the reference engine of the server."""
 
-    def __init__(self, model, tokenizer, task: RankingTask, max_item_tokens: int = 16384):
+    def __init__(self, model, tokenizer, task: RankingTask, max_chunk_tokens: int = 16384):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task
         self.label_ids = task.label_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.max_item_tokens = max_item_tokens
+        self.max_chunk_tokens = max_chunk_tokens
 
     def encode(self, query: str, items: Sequence[str]) -> EncodedRequest:
         return EncodedRequest(
@@ -217,7 +217,7 @@ class TorchScorer:
     def score_batch(self, requests: Sequence[EncodedRequest]) -> np.ndarray:
         """Scores of every item of ``requests`` in one flat array, in order."""
         logits = label_logits(
-            self.model, requests, self.label_ids, self.pad_id, self.max_item_tokens
+            self.model, requests, self.label_ids, self.pad_id, self.max_chunk_tokens
         )
         return yes_probability(logits).cpu().numpy()
 
@@ -229,7 +229,7 @@ class TorchScorer:
         if all(r.label_ids is None for r in requests):
             flat = self.score_batch(requests)
             return _split(flat, requests)
-        hidden = answer_hidden(self.model, requests, self.pad_id, self.max_item_tokens)
+        hidden = answer_hidden(self.model, requests, self.pad_id, self.max_chunk_tokens)
         out = []
         for r, h in zip(requests, _split(hidden, requests), strict=True):
             if r.label_ids is None:

@@ -20,6 +20,7 @@ from server.engines import Engine, create_engine
 from server.errors import ERROR_RESPONSES, install_error_handlers
 from server.metrics import ServerMetrics
 from server.middleware import (
+    SCORING_TAG,
     ApiKeyAuth,
     BodySizeLimit,
     CloseWhenDraining,
@@ -46,10 +47,10 @@ def _service(request: Request) -> RankingService:
     return request.app.state.service
 
 
-async def _load(service: RankingService) -> None:
+async def _load(service: RankingService, exit_on_error: bool) -> None:
     """Loads the model behind /ready; a model that cannot load ends the process (so that an
-    orchestrator restarts it and shows the error) unless SLIMRANK_EXIT_ON_LOAD_ERROR=0."""
-    if not await service.load() and os.environ.get("SLIMRANK_EXIT_ON_LOAD_ERROR", "1") == "1":
+    orchestrator restarts it and shows the error) unless ``exit_on_load_error`` is off."""
+    if not await service.load() and exit_on_error:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -71,10 +72,11 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = RankingService(settings, engine or create_engine(settings), metrics)
+        chosen = engine or create_engine(settings.model_spec(), tuple(settings.fault_batches))
+        service = RankingService(settings, chosen, metrics)
         app.state.service = service
         service.start()
-        loader = asyncio.create_task(_load(service))
+        loader = asyncio.create_task(_load(service, settings.exit_on_load_error))
         yield
         loader.cancel()
         await service.stop()  # after the drain window: requests in flight finish
@@ -99,13 +101,13 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     )
     app.add_middleware(CloseWhenDraining, draining=lambda: _draining(app))
 
-    @app.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES, tags=["scoring"])
+    @app.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG])
     async def rank(body: RankRequest, request: Request) -> RankResponse:
         """Native API: one query, N candidate items -> items sorted by score (best first)."""
         return await cancel_on_disconnect(request, _service(request).rank(body))
 
     @app.post(
-        "/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, tags=["scoring"]
+        "/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
     )
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         """SGLang-compatible scoring: a probability per item per label token id.
@@ -116,14 +118,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         return await cancel_on_disconnect(request, _service(request).score(body))
 
     @app.post(
-        "/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, tags=["scoring"]
+        "/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
     )
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         """Cohere v1 / Jina / vLLM-compatible rerank."""
         return await cancel_on_disconnect(request, _service(request).rerank(body))
 
     @app.post(
-        "/v2/rerank", response_model=RerankV2Response, responses=ERROR_RESPONSES, tags=["scoring"]
+        "/v2/rerank", response_model=RerankV2Response, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
     )
     async def rerank_v2(body: RerankV2Request, request: Request) -> RerankV2Response:
         """Cohere v2 (``cohere.ClientV2``) / vLLM v2 rerank."""

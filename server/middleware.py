@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 from fastapi import Request
+from starlette.routing import Match
 
 from server.errors import ApiError, error_response
 from server.metrics import ServerMetrics
@@ -24,7 +25,7 @@ from server.metrics import ServerMetrics
 access = logging.getLogger("slimrank.access")
 request_text = logging.getLogger("slimrank.request_text")  # --log-request-text only
 
-SCORING_PATHS = ("/v1/rank", "/v1/score", "/v1/rerank")
+SCORING_TAG = "scoring"  # the OpenAPI tag of the routes that score: counted and logged
 T = TypeVar("T")
 
 # the access-log fields of the request being handled (None outside one)
@@ -127,19 +128,31 @@ class BodySizeLimit:
         return await self.app(scope, limited_receive, send)
 
 
+def scoring_endpoint(scope) -> str | None:
+    """The endpoint label of a request: the path of the scoring route it matches (any method:
+    a 405 on a scoring path is counted there), ``"other"`` for a POST that matches no route
+    (bounded: random paths must not grow the series count), None for everything else (probes,
+    ``/metrics``, ``/v1/models``: not scoring traffic). Taken from the app's own routes, so a
+    new scoring route is counted without editing a list."""
+    router = getattr(scope.get("app"), "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            return route.path if SCORING_TAG in (getattr(route, "tags", None) or ()) else None
+    return "other" if scope.get("method") == "POST" else None
+
+
 class RequestAccounting:
-    """ASGI middleware: for every ``POST /v1/...``, the request metrics (count by endpoint and
-    status, duration, in flight) and one JSON access-log line."""
+    """ASGI middleware: for every scoring request (``scoring_endpoint``), the request metrics
+    (count by endpoint and status, duration, in flight) and one JSON access-log line."""
 
     def __init__(self, app, metrics: ServerMetrics, log_request_text: bool = False):
         self.app, self.metrics, self.log_text = app, metrics, log_request_text
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith("/v1/"):
+        path = scoring_endpoint(scope) if scope["type"] == "http" else None
+        if path is None:
             return await self.app(scope, receive, send)
-        if path not in SCORING_PATHS:
-            path = "other"  # bounded label values: random paths must not grow the series count
         status = 500  # unless a response starts
 
         async def send_and_note(msg):

@@ -1,4 +1,5 @@
-"""API schemas of the ranking server (pydantic). Serving logic lives in ``server/app.py``.
+"""API schemas of the ranking server (pydantic). The routes are in ``server/app.py``, the
+serving logic in ``server/service.py``.
 
 Four dialects over one engine:
 - ``/v1/rank``   native: query + items -> results sorted by score;
@@ -122,7 +123,7 @@ class RerankRequest(_Strict):
     instruction: str | None = INSTRUCTION
     model: str | None = None
     # vLLM's field (its benchmark client always sends -1). Prompts are never truncated here:
-    # a too-long query or item is a 400 naming the limit, so only "no truncation" is accepted.
+    # a too-long query or item is a 422 naming the limit, so only "no truncation" is accepted.
     truncate_prompt_tokens: int | None = Field(
         default=None, ge=-1, le=-1, description="only -1 / null (no truncation) is supported"
     )

@@ -42,10 +42,6 @@ class ShuttingDown(Exception):
     pass
 
 
-class EngineFault(RuntimeError):
-    """An injected batch failure (``fault_batches``, test only)."""
-
-
 @dataclass
 class _Entry:
     request: EncodedRequest
@@ -65,7 +61,6 @@ class Scheduler:
         max_wait_s: float,
         max_queue_items: int,
         max_queue_wait_s: float = math.inf,
-        fault_batches: tuple[int, ...] = (),
     ):
         self.engine = engine
         self.metrics = metrics
@@ -73,13 +68,11 @@ class Scheduler:
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
         self.max_queue_wait_s = max_queue_wait_s
-        self.fault_batches = set(fault_batches)
         self._queue: deque[_Entry] = deque()
         self._queued_items = 0
         self._queued_tokens = 0
         self._running_tokens = 0  # computed tokens of the batch on the engine now
         self._running_since = 0.0
-        self._batches = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -232,12 +225,9 @@ class Scheduler:
         for e in batch:
             e.started = start
             self.metrics.queue_wait.observe(start - e.enqueued)
-        self._batches += 1
         tokens = sum(e.request.computed_tokens for e in batch)
         self._running_tokens, self._running_since = tokens, start
         try:
-            if self._batches in self.fault_batches:
-                raise EngineFault(f"injected fault in batch {self._batches} (fault_batches)")
             results = await self.engine.score([e.request for e in batch])
         except Exception as exc:  # noqa: BLE001 - handed to this batch's requests only (-> 5xx)
             for e in batch:

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from ranking.request import EncodedRequest
-from server.engines import Engine
+from server.engines import Engine, LoadedModel
 from server.errors import ApiError
 from server.metrics import ServerMetrics
 from server.middleware import note_access
@@ -57,8 +57,9 @@ class RankingService:
             settings.max_wait_ms / 1000,
             settings.max_queue_items,
             settings.max_queue_wait_ms / 1000,
-            tuple(settings.fault_batches),
         )
+        self.name = engine.spec.name  # the model name requests and responses use
+        self.model: LoadedModel | None = None  # set once the engine has loaded it
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
@@ -74,19 +75,19 @@ class RankingService:
         eng = self.engine
         t0 = time.perf_counter()
         try:
-            await eng.start()
-            await eng.warmup()
+            model = await eng.start()
+            await eng.warmup(model)
         except Exception as exc:  # noqa: BLE001 - reported by /ready and the log
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
             return False
-        info = eng.info
-        self.metrics.set_model(eng.model_name, info.format, eng.name, info.params)
+        self.model, info = model, model.info
+        self.metrics.set_model(self.name, info.format, eng.name, info.params)
         self.ready = True
-        self.metrics.ready.set(1)
+        self.metrics.ready.set(0 if self.draining else 1)
         log.info(
             "ready: model=%s format=%s engine=%s params=%s load+warmup=%.1fs",
-            eng.model_name,
+            self.name,
             info.format,
             eng.name,
             info.params,
@@ -102,6 +103,7 @@ class RankingService:
         """First SIGTERM: /ready turns 503 and new requests get 503 ``shutting_down``; admitted
         ones finish (``server/lifecycle.py`` shuts the server down after the drain window)."""
         self.draining = True
+        self.metrics.ready.set(0)
         self.scheduler.stop_admitting()
         log.info("draining: new requests get 503, admitted ones finish")
 
@@ -134,7 +136,7 @@ class RankingService:
 
     def readiness(self) -> dict:
         self.check_ready()
-        return {"status": "ready", "model": self.engine.model_name}
+        return {"status": "ready", "model": self.name}
 
     # ---- the dialects ------------------------------------------------------------------------
     async def rank(self, req: RankRequest) -> RankResponse:
@@ -142,7 +144,7 @@ class RankingService:
         scores, usage = await self._submit(enc)
         order = np.argsort(-scores, kind="stable")[: req.top_k]
         return RankResponse(
-            model=self.engine.model_name,
+            model=self.name,
             results=[RankResult(index=int(i), score=float(scores[i])) for i in order],
             usage=usage,
         )
@@ -158,19 +160,19 @@ class RankingService:
                 "item_first=true is not supported: the query is the shared prefix",
             )
         self.check_ready()
-        eng = self.engine
-        wanted = tuple(req.label_token_ids or eng.label_ids)
+        m = self.model
+        wanted = tuple(req.label_token_ids or m.label_ids)
         for i, t in enumerate(wanted):
             self._check_token_id(t, f"label_token_ids[{i}]")
-        if not eng.any_label_ids and (
-            not req.apply_softmax or sorted(wanted) != sorted(eng.label_ids)
+        if not m.any_label_ids and (
+            not req.apply_softmax or sorted(wanted) != sorted(m.label_ids)
         ):
             raise ApiError(
                 422,
                 "unsupported",
                 f"label_token_ids {list(wanted)} with apply_softmax={req.apply_softmax}: this "
                 f"engine scores with a classifier head and answers only the model's label tokens "
-                f"{list(eng.label_ids)} with apply_softmax=true (serve with --vllm-scoring "
+                f"{list(m.label_ids)} with apply_softmax=true (serve with --vllm-scoring "
                 "logprobs for any label ids)",
             )
         items = [req.items] if isinstance(req.items, str) else req.items
@@ -200,7 +202,7 @@ class RankingService:
         enc = replace(enc, label_ids=wanted, full_vocab=not req.apply_softmax)
         scores, usage = await self._submit(enc)
         rows = [[float(p) for p in row] for row in scores]
-        return ScoreResponse(scores=rows, model=eng.model_name, usage=usage)
+        return ScoreResponse(scores=rows, model=self.name, usage=usage)
 
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         docs = req.texts()
@@ -208,7 +210,7 @@ class RankingService:
         limit = getattr(req, "max_tokens_per_doc", None)
         if limit is not None:
             for i, d in enumerate(docs):
-                n = len(self.engine.tokenizer.encode(d, add_special_tokens=False))
+                n = len(self.model.tokenizer.encode(d, add_special_tokens=False))
                 if n > limit:
                     raise ApiError(
                         422,
@@ -220,7 +222,7 @@ class RankingService:
         order = np.argsort(-scores, kind="stable")[: req.top_n or None]
         fields = dict(
             id=f"rerank-{uuid.uuid4().hex}",
-            model=self.engine.model_name,
+            model=self.name,
             results=[
                 RerankResult(
                     index=int(i),
@@ -236,31 +238,31 @@ class RankingService:
         return RerankResponse(**fields)
 
     def models(self) -> ModelList:
-        eng, info = self.engine, self.engine.info
+        m = self.model
         return ModelList(
             data=[
                 ModelCard(
-                    id=eng.model_name,
-                    format=info.format if info else "loading",
-                    engine=eng.name,
-                    parameters=info.params if info else None,
+                    id=self.name,
+                    format=m.info.format if m else "loading",
+                    engine=self.engine.name,
+                    parameters=m.info.params if m else None,
                     max_items=self.settings.max_items,
-                    label_tokens=[eng.task.yes, eng.task.no] if eng.task else [],
+                    label_tokens=[m.task.yes, m.task.no] if m else [],
                 )
             ]
         )
 
     # ---- shared by the dialects --------------------------------------------------------------
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.engine.model_name:
+        if model is not None and model != self.name:
             raise ApiError(
                 404,
                 "model_not_found",
-                f"model {model!r} is not served here (serving {self.engine.model_name!r})",
+                f"model {model!r} is not served here (serving {self.name!r})",
             )
 
     def _check_token_id(self, token: int, where: str) -> None:
-        vocab = self.engine.vocab_size
+        vocab = self.model.vocab_size
         if token < 0 or (vocab is not None and token >= vocab):
             raise ApiError(
                 422,
@@ -309,22 +311,22 @@ class RankingService:
         template. Nothing is truncated: over a limit is a 422 naming it (``field``: the
         dialect's name for the items)."""
         self.check_ready()
-        eng = self.engine
+        m = self.model
         self._check_model(model)
         self._check_item_count(len(items), field)
         for i, it in enumerate(items):
             if not it:
                 raise ApiError(422, "invalid_request", f"{field}[{i}] is empty")
-        if instruction is not None and not getattr(eng.task, "has_instruction", False):
+        if instruction is not None and not getattr(m.task, "has_instruction", False):
             raise ApiError(
                 422,
                 "invalid_request",
                 "instruction: this model's prompt template has no {instruction} placeholder",
             )
         q_ids = self.query_tokens.get(
-            query, lambda q: eng.task.encode_query(eng.tokenizer, q, instruction), instruction
+            query, lambda q: m.task.encode_query(m.tokenizer, q, instruction), instruction
         )
-        i_ids = self.item_tokens.get_many(items, lambda t: eng.task.encode_items(eng.tokenizer, t))
+        i_ids = self.item_tokens.get_many(items, lambda t: m.task.encode_items(m.tokenizer, t))
         self._check_lengths(q_ids, i_ids, field)
         return EncodedRequest(q_ids, i_ids)
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.engines.base import ModelSpec, TorchOptions, VllmOptions
+
 
 class ServerSettings(BaseSettings):
     """Every field is also an env var: ``model`` -> ``SLIMRANK_MODEL`` and so on."""
@@ -106,9 +108,15 @@ class ServerSettings(BaseSettings):
     graceful_shutdown_s: float = Field(
         default=30.0, gt=0, description="after the drain window: admitted requests may finish"
     )
+    exit_on_load_error: bool = Field(
+        default=True,
+        description="end the process when the model fails to load (an orchestrator restarts "
+        "it and shows the error); off: stay up, /ready answers 503 with the error",
+    )
     fault_batches: Annotated[list[int], NoDecode] = Field(
         default_factory=list,
-        description="test only: these engine batches (1 = first after warm-up) raise",
+        description="chaos runs and tests only: these engine batches (1 = first after warm-up) "
+        "raise, through a fault-injecting wrapper engine",
     )
 
     log_level: str = "info"
@@ -122,6 +130,28 @@ class ServerSettings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    def model_spec(self) -> ModelSpec:
+        """The one model these settings serve, as its engine is built from it. The torch
+        scorer's forward chunk is the scheduler's batch budget: a batch is one forward."""
+        return ModelSpec(
+            path=self.model,
+            name=self.served_model_name or Path(self.model).resolve().name,
+            engine=self.engine,
+            dtype=self.dtype,
+            torch=TorchOptions(
+                activation_quant=self.torch_activation_quant,
+                fp8=self.torch_fp8,
+                chunk_tokens=self.max_batch_tokens,
+            ),
+            vllm=VllmOptions(
+                kv_cache_gb=self.vllm_kv_cache_gb,
+                block_size=self.vllm_block_size,
+                scoring=self.vllm_scoring,
+                max_model_len=self.vllm_max_model_len,
+                gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            ),
+        )
 
     def accepted_keys(self) -> list[str]:
         """``api_keys`` plus the key file's lines (blank lines and ``#`` comments skipped)."""

@@ -11,8 +11,7 @@ import numpy as np
 
 from ranking.checkpoint import CheckpointInfo
 from ranking.request import EncodedRequest
-from server.engines import Engine
-from server.settings import ServerSettings
+from server.engines import Engine, LoadedModel, ModelSpec
 
 YES_ID, NO_ID = 101, 102
 QUESTION_ID = 7  # every item ends with it, as the real task appends its question
@@ -77,13 +76,13 @@ class FakeEngine(Engine):
 
     def __init__(
         self,
-        settings: ServerSettings | None = None,
+        spec: ModelSpec | None = None,
         delay_s: float = 0.0,
         start_gate: asyncio.Event | None = None,
         fail_start: Exception | None = None,
         has_instruction: bool = False,
     ):
-        super().__init__(settings or ServerSettings(model="fake", served_model_name="fake"))
+        super().__init__(spec or ModelSpec(path="fake", name="fake"))
         self.delay_s, self.start_gate, self.fail_start = delay_s, start_gate, fail_start
         self.batches: list[list[int]] = []  # per batch: the item count of each request
         self.running = 0  # batches being scored now
@@ -91,15 +90,18 @@ class FakeEngine(Engine):
         self.has_instruction = has_instruction
         self.requests: list[EncodedRequest] = []  # every request scored, in order
 
-    async def start(self) -> None:
+    async def start(self) -> LoadedModel:
         if self.start_gate is not None:
             await self.start_gate.wait()
         if self.fail_start is not None:
             raise self.fail_start
-        self.task, self.tokenizer = WordTask(self.has_instruction), WordTokenizer()
-        self.label_ids = (YES_ID, NO_ID)
-        self.vocab_size = VOCAB
-        self.info = CheckpointInfo(Path("fake"), "bf16", "FakeForCausalLM", 1234)
+        return LoadedModel(
+            info=CheckpointInfo(Path("fake"), "bf16", "FakeForCausalLM", 1234),
+            tokenizer=WordTokenizer(),
+            task=WordTask(self.has_instruction),
+            label_ids=(YES_ID, NO_ID),
+            vocab_size=VOCAB,
+        )
 
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:
         self.batches.append([r.n_items for r in requests])

@@ -34,7 +34,7 @@ from tests.test_service import ITEMS, QUERY, REF, serving
 
 def make(**kw):
     s = ServerSettings(model="fake", served_model_name="fake", max_items=64)
-    engine = FakeEngine(s, **kw)
+    engine = FakeEngine(s.model_spec(), **kw)
     return create_app(s, engine), engine
 
 

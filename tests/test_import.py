@@ -93,10 +93,12 @@ def test_import_refuses_what_cannot_work(untrained_qwen3, tmp_path):
 
 
 # ---- slow: each family, each preset, both engines ------------------------------------------------
-def _settings(path, engine):
+def _spec(path, engine):
     from server.settings import ServerSettings
 
-    return ServerSettings(model=str(path), engine=engine, dtype="auto", max_batch_tokens=4096)
+    return ServerSettings(
+        model=str(path), engine=engine, dtype="auto", max_batch_tokens=4096
+    ).model_spec()
 
 
 async def _scores_per_preset(family_dir, tmp_path):
@@ -108,21 +110,21 @@ async def _scores_per_preset(family_dir, tmp_path):
     from server.engines.vllm_engine import VllmEngine
 
     imported = {n: import_model(family_dir, n, tmp_path / n).out for n in PRESETS}
-    vllm = VllmEngine(_settings(imported["qwen3-reranker"], "vllm"))
+    vllm = VllmEngine(_spec(imported["qwen3-reranker"], "vllm"))
     await vllm.start()
     vllm_tok = vllm.llm.get_tokenizer()  # the tokenizer vLLM itself uses
     out = {}
     try:
         for name, path in imported.items():
-            engine = TorchEngine(_settings(path, "torch"))
-            await engine.start()
+            engine = TorchEngine(_spec(path, "torch"))
+            loaded = await engine.start()
             tok, task = load_tokenizer_and_task(path)
             label_ids = task.label_token_ids(tok)
             t_scores, v_scores = [], []
             for q in QUERIES:
                 enc = EncodedRequest(
-                    engine.task.encode_query(engine.tokenizer, q),
-                    engine.task.encode_items(engine.tokenizer, ITEMS),
+                    loaded.task.encode_query(loaded.tokenizer, q),
+                    loaded.task.encode_items(loaded.tokenizer, ITEMS),
                 )
                 for item, ids in zip(ITEMS, enc.item_ids, strict=True):
                     whole = vllm_tok.encode(task.render(tok, q, item), add_special_tokens=False)

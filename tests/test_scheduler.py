@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ranking.request import EncodedRequest
+from server.engines.faults import FaultyEngine
 from server.metrics import ServerMetrics
 from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
 from tests.fake_engine import FakeEngine, item_score
@@ -179,8 +180,8 @@ async def test_expected_wait_counts_queued_tokens_at_the_measured_rate():
 
 
 async def test_injected_fault_fails_only_its_batch():
-    engine = FakeEngine()
-    s = await started(engine, max_wait_s=0.0, fault_batches=(2,))
+    engine = FaultyEngine(FakeEngine(), (2,))
+    s = await started(engine, max_wait_s=0.0)
     out = []
     for i in range(3):
         try:

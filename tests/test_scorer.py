@@ -34,7 +34,7 @@ def test_parity_with_chunking_and_pad_id():
     model = random_model("llama")
     batch = ragged_batch()
     with torch.no_grad():
-        chunked = label_logits(model, batch, (5, 6), pad_id=7, max_item_tokens=12)
+        chunked = label_logits(model, batch, (5, 6), pad_id=7, max_chunk_tokens=12)
         naive = naive_label_logits(model, batch, (5, 6), pad_id=0, batch_size=1)
     torch.testing.assert_close(chunked, naive, atol=2e-5, rtol=1e-5)
 

