@@ -5,8 +5,8 @@
 
 schemathesis generates requests for every operation in ``/openapi.json``: valid ones (positive
 mode) and ones that break the schema (negative mode), about half each, until every scoring
-endpoint (``/v1/rank``, ``/v1/score``, ``/v1/rerank``) got at least ``--max-examples``. Hypothesis
-runs seeded and without its example database, so a run can be repeated. Checks on every answer:
+endpoint (an operation the schema tags ``scoring``: ``/v1/rank``, ``/v1/score``, ``/v1/rerank``,
+``/v2/rerank``, ...) got at least ``--max-examples``. Hypothesis runs seeded and without its example database, so a run can be repeated. Checks on every answer:
 no 5xx, every 4xx in the error shape ``{"error": {"type": str, "message": str}}``, no transport
 error. Then ``loadtest.hostile``'s JSON and protocol cases, and last ``GET /health`` must be 200.
 
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from loadtest import hostile
 from loadtest.stats import table, write_json
 
-SCORING = ("/v1/rank", "/v1/score", "/v1/rerank")
+SCORING_TAG = "scoring"  # the OpenAPI tag of the server's scoring routes (server/app.py)
 MAX_ROUNDS = 20  # hypothesis stops early on small input spaces: bounded retries with new seeds
 SHOWN_FAILURES = 50  # distinct failures kept in the report
 
@@ -36,8 +36,9 @@ SHOWN_FAILURES = 50  # distinct failures kept in the report
 class EndpointStats:
     """Counts for one operation, and its distinct failures (by status and error)."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, scoring: bool):
         self.label = label
+        self.scoring = scoring
         self.requests = 0
         self.by_class: Counter[str] = Counter()
         self.server_errors = 0
@@ -63,6 +64,7 @@ class EndpointStats:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "scoring": self.scoring,
             "requests": self.requests,
             "by_class": dict(sorted(self.by_class.items())),
             "5xx": self.server_errors,
@@ -70,6 +72,17 @@ class EndpointStats:
             "transport_errors": self.transport_errors,
             "failures": list(self.failures.values()),
         }
+
+
+def scoring_paths(openapi: dict[str, Any]) -> set[str]:
+    """Paths with an operation tagged ``scoring``: read from the schema, so a new scoring route
+    gets the full example count without a list here to keep in step."""
+    return {
+        path
+        for path, item in openapi.get("paths", {}).items()
+        for op in item.values()
+        if isinstance(op, dict) and SCORING_TAG in op.get("tags", ())
+    }
 
 
 def _problem(status: int, content_type: str | None, body: bytes) -> str | None:
@@ -145,6 +158,9 @@ def fuzz_schema(
 
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     schema = schemathesis.openapi.from_url(url + "/openapi.json", headers=auth, timeout=30)
+    scoring = scoring_paths(schema.raw_schema)
+    if not scoring:
+        raise ValueError(f"no operation tagged {SCORING_TAG!r} in {url}/openapi.json")
     stats: dict[str, EndpointStats] = {}
     session = requests.Session()
 
@@ -165,8 +181,8 @@ def fuzz_schema(
     for result in schema.get_all_operations():
         op = result.ok()
         label = f"{op.method.upper()} {op.path}"
-        st = stats.setdefault(label, EndpointStats(label))
-        target = max_examples if op.path in SCORING else max(1, max_examples // 10)
+        st = stats.setdefault(label, EndpointStats(label, op.path in scoring))
+        target = max_examples if st.scoring else max(1, max_examples // 10)
         t0 = time.perf_counter()
         for rnd in range(MAX_ROUNDS):
             before = st.requests
@@ -219,9 +235,7 @@ def run_fuzz(
         )
     up = alive(url)
     endpoints = {k: v.summary() for k, v in sorted(stats.items())}
-    short = [
-        k for k in endpoints if k.split()[1] in SCORING and endpoints[k]["requests"] < max_examples
-    ]
+    short = [k for k, e in endpoints.items() if e["scoring"] and e["requests"] < max_examples]
     failed = {
         "5xx": sum(e["5xx"] for e in endpoints.values()),
         "shape_violations": sum(e["shape_violations"] for e in endpoints.values()),

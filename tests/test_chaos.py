@@ -1,9 +1,9 @@
-"""Fault scenarios (loadtest/chaos.py): each runs in its short form on the tiny teacher.
+"""Fault scenarios (loadtest/chaos/): each runs in its short form on the tiny teacher.
 
-The assertions are on the scenarios' structural outcomes (nothing lost, no 5xx but the faulty
-batch's, refusals carry Retry-After, ...), never on latency: the scenario's own pass/fail,
-which also judges p99 and recovery time, is in its report, not asserted here. Scenarios that
-need server behaviour not built yet are strict xfails naming it.
+The assertions are on the scenarios' structural outcomes (nothing lost, no connection error,
+no 5xx but the faulty batch's, refusals are 429 with Retry-After, ...), never on latency: the
+scenario's own pass/fail, which also judges p99 and recovery time, is in its report, not
+asserted here.
 """
 
 from __future__ import annotations
@@ -85,12 +85,10 @@ def _check(rep: dict, name: str) -> dict:
 def test_overload(short_cfg):
     rep = _run("overload", short_cfg)
     t = rep["requests"]["burst"]
+    # whether the burst draws 429s at all rests on the capacity measured from latency, so it is
+    # the scenario's verdict; that 429s carry Retry-After is also asserted in test_service.py
     assert t["sent"] > 0
-    assert t["5xx"] == 0, t
-    # lost requests and connection errors are judged by the scenario's own verdict (0 of each,
-    # docs/results.md); in this short form the load generator shares the 2 cores with the
-    # server, so on a busy machine it can fall behind or fail a connect on its own side
-    assert "lost" in t and "connection_errors" in t, t
+    assert t["5xx"] == 0 and t["connection_errors"] == 0 and t["lost"] == 0, t
     assert _check(rep, "refusals are 429")["ok"], rep["reason"]
     assert _check(rep, "429 carries Retry-After")["ok"], rep["reason"]
     assert rep["capacity"]["capacity_rps"] > 0 and rep["recovery"]["probes"]
@@ -124,11 +122,7 @@ def test_slow_clients(short_cfg):
     rep = _run("slow-clients", short_cfg)
     t = rep["requests"]["normal"]
     assert t["sent"] > 0 and set(t["by_status"]) == {"200"}, t
-    assert t["5xx"] == 0, t
-    # lost requests and connection errors are judged by the scenario's own verdict (0 of each,
-    # docs/results.md); in this short form the load generator shares the 2 cores with the
-    # server, so on a busy machine it can fall behind or fail a connect on its own side
-    assert "lost" in t and "connection_errors" in t, t
+    assert t["5xx"] == 0 and t["connection_errors"] == 0 and t["lost"] == 0, t
     assert not math.isnan(t["admitted_p50_ms"])
     assert not rep["slow_connect_errors"], rep["slow_connect_errors"]
     assert not rep["held_open_past_timeout"], rep["held_open_past_timeout"]

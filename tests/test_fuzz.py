@@ -2,9 +2,8 @@
 
 Fast: the case list is well formed, the error-shape check, and the raw-socket client against a
 tiny local server. Slow (a real server on the tiny teacher): a seeded schemathesis run with 0
-5xx and every 4xx in the error shape, each hostile case, each protocol case, and the server
-still alive. Cases the server does not handle yet are strict xfails naming the fix, so fixing
-one turns its mark into a failure until the mark is removed.
+5xx and every 4xx in the error shape, every scoring endpoint of the server's schema fuzzed in
+full, each hostile case, each protocol case, and the server still alive.
 """
 
 from __future__ import annotations
@@ -30,13 +29,8 @@ SERVER_READ_TIMEOUT_S = 2
 API_KEY = "fuzz-test-key"  # the fuzz server requires it: every case goes through the key check
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROTOCOL_WAIT_S = 6.0
-
-TODO: dict[str, str] = {}  # case -> the server-side fix it waits for (strict xfail)
-
-
-def _param(case):
-    marks = [pytest.mark.xfail(strict=True, reason=TODO[case.name])] if case.name in TODO else []
-    return pytest.param(case, id=case.name, marks=marks)
+SCORING = {"/v1/rank", "/v1/score", "/v1/rerank", "/v2/rerank"}  # at least these
+INFO = {"/health", "/ready", "/v1/models", "/metrics"}
 
 
 # ---- fast --------------------------------------------------------------------------------------
@@ -45,7 +39,6 @@ def _param(case):
 def test_cases_are_well_formed():
     names = [c.name for c in JSON_CASES] + [c.name for c in PROTOCOL_CASES]
     assert len(names) == len(set(names)), "case names must be unique"
-    assert set(TODO) <= set(names)
     for c in JSON_CASES:
         assert c.method in ("GET", "POST") and c.path.startswith("/"), c.name
         assert c.expect and all(400 <= s < 500 or s == 200 for s in c.expect), c.name
@@ -78,6 +71,17 @@ def test_json_case_names_its_field():
     assert json_case_problem(case, 422, "application/json", ok) is None
     assert "top_k" in json_case_problem(case, 422, "application/json", vague)
     assert "got 500" in json_case_problem(case, 500, "application/json", ok)
+
+
+def test_scoring_endpoints_are_the_schemas_scoring_routes():
+    from loadtest.fuzz import scoring_paths
+    from server.app import create_app
+    from server.settings import ServerSettings
+    from tests.fake_engine import FakeEngine
+
+    settings = ServerSettings()
+    paths = scoring_paths(create_app(settings, FakeEngine(settings)).openapi())
+    assert SCORING <= paths and not paths & INFO, paths
 
 
 @pytest.fixture
@@ -155,29 +159,30 @@ def fuzz_server(tiny_demo, tmp_path_factory):
 
 @pytest.mark.slow
 def test_seeded_fuzz_run(fuzz_server):
-    from loadtest.fuzz import SCORING, alive, fuzz_schema
+    from loadtest.fuzz import alive, fuzz_schema
 
     stats = fuzz_schema(fuzz_server.url, max_examples=30, seed=0, api_key=API_KEY, progress=False)
-    paths = {label.split()[1] for label in stats}
-    assert set(SCORING) | {"/health", "/ready", "/v1/models", "/metrics"} <= paths
+    scoring = {label.split()[1] for label, st in stats.items() if st.scoring}
+    others = {label.split()[1] for label, st in stats.items() if not st.scoring}
+    assert SCORING <= scoring and INFO <= others, (scoring, others)
     for label, st in stats.items():
         s = st.summary()
         assert s["5xx"] == 0 and s["transport_errors"] == 0, (label, s["failures"])
         assert s["shape_violations"] == 0, (label, s["failures"])
-        if label.split()[1] in SCORING:
+        if st.scoring:
             assert s["requests"] >= 30 and s["by_class"].get("4xx", 0) > 0, (label, s)
     assert alive(fuzz_server.url)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [_param(c) for c in JSON_CASES])
+@pytest.mark.parametrize("case", JSON_CASES, ids=lambda c: c.name)
 def test_hostile_request(fuzz_server, case):
     (row,) = hostile.run_json_cases(fuzz_server.url, [case], headers=AUTH)
     assert row["ok"], row["problem"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [_param(c) for c in PROTOCOL_CASES])
+@pytest.mark.parametrize("case", PROTOCOL_CASES, ids=lambda c: c.name)
 def test_protocol_case(fuzz_server, case):
     (row,) = hostile.run_protocol_cases(
         "127.0.0.1", fuzz_server.port, [case], PROTOCOL_WAIT_S, headers=AUTH
@@ -189,7 +194,7 @@ def test_protocol_case(fuzz_server, case):
 def test_fuzz_server_refuses_requests_without_its_key(fuzz_server):
     import httpx
 
-    for path in ("/v1/rank", "/v1/score", "/v1/rerank", "/v1/models", "/metrics"):
+    for path in (*sorted(SCORING), "/v1/models", "/metrics"):
         r = httpx.request("GET" if path[-1] in "sl" else "POST", fuzz_server.url + path, json={})
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", path
 
