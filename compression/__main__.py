@@ -11,6 +11,10 @@ Commands:
   quantize   one llmcompressor quantization stage (a scheme of compression.quantize.SCHEMES)
   evaluate   score a checkpoint on a benchmark split and print the quality metrics
   verify     serve every checkpoint of a recipe's output (torch and vllm engines), compare scores
+  data       check a data folder against the contract (``data check``), or build one
+             (``data movielens``)
+  baseline   train and score the non-LLM baseline (LightGBM) on a data folder
+  profile    share of a checkpoint's scoring time per module type
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from compression.data_cli import add_data_commands
+from compression.data.cli import add_data_commands
 from compression.profile import add_profile_parser
 
 

@@ -12,12 +12,14 @@ Features:
 - from the contract rows alone, so any team's folder gets a baseline: a target encoding of the
   item (by ``item_id``, else its text) learned from train labels (out-of-fold for train rows),
   word overlap between query and item text, text lengths, items in the query;
-- for a MovieLens folder, from the raw RecBole files keyed by the rows' (user_id, item_id,
-  cutoff): the user's profile (age, gender, occupation); their history strictly before the
-  cutoff (count, mean rating, share >= 4, the same over the last ``history`` ratings the
-  prompt shows); genre affinity (their mean rating and count for the item's genres); the item's
-  year and genres; the item's rating count, mean and share >= 4 over all users before
-  min(cutoff, T1), so evaluation rows see the train period only, as the LLM's weights do.
+- for a folder whose ``meta.json`` names them (``baseline_features``: the producer knows what
+  its rows join on; the MovieLens builder writes ``["movielens"]``), from the raw RecBole
+  files keyed by the rows' (user_id, item_id, cutoff): the user's profile (age, gender,
+  occupation); their history strictly before the cutoff (count, mean rating, share >= 4, the
+  same over the last ``history`` ratings the prompt shows); genre affinity (their mean rating
+  and count for the item's genres); the item's year and genres; the item's rating count, mean
+  and share >= 4 over all users before min(cutoff, T1), so evaluation rows see the train
+  period only, as the LLM's weights do.
 The baseline sees the user's whole history; the prompt shows the last ``history`` ratings.
 """
 
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ranking.bootstrap import bootstrap_auc
-from ranking.datafolder import read_meta, read_split, split_path
+from ranking.datafolder import DataError, read_meta, read_split, split_path
 from ranking.fingerprint import content_hash
 from ranking.metrics import log_loss, mean_ndcg_at_k, roc_auc
 
@@ -125,7 +127,7 @@ class MovieLensFeatures:
     """User, history, genre-affinity and item features keyed by (user_id, item_id, cutoff)."""
 
     def __init__(self, meta: dict):
-        from compression.movielens import load_raw
+        from compression.data.movielens import load_raw
 
         source = meta.get("source_folder")
         self.raw = load_raw(source if source and Path(source).is_dir() else None,
@@ -159,7 +161,7 @@ class MovieLensFeatures:
         self.categorical = ["occupation"]
 
     def _history(self, user: str, cutoff: int) -> dict:
-        from compression.movielens import user_history
+        from compression.data.movielens import user_history
 
         hist = user_history(self.raw.ratings[user], cutoff)
         ratings = np.array([h.rating for h in hist]) if hist else np.zeros(0)
@@ -223,10 +225,23 @@ class MovieLensFeatures:
         return out
 
 
-def _is_movielens(meta: dict, rows: list[dict]) -> bool:
-    return meta.get("generator") == "compression.movielens" and all(
-        k in rows[0] for k in ("user_id", "item_id", "cutoff")
-    )
+# the feature sets a producer can name in its folder's meta.json, beyond the contract's
+EXTRA_FEATURES = {"movielens": MovieLensFeatures}
+
+
+def _extra_features(data_dir: str | Path, meta: dict) -> list:
+    """The feature sets ``meta.json`` names (``baseline_features``), built from the meta. A
+    folder the MovieLens builder wrote before it named them is known by its generator."""
+    names = meta.get("baseline_features")
+    if names is None:
+        names = ["movielens"] if meta.get("generator") == "compression.movielens" else []
+    unknown = [n for n in names if n not in EXTRA_FEATURES]
+    if unknown:
+        raise DataError(
+            f"{Path(data_dir) / 'meta.json'}: baseline_features {unknown} unknown (known: "
+            f"{', '.join(EXTRA_FEATURES)})"
+        )
+    return [EXTRA_FEATURES[n](meta) for n in names]
 
 
 # ---- train and evaluate ------------------------------------------------------------------------
@@ -238,9 +253,7 @@ def run_baseline(data_dir: str | Path, seed: int = 0, bootstrap: int = 1000) -> 
     t0 = time.time()
     meta = read_meta(data_dir)
     splits = {s: read_split(data_dir, s) for s in ("train", "validation", "test")}
-    featurizers = [ContractFeatures(splits["train"])]
-    if _is_movielens(meta, splits["train"]):
-        featurizers.append(MovieLensFeatures(meta))
+    featurizers = [ContractFeatures(splits["train"]), *_extra_features(data_dir, meta)]
     names = [n for f in featurizers for n in f.names]
     categorical = [n for f in featurizers for n in getattr(f, "categorical", [])]
     x = {

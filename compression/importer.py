@@ -16,8 +16,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ranking.atomic import atomic_dir
 from ranking.checkpoint import WEIGHT_FILES, quant_format
-from ranking.support import ENGINE_SUPPORT, unsupported_reason
+from ranking.support import ENGINE_SUPPORT, PRUNABLE_ARCHITECTURES, unsupported_reason
 from ranking.task import TASK_FILE, RankingTask, TaskConfigError, preset
 
 # files of a model folder that are not part of a checkpoint
@@ -54,8 +55,6 @@ def architecture_support(architecture: str, fmt: str) -> dict[str, str | None]:
     not (on this machine's kind: CPU-only rules apply where no GPU is present)."""
     import torch
 
-    from compression.prune import SUPPORTED_ARCHITECTURES as PRUNABLE
-
     cuda = torch.cuda.is_available()
     out: dict[str, str | None] = {}
     for engine, spec in ENGINE_SUPPORT.items():
@@ -69,8 +68,9 @@ def architecture_support(architecture: str, fmt: str) -> dict[str, str | None]:
             )
     out["prune"] = (
         None
-        if architecture in PRUNABLE
-        else f"OSSCAR pruning supports {', '.join(sorted(PRUNABLE))}; this model is {architecture}"
+        if architecture in PRUNABLE_ARCHITECTURES
+        else f"OSSCAR pruning supports {', '.join(sorted(PRUNABLE_ARCHITECTURES))}; "
+        f"this model is {architecture}"
     )
     out["quantize"] = (
         None
@@ -138,21 +138,15 @@ def import_model(
         chat = "ChatML (the tokenizer has none)"
     fmt = quant_format(config)
 
-    tmp = dst.with_name(dst.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in sorted(src.iterdir()):
-        if f.name in SKIP or f.name.startswith("."):
-            continue
-        if copy:
-            (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
-        else:
-            (tmp / f.name).symlink_to(f)
-    task.save(tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    with atomic_dir(dst) as tmp:
+        for f in sorted(src.iterdir()):
+            if f.name in SKIP or f.name.startswith("."):
+                continue
+            if copy:
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+            else:
+                (tmp / f.name).symlink_to(f)
+        task.save(tmp)
     return ImportReport(
         dst,
         architecture,

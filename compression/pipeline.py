@@ -15,7 +15,6 @@ Under ``torchrun`` every process runs the recipe: the data-parallel stages (``di
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -26,6 +25,7 @@ from compression.recipe import Recipe, Stage
 from compression.report import write_report
 from compression.stages import STAGES
 from compression.train import NonFiniteLoss
+from ranking.atomic import discard, replace_dir
 from ranking.manifest import write_manifest
 
 
@@ -93,9 +93,7 @@ def run_stage(recipe: Recipe, stage: Stage) -> dict | None:
     main = distributed.is_main()
 
     def prepare():
-        for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+        discard(tmp)  # an interrupted run's, and the partial folder of a write into it
         return _resume_folder(recipe, stage)
 
     ctx = distributed.on_main(prepare)
@@ -125,12 +123,6 @@ def _finish(recipe: Recipe, stage: Stage, summary: dict, tmp, final) -> dict:
     }
     (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     write_manifest(tmp)  # last: covers the checkpoint and stage.json
-    if final.exists():  # a stale result (settings changed): move aside, then delete
-        stale = final.with_name(f".{final.name}.stale")
-        if stale.exists():
-            shutil.rmtree(stale)
-        os.replace(final, stale)
-        shutil.rmtree(stale)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)  # a stale result (settings changed) is replaced
     shutil.rmtree(recipe.context(stage).work, ignore_errors=True)
     return info

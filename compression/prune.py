@@ -70,12 +70,10 @@ import torch
 from torch import nn
 
 from compression.osscar import METHODS, Selection, select_groups
+from ranking.model_shape import head_dim
 from ranking.scorer import head_label_logits, pad_right
-from ranking.support import ENGINE_SUPPORT
+from ranking.support import ENGINE_SUPPORT, FAMILY_SUPPORT, PRUNABLE_ARCHITECTURES
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
-# families whose vLLM model code ignores config.head_dim (see the module docstring)
-NO_HEAD_DIM_IN_VLLM = set(ENGINE_SUPPORT["vllm"].derives_head_dim)
 STATS_FILE = "prune_stats.json"
 
 
@@ -116,9 +114,9 @@ class PruneConfig:
     def validate(self, config) -> None:
         """Raises ``ValueError`` naming the problem."""
         arch = architecture(config)
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if arch not in PRUNABLE_ARCHITECTURES:
             raise ValueError(
-                f"pruning supports {', '.join(sorted(SUPPORTED_ARCHITECTURES))}; "
+                f"pruning supports {', '.join(sorted(PRUNABLE_ARCHITECTURES))}; "
                 f"this checkpoint is {arch}"
             )
         if getattr(config, "quantization_config", None):
@@ -151,7 +149,8 @@ class PruneConfig:
         if self.kv_groups is not None and not 1 <= self.kv_groups <= n_kv:
             raise ValueError(f"kv_groups={self.kv_groups} must be in 1..{n_kv} (the model's)")
         kv, hpg = self.target_heads(config)
-        if arch in NO_HEAD_DIM_IN_VLLM and (kv, hpg) != (n_kv, n_rep):
+        # vLLM's model code for these ignores config.head_dim (see the module docstring)
+        if arch in ENGINE_SUPPORT["vllm"].derives_head_dim and (kv, hpg) != (n_kv, n_rep):
             raise ValueError(
                 f"{arch}: head / KV-group pruning is not supported: vLLM's {arch} code computes "
                 "head_dim = hidden_size // num_attention_heads and ignores config.head_dim, so a "
@@ -169,22 +168,30 @@ def architecture(config) -> str:
     archs = getattr(config, "architectures", None)
     if archs:
         return archs[0]
-    by_type = {
-        "llama": "LlamaForCausalLM",
-        "qwen2": "Qwen2ForCausalLM",
-        "qwen3": "Qwen3ForCausalLM",
+    model_type = getattr(config, "model_type", None)
+    family = FAMILY_SUPPORT.get(model_type)
+    return family.architecture if family else str(getattr(config, "model_type", "?"))
+
+
+def pruned_shape(cfg: PruneConfig, config) -> dict[str, int]:
+    """The config fields pruning with ``cfg`` rewrites, from the input's ``config`` alone (no
+    weights): the prune stage predicts its output with it, ``prune_model`` writes it. An
+    explicit ``head_dim``: ``hidden_size / num_attention_heads`` may no longer equal it. Which
+    layers go (and so the per-layer fields ``drop_layers`` slices) is known only after
+    calibration."""
+    kv, per_group = cfg.target_heads(config)
+    return {
+        "num_hidden_layers": config.num_hidden_layers - cfg.drop_layers,
+        "intermediate_size": cfg.target_intermediate(config),
+        "num_attention_heads": kv * per_group,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim(config),
     }
-    return by_type.get(getattr(config, "model_type", None), str(getattr(config, "model_type", "?")))
 
 
 # ---- model access ---------------------------------------------------------------------------
 def _layers(model) -> nn.ModuleList:
     return model.get_decoder().layers
-
-
-def head_dim(config) -> int:
-    """Per-head width: ``config.head_dim`` where set (pruned models), else hidden / heads."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _batches(prompts, size):
@@ -495,6 +502,7 @@ def prune_model(
 
     config = model.config
     cfg.validate(config)
+    shape = pruned_shape(cfg, config)
     t0 = time.time()
     prompts = _sample(prompts, cfg.calibration_samples, cfg.seed)
     was_training = model.training
@@ -547,11 +555,8 @@ def prune_model(
                 {k: f"{row[k]['rel_error']:.3f}" for k in ("attention", "mlp") if k in row}
             )
         del batches
-    hd = head_dim(config)
-    config.head_dim = hd  # explicit: hidden_size / num_attention_heads may no longer equal it
-    config.intermediate_size = n_mlp
-    config.num_key_value_heads = kv_keep
-    config.num_attention_heads = kv_keep * hpg
+    for key, value in shape.items():
+        setattr(config, key, value)
     if was_training:
         model.train()
     stats.update(
@@ -560,13 +565,7 @@ def prune_model(
         seconds=round(time.time() - t0, 2),
         params_before=params_before,
         params_after=sum(p.numel() for p in model.parameters()),
-        shape={
-            "num_hidden_layers": config.num_hidden_layers,
-            "intermediate_size": config.intermediate_size,
-            "num_attention_heads": config.num_attention_heads,
-            "num_key_value_heads": config.num_key_value_heads,
-            "head_dim": hd,
-        },
+        shape=shape,
     )
     for key in ("attention", "mlp"):
         errs = [r[key]["rel_error"] for r in per_layer if key in r]
@@ -587,7 +586,7 @@ def prune_checkpoint(
     ``prompts``: calibration prompts as token-id lists, or benchmark rows (dicts with ``query``
     and ``item``), turned into full ranking prompts with the checkpoint's tokenizer and task.
     """
-    from compression.quantize import task_prompts
+    from compression.calibration import task_prompts
     from ranking.checkpoint import load_checkpoint, save_checkpoint
 
     t0 = time.time()

@@ -19,14 +19,11 @@ Calibration data comes from the task itself: real ranking prompts (query + item 
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the scheme list stays importable without torch (the CLI's help)
-    from ranking.task import RankingTask
+from compression.calibration import task_prompts
 
 SCHEMES = ("fp8", "int8", "int8-quantease", "int4", "int4-quantease", "int4-rtn")
 
@@ -111,18 +108,6 @@ def calibration_dataset(prompts: list[list[int]]):
     return Dataset.from_dict(
         {"input_ids": prompts, "attention_mask": [[1] * len(p) for p in prompts]}
     )
-
-
-def task_prompts(
-    rows: list[dict], tokenizer, task: RankingTask, n: int, seed: int = 0
-) -> list[list[int]]:
-    """``n`` full ranking prompts drawn from benchmark rows (the calibration set)."""
-    rng = random.Random(seed)
-    picked = rng.sample(rows, min(n, len(rows)))
-    return [
-        task.encode_query(tokenizer, r["query"]) + task.encode_item(tokenizer, r["item"])
-        for r in picked
-    ]
 
 
 def quantize_checkpoint(

@@ -16,18 +16,20 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ranking.model_shape import head_dim
+
 
 def request_flops(config, query_tokens: int, item_tokens: list[int]) -> float:
     """FLOPs of one request with its query computed once: every linear layer on every token,
     attention over the keys each token sees, and the two label rows of the head."""
     d_model, inter = config.hidden_size, config.intermediate_size
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or d_model // heads
-    linear = 2 * d_model * (2 * heads * head_dim + 2 * kv_heads * head_dim + 3 * inter)
+    hd = head_dim(config)
+    linear = 2 * d_model * (2 * heads * hd + 2 * kv_heads * hd + 3 * inter)
     tokens = query_tokens + sum(item_tokens)
     keys = query_tokens * (query_tokens + 1) // 2  # query token i sees i + 1 keys
     keys += sum(n * query_tokens + n * (n + 1) // 2 for n in item_tokens)
-    per_layer = linear * tokens + 4 * heads * head_dim * keys
+    per_layer = linear * tokens + 4 * heads * hd * keys
     return config.num_hidden_layers * per_layer + 2 * 2 * d_model * len(item_tokens)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path, PurePosixPath
 
+from ranking.atomic import atomic_write_text, partial_path
 from ranking.errors import CheckpointError
 
 MANIFEST_FILE = "manifest.json"
@@ -37,7 +37,7 @@ def file_sha256(path: str | Path) -> str:
 
 def _listed_files(root: Path) -> list[Path]:
     """Every regular file under ``root`` except the manifest (and its temporary), sorted."""
-    skip = {MANIFEST_FILE, MANIFEST_FILE + ".tmp"}
+    skip = {MANIFEST_FILE, partial_path(MANIFEST_FILE).name}
     return sorted(
         p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in skip
     )
@@ -55,12 +55,10 @@ def write_manifest(path: str | Path) -> Path:
         p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in _listed_files(root)
     }
-    out = root / MANIFEST_FILE
-    tmp = out.with_name(MANIFEST_FILE + ".tmp")
     body = {"version": MANIFEST_VERSION, "algorithm": "sha256", "files": files}
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(
+        root / MANIFEST_FILE, json.dumps(body, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def read_manifest(path: str | Path) -> dict[str, dict]:

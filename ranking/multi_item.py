@@ -35,7 +35,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+from ranking.support import MULTI_ITEM_MODEL_TYPES
+
 # Items at least this long (padded) run their own-key block through the fused kernel; shorter
 # ones through explicit products (measured on CPU: 3 ms either way at 30 tokens, fused 1.5x
 # faster at 100, explicit faster for many short items).
@@ -53,12 +54,13 @@ class RequestIds(Protocol):
     def item_ids(self) -> Sequence[Sequence[int]]: ...
 
 
-def check_supported(model) -> None:
-    """Raises ``ValueError`` naming the model type if this path cannot run it."""
+def check_multi_item_supported(model) -> None:
+    """Raises ``ValueError`` naming the model type if this path cannot run it (the families
+    of ``ranking.support.FAMILY_SUPPORT`` marked ``multi_item``)."""
     model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in MULTI_ITEM_MODEL_TYPES:
         raise ValueError(
-            f"multi-item scoring supports {sorted(SUPPORTED_MODEL_TYPES)}, not {model_type!r}"
+            f"multi-item scoring supports {sorted(MULTI_ITEM_MODEL_TYPES)}, not {model_type!r}"
         )
 
 
@@ -293,7 +295,7 @@ def _layer(layer, x: torch.Tensor, cos, sin, lay: _Layout, last: bool) -> torch.
 def multi_item_answer_hidden(model, requests: Sequence[RequestIds]) -> torch.Tensor:
     """(n_items, hidden) final-norm hidden state at each item's last token, every item of
     ``requests`` in order: what ``ranking.scorer.answer_hidden`` returns, in one pass."""
-    check_supported(model)
+    check_multi_item_supported(model)
     base = model.get_decoder()
     if not any(len(r.item_ids) for r in requests):
         return torch.empty((0, model.config.hidden_size), dtype=model.dtype, device=model.device)
@@ -323,7 +325,7 @@ def prefer_multi_item(model, requests: Sequence[RequestIds]) -> bool:
     the device, not the shape: a supported architecture, on CPU (not yet measured elsewhere),
     and prompts inside the sliding window if the model has one.
     """
-    if model.device.type != "cpu" or model.config.model_type not in SUPPORTED_MODEL_TYPES:
+    if model.device.type != "cpu" or model.config.model_type not in MULTI_ITEM_MODEL_TYPES:
         return False
     window = _sliding_window(model.config)
     return all(

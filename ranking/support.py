@@ -1,8 +1,11 @@
-"""What each serving engine can run: checkpoint formats and architectures, as plain data.
+"""What runs which model: each serving engine (checkpoint formats and architectures), the
+pruner and the one-pass multi-item path (model families), as plain data.
 
 Kept in ``ranking`` (not ``server``) so that whoever writes checkpoints (``compression``) can
 know what will serve them without importing the server. ``server.engines.check_supported``
-applies this table to a checkpoint folder.
+applies the engine table to a checkpoint folder; ``compression.prune`` and
+``ranking.multi_item`` refuse the families the family table does not list for them, and
+``compression.importer`` reports all of it for an imported model.
 """
 
 from __future__ import annotations
@@ -50,6 +53,27 @@ ENGINE_SUPPORT: dict[str, EngineSupport] = {
         derives_head_dim=("Qwen2ForCausalLM",),
     ),
 }
+
+
+@dataclass(frozen=True)
+class FamilySupport:
+    """Which of the code paths that rewrite or run a model's layers themselves (rather than
+    through transformers' or an engine's loader) handle one model family."""
+
+    architecture: str  # config.architectures[0] of its causal LM
+    prune: bool  # compression.prune (OSSCAR) slices its layers
+    multi_item: bool  # ranking.multi_item runs its layers in one pass
+
+
+# keyed by config.model_type
+FAMILY_SUPPORT: dict[str, FamilySupport] = {
+    "llama": FamilySupport("LlamaForCausalLM", prune=True, multi_item=True),
+    "qwen2": FamilySupport("Qwen2ForCausalLM", prune=True, multi_item=True),
+    "qwen3": FamilySupport("Qwen3ForCausalLM", prune=True, multi_item=True),
+    "mistral": FamilySupport("MistralForCausalLM", prune=False, multi_item=True),
+}
+PRUNABLE_ARCHITECTURES = tuple(f.architecture for f in FAMILY_SUPPORT.values() if f.prune)
+MULTI_ITEM_MODEL_TYPES = tuple(t for t, f in FAMILY_SUPPORT.items() if f.multi_item)
 
 
 def unsupported_reason(engine: str, fmt: str, architecture: str, *, cuda: bool) -> str | None:

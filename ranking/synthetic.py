@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranking.atomic import atomic_file
 from ranking.metrics import expected_auc
 
 TOPICS = [
@@ -289,11 +290,9 @@ def write_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> dict:
     splits = generate(cfg)
     meta = {"generator_version": GENERATOR_VERSION, "config": asdict(cfg), "splits": {}}
     for name, rows in splits.items():
-        tmp = out / f"{name}.jsonl.tmp"
-        with tmp.open("w") as f:
+        with atomic_file(out / f"{name}.jsonl") as tmp, tmp.open("w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-        tmp.replace(out / f"{name}.jsonl")
         labels = np.array([r["label"] for r in rows])
         meta["splits"][name] = {
             "rows": len(rows),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from compression.movielens import MovieLensConfig, build_movielens
+from compression.data.movielens import MovieLensConfig, build_movielens
 from ranking.bootstrap import bootstrap_auc
 from ranking.metrics import roc_auc
 from tests.ml_mini import write_mini_movielens

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ranking.datafolder import (
-    DataError,
-    MissingSplitError,
-    check_folder,
-    format_summary,
-    iter_rows,
-    read_split,
-)
+from ranking.data_audit import check_folder, format_summary
+from ranking.datafolder import DataError, MissingSplitError, iter_rows, read_split
 from ranking.fingerprint import clear_cache, content_hash
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ranking.atomic import partial_path
 from ranking.checkpoint import CheckpointError
 from ranking.manifest import (
     MANIFEST_FILE,
@@ -41,7 +42,7 @@ def test_intact_checkpoint_verifies(ckpt):
         "size": weights.stat().st_size,
         "sha256": file_sha256(weights),
     }
-    assert not (ckpt / (MANIFEST_FILE + ".tmp")).exists()
+    assert not partial_path(ckpt / MANIFEST_FILE).exists()
 
 
 def test_truncated_file_is_named(ckpt):

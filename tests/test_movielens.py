@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.movielens import (
+from compression.data.movielens import (
     MovieLensConfig,
     MovieLensError,
     build_movielens,
@@ -22,7 +22,8 @@ from compression.movielens import (
     render_query,
     user_history,
 )
-from ranking.datafolder import check_folder, read_split
+from ranking.data_audit import check_folder
+from ranking.datafolder import read_split
 from tests.ml_mini import write_mini_movielens
 
 HAS_RECBOLE = importlib.util.find_spec("recbole") is not None

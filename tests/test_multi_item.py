@@ -91,7 +91,7 @@ def test_no_items_and_unsupported_models():
     model = random_model("llama")
     assert mi.multi_item_answer_hidden(model, [Req([3, 4], [])]).shape == (0, 64)
     with pytest.raises(ValueError, match="gpt2"):
-        mi.check_supported(SimpleNamespace(config=SimpleNamespace(model_type="gpt2")))
+        mi.check_multi_item_supported(SimpleNamespace(config=SimpleNamespace(model_type="gpt2")))
     with pytest.raises(ValueError, match="non-empty items"):
         mi.multi_item_answer_hidden(model, [Req([3, 4], [[5], []])])
     windowed = random_model("mistral", sliding_window=16)

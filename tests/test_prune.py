@@ -16,13 +16,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from compression.calibration import task_prompts
 from compression.prune import (
     STATS_FILE,
     PruneConfig,
     prune_checkpoint,
     prune_model,
 )
-from compression.quantize import task_prompts
 from ranking.checkpoint import load_checkpoint, save_checkpoint
 from ranking.datafolder import read_split
 from ranking.scorer import TorchScorer

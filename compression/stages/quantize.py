@@ -7,9 +7,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from compression.prune import head_dim
 from compression.quantize import QuantizeConfig, quantize_checkpoint
 from compression.stages.base import StageContext, StageType
+from ranking.model_shape import head_dim
 
 
 def check_group_size(config: Any, group_size: int | None) -> None:

@@ -1,4 +1,5 @@
-"""``python -m compression data ...``: check a data folder against the contract, build one.
+"""``python -m compression data ...``: check a data folder against the contract, build one;
+and ``python -m compression baseline``, the non-LLM baseline on a data folder.
 
 Kept apart from ``compression/__main__.py`` so the data commands grow without touching the
 compression commands; ``add_data_commands`` registers them on the main parser.
@@ -12,7 +13,8 @@ import sys
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ranking.datafolder import DataError, check_folder, format_summary
+    from ranking.data_audit import check_folder, format_summary
+    from ranking.datafolder import DataError
 
     tokenizer = None
     if args.tokenizer:
@@ -29,7 +31,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_movielens(args: argparse.Namespace) -> int:
-    from compression.movielens import MovieLensConfig, MovieLensError, build_movielens
+    from compression.data.movielens import MovieLensConfig, MovieLensError, build_movielens
 
     cfg = MovieLensConfig(
         history=args.history,
@@ -95,7 +97,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="the summary as JSON")
     c.set_defaults(fn=_cmd_check)
 
-    from compression.movielens import MovieLensConfig
+    from compression.data.movielens import MovieLensConfig
 
     d = MovieLensConfig()
     m = data_sub.add_parser(

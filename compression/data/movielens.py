@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranking.atomic import atomic_file
 from ranking.datafolder import SPLITS, read_meta
 from ranking.fingerprint import content_hash
 from ranking.synthetic import corpus
@@ -301,11 +302,9 @@ def build_movielens(
     counts = {}
     for split, qs in queries.items():
         rows = [row for q in qs for row in query_rows(q, raw)]
-        tmp = out / f"{split}.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_file(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(out / f"{split}.jsonl")
         counts[split] = {
             "rows": len(rows),
             "queries": len(qs),
@@ -322,7 +321,8 @@ def build_movielens(
         "source_folder": str(raw.folder),
         "source_hash": source_hash,
         "terms": TERMS,
-        "generator": "compression.movielens",
+        "generator": "compression.data.movielens",
+        "baseline_features": ["movielens"],  # compression.baseline joins the raw files
         "generator_version": GENERATOR_VERSION,
         "config": asdict(cfg),
         "cutoffs": cutoffs,
