@@ -23,6 +23,7 @@ from compression.train import RankingObjective, TrainConfig, ranking_eval, train
 from ranking.checkpoint import load_checkpoint, save_checkpoint
 from ranking.datafolder import read_split
 from ranking.dataset import encode_groups
+from ranking.precision import compute_dtype
 
 
 @dataclass
@@ -121,7 +122,7 @@ def distill(
     wants_teacher = cfg.alpha > 0 or cfg.token_kd_weight > 0
     stored = StoredOutputs(stored_dir) if stored_dir is not None and wants_teacher else None
     if stored is None:
-        teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
+        teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=compute_dtype())
         teacher.requires_grad_(False)
         teacher_config = teacher.config
     else:

@@ -25,6 +25,7 @@ from compression.losses import token_kd_loss
 from compression.train import TrainConfig, train
 from ranking.checkpoint import load_checkpoint, save_checkpoint
 from ranking.datafolder import read_split
+from ranking.precision import bf16_is_native, compute_dtype
 
 MODES = ("single", "two-stage")
 
@@ -223,7 +224,7 @@ def distill_generative(
     """Runs single- or two-stage generative KD and writes the student checkpoint ``dst``."""
     cfg.validate()
     t0 = time.time()
-    teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=torch.bfloat16)
+    teacher, tokenizer, task, _ = load_checkpoint(teacher_dir, dtype=compute_dtype())
     teacher.requires_grad_(False)
     student = load_student(cfg.student, teacher.config, student_src, cfg.seed)
     pad_id = tokenizer.pad_token_id or 0
@@ -233,7 +234,7 @@ def distill_generative(
     )
 
     def evaluate_val(model) -> dict:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_native()):
             return validation_losses(model, teacher, val_ex, pad_id)
 
     sep = separator_ids(tokenizer, task)
@@ -265,7 +266,7 @@ def distill_generative(
         )
         points = train(student, train_ex, tc, objective, evaluate_val, desc=f"{desc} {phase}")
         curve += [{**p, "phase": phase} for p in points]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_native()):
         onpolicy_kl = onpolicy_validation_kl(
             student.eval(), teacher, val_ex, pad_id, cfg, sep[-1] if len(sep) == 1 else None
         )

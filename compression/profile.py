@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ranking.checkpoint import DTYPES
+
 MODULE_TYPES = ("attention", "mlp", "norms", "embeddings", "head")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -90,7 +92,7 @@ def module_seconds(model, run: Callable[[], object], repeats: int = 3) -> dict[s
 
 def profile_checkpoint(
     path: str | Path,
-    dtype: torch.dtype | None = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     query_tokens: int = 250,
     n_items: int = 50,
     repeats: int = 3,
@@ -174,7 +176,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     try:
         result = profile_checkpoint(args.model, dtype, args.query_tokens, args.items, args.repeats)
     except CheckpointError as exc:
@@ -192,7 +194,7 @@ def add_profile_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="share of scoring time per module type")
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--json", default=None, help="also write the result here")
-    p.add_argument("--dtype", default="bf16", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=list(DTYPES))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--query-tokens", type=int, default=250)
     p.add_argument("--items", type=int, default=50)

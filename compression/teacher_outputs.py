@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from compression.losses import tap_logits, tap_segments
+from ranking.precision import bf16_is_native, compute_dtype
 from ranking.request import EncodedRequest
 
 META_FILE = "teacher_outputs.json"
@@ -98,7 +99,7 @@ def _torch_outputs(model, groups: list[EncodedRequest], label_ids, pad_id: int, 
     from ranking.scorer import answer_hidden, head_label_logits
 
     taps: list | None = [] if top_k else None
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_native()):
         hidden = answer_hidden(model, groups, pad_id, taps=taps)
         label_logits = head_label_logits(model, hidden, label_ids).float()
         log_z = torch.logsumexp(model.get_output_embeddings()(hidden).float(), dim=-1)
@@ -231,7 +232,7 @@ def compute_teacher_outputs(
         pick = np.random.default_rng(cfg.seed).choice(len(groups), cfg.max_queries, replace=False)
         groups = [groups[i] for i in sorted(pick)]
     if cfg.engine == "torch":
-        model = load_checkpoint(teacher_dir, dtype=torch.bfloat16)[0]
+        model = load_checkpoint(teacher_dir, dtype=compute_dtype())[0]
         pad = tokenizer.pad_token_id or 0
 
         def compute(batch):

@@ -35,7 +35,9 @@ from compression.losses import (
     topk_kd_loss,
 )
 from compression.optim import build_optimizer, check_optimizer
+from ranking.atomic import atomic_file
 from ranking.evaluation import evaluate
+from ranking.precision import bf16_is_native, describe
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, head_label_logits
 
@@ -204,9 +206,8 @@ RESUME_FILE = "train_state.pt"
 def _save_state(folder: Path, state: dict) -> None:
     """Writes the resumable training state atomically (rank 0 only)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (RESUME_FILE + ".partial")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / RESUME_FILE)
+    with atomic_file(folder / RESUME_FILE) as tmp:
+        torch.save(state, tmp)
 
 
 def train(
@@ -241,6 +242,10 @@ def train(
     opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.muon_lr_ratio,
                           cfg.muon_ns_steps)  # fmt: skip
     step_fn: torch.nn.Module = _ObjectiveStep(model, objective)
+    # bf16 autocast only where bf16 is native: elsewhere it is many times slower than fp32
+    autocast = cfg.bf16_autocast and bf16_is_native()
+    if cfg.bf16_autocast and not autocast and main:
+        print(f"[{desc}] {describe()}: training without bf16 autocast")
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -270,7 +275,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
             model.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = step_fn(distributed.shard(batch))
             value = distributed.mean(loss.item())  # every rank stops together on a bad loss
             if not math.isfinite(value):

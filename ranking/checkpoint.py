@@ -2,22 +2,23 @@
 
 Loads bf16/fp32 checkpoints and compressed-tensors ones (FP8 / INT8 / INT4 written by
 llmcompressor), the latter dequantized so that plain torch can run them anywhere. Writes are
-atomic (a temporary sibling folder renamed into place), so a crash never leaves a half-written
-checkpoint that looks finished.
+atomic (``ranking.atomic``), so a crash never leaves a half-written checkpoint that looks
+finished.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ranking.atomic import atomic_dir
 from ranking.errors import CheckpointError
 from ranking.manifest import write_manifest
+from ranking.precision import compute_dtype
 from ranking.task import TASK_FILE, RankingTask
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -88,7 +89,9 @@ def load_checkpoint(
     emulate_activation_quant: bool = True,
 ) -> tuple[torch.nn.Module, object, RankingTask, CheckpointInfo]:
     """(model, tokenizer, task, info). Quantized checkpoints are dequantized to ``dtype``
-    (default bf16); plain ones load in ``dtype`` or their saved dtype.
+    (default: the machine's compute dtype, ``ranking.precision``); plain ones load in ``dtype``
+    or their saved dtype, except that a bf16 checkpoint loads in fp32 on a device without
+    native bf16 kernels.
 
     FP8/INT8 (W8A8) checkpoints also quantize activations. By default their per-token
     quantize-dequantize is emulated, so scores match an engine with real kernels; with
@@ -100,7 +103,7 @@ def load_checkpoint(
         from transformers.utils.quantization_config import CompressedTensorsConfig
 
         kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-        kwargs["dtype"] = dtype or torch.bfloat16
+        kwargs["dtype"] = dtype or compute_dtype(device)
     else:
         kwargs["dtype"] = dtype or "auto"
     try:
@@ -108,6 +111,8 @@ def load_checkpoint(
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs).to(device).eval()
     except Exception as exc:  # noqa: BLE001 - safetensors, json, config errors: all mean "corrupt"
         raise CheckpointError(f"cannot load checkpoint {info.path}: {exc}") from exc
+    if dtype is None and next(model.parameters()).dtype == torch.bfloat16:
+        dtype = compute_dtype(device)
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
     if not emulate_activation_quant and "quantization_config" in kwargs:
@@ -132,24 +137,18 @@ def save_checkpoint(
     manifest (sha256 of every file) written last, so a loader can prove the folder complete."""
 
     final = Path(path)
-    tmp = final.with_name(final.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    to_save = model
-    if dtype is not None and next(model.parameters()).dtype != dtype:
-        import copy
+    with atomic_dir(final) as tmp:
+        to_save = model
+        if dtype is not None and next(model.parameters()).dtype != dtype:
+            import copy
 
-        to_save = copy.deepcopy(model).to(dtype)
-    to_save.save_pretrained(tmp, **save_kwargs)
-    tokenizer.save_pretrained(tmp)
-    task.save(tmp)
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    write_manifest(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+            to_save = copy.deepcopy(model).to(dtype)
+        to_save.save_pretrained(tmp, **save_kwargs)
+        tokenizer.save_pretrained(tmp)
+        task.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        write_manifest(tmp)
     return final
 
 

@@ -101,7 +101,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     )
     app.add_middleware(CloseWhenDraining, draining=lambda: _draining(app))
 
-    @app.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG])
+    @app.post(
+        "/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
+    )
     async def rank(body: RankRequest, request: Request) -> RankResponse:
         """Native API: one query, N candidate items -> items sorted by score (best first)."""
         return await cancel_on_disconnect(request, _service(request).rank(body))

@@ -164,9 +164,7 @@ class RankingService:
         wanted = tuple(req.label_token_ids or m.label_ids)
         for i, t in enumerate(wanted):
             self._check_token_id(t, f"label_token_ids[{i}]")
-        if not m.any_label_ids and (
-            not req.apply_softmax or sorted(wanted) != sorted(m.label_ids)
-        ):
+        if not m.any_label_ids and (not req.apply_softmax or sorted(wanted) != sorted(m.label_ids)):
             raise ApiError(
                 422,
                 "unsupported",

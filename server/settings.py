@@ -23,7 +23,11 @@ class ServerSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="compute dtype; auto: the checkpoint's own, but fp32 for bf16 on a CPU "
+        "without native bf16 kernels (ranking.precision)",
+    )
     torch_activation_quant: Literal["emulate", "skip"] = Field(
         default="emulate",
         description="torch engine, FP8/INT8 checkpoints: emulate the per-token activation "

@@ -116,3 +116,37 @@ def test_training_runs_eager_attention_on_cpu_and_restores_the_models_own():
         model.set_attn_implementation("eager")
         eager = model(ids).logits
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_newton_schulz_matches_torch_in_bf16_and_is_close_in_fp32():
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+    from compression.optim import newton_schulz
+
+    coeffs, g = (DEFAULT_A, DEFAULT_B, DEFAULT_C), torch.randn(96, 40)
+    ref = _zeropower_via_newtonschulz(g, coeffs, 5, 1e-7)
+    assert torch.equal(newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16), ref)
+    fp32 = newton_schulz(g, coeffs, 5, 1e-7, torch.float32)
+    assert fp32.dtype == torch.float32 and (fp32 - ref.float()).abs().max() < 0.05
+
+
+def test_compute_dtype_muon_steps_like_torch_muon(monkeypatch):
+    """Forced to fp32 (a CPU without native bf16), one step lands where torch's bf16 step does,
+    up to bf16 rounding; the momentum state has torch's key, so checkpoints resume either way."""
+    import compression.optim as optim
+
+    monkeypatch.setattr(optim, "compute_dtype", lambda: torch.float32)
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.randn(32, 48)), torch.nn.Parameter(torch.randn(32, 48))
+    theirs.data.copy_(ours.data)
+    kw = dict(lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+    opt_a, opt_b = optim.ComputeDtypeMuon([ours], **kw), torch.optim.Muon([theirs], **kw)
+    before = ours.detach().clone()
+    for _ in range(2):
+        grad = torch.randn(32, 48)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt_a.step()
+        opt_b.step()
+    moved = (theirs - before).abs().mean()
+    assert moved > 1e-3 and (ours - theirs).abs().max() < 0.05 * (theirs - before).abs().max()
+    assert set(opt_a.state[ours]) == set(opt_b.state[theirs]) == {"momentum_buffer"}

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from compression.optim import check_optimizer
-from compression.prune import PruneConfig, head_dim, prune_checkpoint, prune_model
+from compression.prune import PruneConfig, prune_checkpoint, prune_model, pruned_shape
 from compression.stages.base import StageContext, StageType
+from ranking.precision import compute_dtype
 
 
 @dataclass
@@ -52,12 +53,8 @@ class PruneStageConfig(PruneConfig):
 def pruned_config(cfg: PruneConfig, config: Any) -> Any:
     """The config a prune stage will write, computed without touching weights."""
     new = copy.deepcopy(config)
-    kv, per_group = cfg.target_heads(config)
-    new.head_dim = head_dim(config)
-    new.intermediate_size = cfg.target_intermediate(config)
-    new.num_key_value_heads = kv
-    new.num_attention_heads = kv * per_group
-    new.num_hidden_layers = config.num_hidden_layers - cfg.drop_layers
+    for key, value in pruned_shape(cfg, config).items():
+        setattr(new, key, value)
     return new
 
 
@@ -82,7 +79,7 @@ def gradual_prune(
     """Prune a step -> distill -> repeat, then write ``dst``."""
     import torch
 
-    from compression.quantize import task_prompts
+    from compression.calibration import task_prompts
     from compression.train import RankingObjective, TrainConfig, train
     from ranking.checkpoint import load_checkpoint, save_checkpoint
     from ranking.datafolder import read_split
@@ -91,7 +88,7 @@ def gradual_prune(
     t0 = time.time()
     base = c.pruning()
     model, tok, task, _ = load_checkpoint(src, dtype=torch.float32)
-    teacher = load_checkpoint(teacher_dir, dtype=torch.bfloat16)[0].requires_grad_(False)
+    teacher = load_checkpoint(teacher_dir, dtype=compute_dtype())[0].requires_grad_(False)
     rows = read_split(data_dir, "train")
     prompts = task_prompts(rows, tok, task, c.calibration_samples, c.seed)
     groups = encode_groups(rows, tok, task)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ranking.checkpoint import DTYPES, count_parameters, load_tokenizer_and_task
+from ranking.precision import bf16_is_native
 from ranking.request import EncodedRequest
 from server.engines import check_supported
 from server.engines.base import Engine, LoadedModel, ModelSpec
@@ -61,6 +62,8 @@ class VllmEngine(Engine):
 
         spec, opts = self.spec, self.spec.vllm
         torch_dtype = DTYPES[spec.dtype]
+        if torch_dtype is None and not has_cuda() and not bf16_is_native("cpu"):
+            torch_dtype = torch.float32  # no native bf16 on this CPU (ranking.precision)
         dtype = "auto" if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
         args = dict(
             model=str(spec.path),
@@ -110,9 +113,7 @@ class VllmEngine(Engine):
     def _scoring_args(self, tokenizer) -> dict:
         if self.spec.vllm.scoring == "logprobs":
             return {}
-        no_tok, yes_tok = tokenizer.convert_ids_to_tokens(
-            [self.label_ids[1], self.label_ids[0]]
-        )
+        no_tok, yes_tok = tokenizer.convert_ids_to_tokens([self.label_ids[1], self.label_ids[0]])
         return dict(
             runner="pooling",
             convert="classify",
