@@ -36,7 +36,9 @@ class Running:
             port=free_port(),
             **settings,
         )
-        self.app = create_app(self.settings, FakeEngine(self.settings.model_spec(), delay_s=delay_s))
+        self.app = create_app(
+            self.settings, FakeEngine(self.settings.model_spec(), delay_s=delay_s)
+        )
         config = uvicorn.Config(
             self.app,
             port=self.settings.port,

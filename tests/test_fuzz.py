@@ -142,19 +142,8 @@ def fuzz_server(tiny_demo, tmp_path_factory):
         "SLIMRANK_BODY_TIMEOUT_S": str(SERVER_READ_TIMEOUT_S),
         "SLIMRANK_API_KEYS": API_KEY,
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        srv = ServerProcess(tiny_demo / "teacher", "torch", tmp_path_factory.mktemp("fuzz"))
-        try:
-            srv.start()
-        except BaseException:
-            srv.stop()
-            raise
-    try:
+    with ServerProcess(tiny_demo / "teacher", "torch", tmp_path_factory.mktemp("fuzz"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.slow

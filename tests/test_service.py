@@ -564,7 +564,9 @@ async def test_rerank_limits_name_documents(client):
 async def test_every_scoring_route_is_counted_and_logged(caplog):
     app, engine = make_app()
     routes = scoring_routes(app)
-    assert "/v2/rerank" in routes and routes <= set(SCORING), f"no test body for {routes - set(SCORING)}"
+    assert "/v2/rerank" in routes and routes <= set(SCORING), (
+        f"no test body for {routes - set(SCORING)}"
+    )
     with caplog.at_level(logging.INFO, logger="slimrank.access"):
         async with serving(app, engine) as c:
             for path in sorted(routes):
