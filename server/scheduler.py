@@ -1,11 +1,14 @@
 """Admission control and dynamic batching in front of an engine.
 
-- Admission by expected wait: a request is admitted only if the work queued ahead of it plus
-  its own, at the measured service rate (computed tokens per second, a moving average over
-  batches), finishes within ``max_queue_wait``; otherwise it is refused at once
-  (``Overloaded`` -> HTTP 429 with Retry-After), so overload costs the client a retry, not
-  every client a growing latency. An item count is the hard cap (alone until a rate is
-  measured), and a request finding nothing queued is always admitted (progress).
+- Admission by expected queue wait: a request is admitted only if its batch is expected to
+  start within ``max_queue_wait``, at the measured service rate (computed tokens per second, a
+  moving average over batches): after the rest of the running batch and the queued work that
+  cannot share its batch. Its own service time is not counted against the budget (it is the
+  other part of the latency, whatever the queue), nor is queued work that fits beside it in
+  one batch (it runs with it, not before it). Otherwise it is refused at once (``Overloaded``
+  -> HTTP 429 with Retry-After), so overload costs the client a retry, not every client a
+  growing latency. An item count is the hard cap (alone until a rate is measured), and a
+  request finding nothing queued is always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
   reach ``max_batch_tokens``, waiting at most ``max_wait`` (default 0) for company after the
   first arrives.
@@ -105,16 +108,21 @@ class Scheduler:
             self._abandon(entry)
             raise
 
-    def expected_wait_s(self, extra_tokens: int = 0) -> float:
-        """Seconds until the queued work (plus ``extra_tokens``) is done at the measured rate,
-        the rest of the running batch included; 0 before any rate is measured."""
+    def expected_queue_wait_s(self, tokens: int = 0) -> float:
+        """Seconds until a request of ``tokens`` computed tokens, queued now, starts its batch,
+        at the measured rate: the rest of the running batch, then the queued tokens that do not
+        fit beside it in one batch of ``max_batch_tokens`` (a fluid estimate of the batches the
+        worker forms in arrival order). 0 before any rate is measured."""
         if not self.tokens_per_s:
             return 0.0
         running_left = 0.0
         if self._running_tokens:
             elapsed = time.perf_counter() - self._running_since
             running_left = max(0.0, self._running_tokens / self.tokens_per_s - elapsed)
-        return running_left + (self._queued_tokens + extra_tokens) / self.tokens_per_s
+        ahead = 0
+        if self._queued_tokens:
+            ahead = max(0, self._queued_tokens + tokens - self.max_batch_tokens)
+        return running_left + ahead / self.tokens_per_s
 
     def _admit(self, request: EncodedRequest) -> None:
         n = request.n_items
@@ -126,11 +134,11 @@ class Scheduler:
             )
         if not self._queue:
             return  # nothing waits ahead: always admitted, or a large request never would be
-        expected = self.expected_wait_s(request.computed_tokens)
+        expected = self.expected_queue_wait_s(request.computed_tokens)
         if expected > self.max_queue_wait_s:
             raise Overloaded(
                 max(1, math.ceil(expected - self.max_queue_wait_s)),
-                f"server overloaded: expected wait {expected * 1000:.0f} ms exceeds "
+                f"server overloaded: expected queue wait {expected * 1000:.0f} ms exceeds "
                 f"max_queue_wait_ms={self.max_queue_wait_s * 1000:g}",
             )
 

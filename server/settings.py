@@ -60,9 +60,10 @@ class ServerSettings(BaseSettings):
     max_queue_wait_ms: float = Field(
         default=250.0,
         gt=0,
-        description="admit a request only if its expected queue wait plus its own service time "
-        "(from the measured token rate) stays under this; beyond -> 429. Default: half a 500 ms "
-        "p99 SLO, leaving the other half for batching and HTTP",
+        description="admit a request only if its batch is expected to start within this "
+        "(from the measured token rate and the queued work that cannot share its batch); "
+        "beyond -> 429. Default: half a 500 ms p99 SLO, leaving the other half for its batch "
+        "and HTTP",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline -> 504")
 

@@ -127,7 +127,7 @@ async def test_drain_finishes_queued_work_and_refuses_new():
 # ---- admission by expected wait -------------------------------------------------------------------
 async def test_admission_by_item_cap_alone_until_a_rate_is_measured():
     s = await started(FakeEngine(delay_s=0.2), max_wait_s=0.0, max_queue_wait_s=0.001)
-    assert s.tokens_per_s is None and s.expected_wait_s() == 0.0
+    assert s.tokens_per_s is None and s.expected_queue_wait_s() == 0.0
     first = asyncio.create_task(s.submit(request(2), 5))
     await asyncio.sleep(0.01)  # the first is on the engine, nothing is queued
     waiters = [asyncio.create_task(s.submit(request(2), 5)) for _ in range(3)]
@@ -140,7 +140,8 @@ async def test_admission_by_item_cap_alone_until_a_rate_is_measured():
 
 async def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
     engine = FakeEngine(delay_s=0.1)
-    s = await started(engine, max_wait_s=0.0, max_queue_wait_s=0.25)
+    # batches of one request each: every request queued ahead delays the next one's start
+    s = await started(engine, max_wait_s=0.0, max_queue_wait_s=0.25, max_batch_tokens=42)
     await s.submit(request(10), 5)  # measures the rate: 42 tokens in ~0.1 s
     rate = s.tokens_per_s
     assert rate == pytest.approx(42 / 0.1, rel=0.5)
@@ -161,22 +162,42 @@ async def test_admission_refuses_when_the_expected_wait_exceeds_the_budget():
             queued.pop()
             break
     assert refused is not None, "the budget never refused"
-    assert "expected wait" in str(refused) and "max_queue_wait_ms=250" in str(refused)
+    assert "expected queue wait" in str(refused) and "max_queue_wait_ms=250" in str(refused)
     assert refused.retry_after >= 1
-    # the expected wait of what was admitted stays within the budget
-    assert s.expected_wait_s() <= 0.25 + 42 / rate
+    # the last admitted request was expected to start within the budget; the refused one not
+    assert s.expected_queue_wait_s(42) > 0.25 and admitted >= 1
+    assert s.expected_queue_wait_s() <= 0.25 + 42 / rate
     await asyncio.gather(running, *queued)
     await s.drain()
 
 
-async def test_expected_wait_counts_queued_tokens_at_the_measured_rate():
-    s = Scheduler(FakeEngine(), ServerMetrics(), 10_000, 10.0, 100, max_queue_wait_s=1.0)
+async def test_expected_queue_wait_counts_only_work_that_runs_before_its_batch():
+    s = Scheduler(FakeEngine(), ServerMetrics(), 100, 10.0, 100, max_queue_wait_s=1.0)
     s.tokens_per_s = 100.0
+    assert s.expected_queue_wait_s(50) == 0.0  # nothing queued: its batch starts now
     s._queued_tokens = 50
-    assert s.expected_wait_s() == pytest.approx(0.5)
-    assert s.expected_wait_s(extra_tokens=50) == pytest.approx(1.0)
+    assert s.expected_queue_wait_s(50) == 0.0  # 50 + 50 fit in one batch of 100: no wait
+    assert s.expected_queue_wait_s(80) == pytest.approx(0.3)  # 30 queued tokens go first
+    s._queued_tokens = 250
+    assert s.expected_queue_wait_s(50) == pytest.approx(2.0)  # 200 of them run before it
     s._running_tokens, s._running_since = 100, __import__("time").perf_counter()
-    assert s.expected_wait_s() == pytest.approx(1.5, abs=0.05)
+    assert s.expected_queue_wait_s(50) == pytest.approx(3.0, abs=0.05)  # + the running batch
+
+
+async def test_requests_that_share_a_batch_are_not_refused_for_each_others_time():
+    """Concurrent requests that fit in one batch together are all admitted, however long that
+    batch takes: none of them waits for another's service time."""
+    engine = FakeEngine(delay_s=0.2)
+    s = await started(engine, max_wait_s=0.0, max_queue_wait_s=0.25, max_batch_tokens=1000)
+    await s.submit(request(10), 5)  # measures the rate: 42 tokens in ~0.2 s (~210 tokens/s)
+    running = asyncio.create_task(s.submit(request(10), 5))
+    await asyncio.sleep(0.05)  # on the engine: ~0.15 s left of it
+    # 10 more of 42 tokens: 2 s of work at the measured rate, but one batch after the running one
+    more = [asyncio.create_task(s.submit(request(10), 5)) for _ in range(10)]
+    results = await asyncio.gather(running, *more, return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert engine.batches[-1] == [10] * 10  # they ran together
+    await s.drain()
 
 
 async def test_injected_fault_fails_only_its_batch():
