@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ranking.atomic import atomic_dir
 from ranking.checkpoint import WEIGHT_FILES, quant_format
-from ranking.support import ENGINE_SUPPORT, PRUNABLE_ARCHITECTURES, unsupported_reason
+from ranking.support import ENGINE_SUPPORT, PRUNABLE_ARCHITECTURES, Machine, unsupported_reason
 from ranking.task import TASK_FILE, RankingTask, TaskConfigError, preset
 
 # files of a model folder that are not part of a checkpoint
@@ -53,12 +53,10 @@ class ImportReport:
 def architecture_support(architecture: str, fmt: str) -> dict[str, str | None]:
     """Per serving engine and compression stage: None if it runs this architecture, else why
     not (on this machine's kind: CPU-only rules apply where no GPU is present)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
+    machine = Machine.here()
     out: dict[str, str | None] = {}
     for engine, spec in ENGINE_SUPPORT.items():
-        out[f"serve:{engine}"] = unsupported_reason(engine, fmt, architecture, cuda=cuda)
+        out[f"serve:{engine}"] = unsupported_reason(engine, fmt, architecture, machine)
         if engine == "vllm" and out[f"serve:{engine}"] is None:
             out[f"serve:{engine}"] = _vllm_reason(architecture)
         if engine == "vllm" and architecture in spec.derives_head_dim:

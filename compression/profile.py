@@ -102,7 +102,7 @@ def profile_checkpoint(
     from ranking.scorer import TorchScorer
     from ranking.synthetic import BenchmarkConfig, standard_workload
 
-    model, tok, task, info = load_checkpoint(path, dtype=dtype)
+    model, tok, task, info = load_checkpoint(path, dtype=dtype, compute=True)
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task, query_tokens, n_items)
     request = scorer.encode(query, items)

@@ -64,7 +64,7 @@ def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
 def items_per_second(ckpt: Path, requests: int = 6) -> float:
     """Torch-engine throughput on the standard workload (250-token query, 50 items), one
     request at a time after a warm-up; median over ``requests``."""
-    model, tok, task, _ = load_checkpoint(ckpt)
+    model, tok, task, _ = load_checkpoint(ckpt, compute=True)
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task)
     encoded = [scorer.encode(query, items)]

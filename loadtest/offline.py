@@ -99,7 +99,7 @@ def transformers_scorer(model: str, label_ids: tuple[int, int], pad_id: int):
     from ranking.checkpoint import load_checkpoint
     from ranking.scorer import naive_label_logits
 
-    net, _, _, _ = load_checkpoint(model)  # saved dtype, as the torch server loads it
+    net, _, _, _ = load_checkpoint(model, compute=True)  # as the torch server loads it
 
     def score(requests: list[EncodedRequest]) -> None:
         with torch.inference_mode():

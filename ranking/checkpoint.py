@@ -87,11 +87,12 @@ def load_checkpoint(
     dtype: torch.dtype | None = None,
     device: str = "cpu",
     emulate_activation_quant: bool = True,
+    compute: bool = False,
 ) -> tuple[torch.nn.Module, object, RankingTask, CheckpointInfo]:
-    """(model, tokenizer, task, info). Quantized checkpoints are dequantized to ``dtype``
-    (default: the machine's compute dtype, ``ranking.precision``); plain ones load in ``dtype``
-    or their saved dtype, except that a bf16 checkpoint loads in fp32 on a device without
-    native bf16 kernels.
+    """(model, tokenizer, task, info). Plain checkpoints load in ``dtype`` or their saved dtype;
+    quantized ones are dequantized to ``dtype`` (default bf16). With ``compute`` (the model
+    will score, not be written again) the default follows the device instead: bf16 where it is
+    native, fp32 where it is not (``ranking.precision``: emulated bf16 is many times slower).
 
     FP8/INT8 (W8A8) checkpoints also quantize activations. By default their per-token
     quantize-dequantize is emulated, so scores match an engine with real kernels; with
@@ -103,7 +104,7 @@ def load_checkpoint(
         from transformers.utils.quantization_config import CompressedTensorsConfig
 
         kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-        kwargs["dtype"] = dtype or compute_dtype(device)
+        kwargs["dtype"] = dtype or (compute_dtype(device) if compute else torch.bfloat16)
     else:
         kwargs["dtype"] = dtype or "auto"
     try:
@@ -111,7 +112,7 @@ def load_checkpoint(
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs).to(device).eval()
     except Exception as exc:  # noqa: BLE001 - safetensors, json, config errors: all mean "corrupt"
         raise CheckpointError(f"cannot load checkpoint {info.path}: {exc}") from exc
-    if dtype is None and next(model.parameters()).dtype == torch.bfloat16:
+    if dtype is None and compute and next(model.parameters()).dtype == torch.bfloat16:
         dtype = compute_dtype(device)
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = model.to(dtype)

@@ -79,7 +79,7 @@ def evaluate_checkpoint(
     """(metrics, per-item scores, checkpoint info) of the checkpoint at ``path`` on ``split``
     (its first ``limit`` rows if given), scored by the torch scorer as the server runs it; the
     AUC with a bootstrap interval over ``bootstrap`` replicates (0: none)."""
-    model, tokenizer, task, info = load_checkpoint(path, dtype=dtype)
+    model, tokenizer, task, info = load_checkpoint(path, dtype=dtype, compute=True)
     rows = head_rows(data_dir, split, limit) if limit else read_split(data_dir, split)
     groups = encode_groups(rows, tokenizer, task)
     scores = score_groups(TorchScorer(model, tokenizer, task), groups, progress=progress)

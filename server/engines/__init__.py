@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ranking.checkpoint import CheckpointInfo, inspect_checkpoint
-from ranking.support import unsupported_reason
+from ranking.support import Machine, unsupported_reason
 from server.engines.base import (
     Engine,
     EngineUnavailable,
@@ -21,12 +21,8 @@ from server.engines.base import (
 def check_supported(model: str | Path, engine: str) -> CheckpointInfo:
     """The checkpoint's info, or ``EngineUnavailable`` naming why ``engine`` cannot run it on
     this machine and what to do instead (``ranking.support`` holds the table)."""
-    import torch
-
     info = inspect_checkpoint(model)
-    reason = unsupported_reason(
-        engine, info.format, info.architecture, cuda=torch.cuda.is_available()
-    )
+    reason = unsupported_reason(engine, info.format, info.architecture, Machine.here())
     if reason:
         raise EngineUnavailable(f"{info.path}: {reason}")
     return info

@@ -35,6 +35,7 @@ class TorchEngine(Engine):
             dtype=DTYPES[spec.dtype],
             device=device,
             emulate_activation_quant=opts.activation_quant == "emulate",
+            compute=True,
         )
         if opts.fp8:
             from ranking.fp8_linear import convert_to_fp8
