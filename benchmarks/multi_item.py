@@ -31,6 +31,7 @@ import torch
 import ranking.multi_item as mi
 from ranking.checkpoint import load_checkpoint
 from ranking.flops import matmul_runner, matmul_shape, request_flops
+from ranking.precision import machine
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer, answer_hidden, naive_label_logits
 from ranking.synthetic import BenchmarkConfig, standard_workload
@@ -307,7 +308,8 @@ def main() -> None:
         args.model = DEFAULT_MODEL
         if not (DEFAULT_MODEL / "config.json").is_file():
             build_random_teacher(DEFAULT_MODEL)
-    out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, **machine()}
+    print(f"machine: {json.dumps(machine())}")
     if args.sweep:
         print(
             f"{'dtype':<5}{'items':>6}{'Lq':>6}{'Li':>6}{'kv ms':>10}{'one ms':>10}{'speedup':>10}"

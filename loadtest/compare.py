@@ -17,8 +17,8 @@ time, each in its own process. ``--model`` may be repeated (e.g. teacher and com
 student): each row carries its model, and the table shows each model against the first.
 An engine that cannot run a model (FP8 on a CPU with vLLM) gets a row with its error.
 
-Each row also carries its useful GFLOP/s against the bf16 matrix-product peak at the model's
-shapes (``loadtest.usefulwork``); each server row its scores' largest difference from our
+Each row also carries its useful GFLOP/s against the matrix-product peak (in the machine's
+compute dtype, ``ranking.precision``, whose facts the table prints) at the model's shapes (``loadtest.usefulwork``); each server row its scores' largest difference from our
 first server row and, unless ``--no-sweep``, a short open-loop sweep: the highest rate that
 holds p99 <= SLO.
 """
@@ -55,6 +55,7 @@ from loadtest.stats import fmt, table
 from loadtest.sweep import sweep
 from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
+from ranking.precision import machine
 from server.process import REPO, ServerProcess
 
 ENGINES = (
@@ -203,7 +204,7 @@ def compare(
     Server rows (ours and the peer) also get their scores on the distinct requests (compared
     with the first of our server rows of the same model: ``max_abs_score_diff``) and, with a
     ``sweep_spec``, the highest rate that holds the SLO. Every row gets its useful GFLOP/s next
-    to the bf16 matrix-product peak at the model's shapes (``peak``)."""
+    to the matrix-product peak at the model's shapes (``peak``)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
@@ -241,6 +242,7 @@ def compare(
         "concurrency": concurrency,
         "logs": str(logs),
         "useful_work": work,
+        "machine": machine(),
         "results": results,
     }
 
@@ -333,7 +335,7 @@ def format_compare(rep: dict[str, Any]) -> str:
         if w:
             notes.append(
                 f"{Path(m).name}: {w['gflop_per_request']:.2f} GFLOP per request with the "
-                f"query once; bf16 matmul peak {w['peak_gflops']:.0f} GFLOP/s at "
+                f"query once; matmul peak {w['peak_gflops']:.0f} GFLOP/s at "
                 f"{'x'.join(map(str, w['peak_shape']))} ({w['threads']} threads)"
             )
         out_peer = _against_peer([r for r in rows_ if r["model"] == m])
@@ -346,6 +348,12 @@ def format_compare(rep: dict[str, Any]) -> str:
                 f"{Path(m).name}: the server path (HTTP, JSON, tokenization, scheduling) costs "
                 f"{gap:.1%} of the in-process torch engine's items/s"
             )
+    if rep.get("machine"):
+        hw = rep["machine"]
+        notes.append(
+            f"machine: {hw['cpu']}, {hw['cores']} cores, flags {' '.join(hw['flags']) or '-'}, "
+            f"torch {hw['torch_cpu_capability']}, compute dtype {hw['compute_dtype']}"
+        )
     flags = next((r["flags"] for r in rows_ if r.get("flags")), None)
     if flags:
         notes.append(f"{PEER_ENGINE} flags: {' '.join(flags)}")

