@@ -138,8 +138,9 @@ def bench_dtype(args, dtype_name: str) -> dict:
     model, tok, task, info = load_checkpoint(args.model, dtype=DTYPES[dtype_name])
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task, args.query_tokens, args.items)
-    q_ids, i_ids = scorer.encode(query, items)
-    batch = [EncodedRequest(q_ids, i_ids)]
+    encoded = scorer.encode(query, items)
+    q_ids, i_ids = encoded.query_ids, encoded.item_ids
+    batch = [encoded]
     requests = [Request(q_ids, i_ids)]
     labels, pad = scorer.label_ids, scorer.pad_id
     cfg = model.config
