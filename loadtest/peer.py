@@ -10,7 +10,8 @@ so both sides score identical token sequences and the scores can be compared num
 The server is tuned as a competent user would (``peer_flags``): prefix caching on (the query
 is computed once per request, as ours), a 32-token KV block (what vLLM's CPU attention
 kernels are built for), eager mode without CUDA (CPU graph compilation costs minutes and
-buys nothing at these sizes), a context just long enough for the workload, and batching limits
+buys nothing at these sizes), fp32 on a CPU without native bf16 (``ranking.precision``, as our
+engines), a context just long enough for the workload, and batching limits
 that admit every item of the requests in flight in one engine step.
 """
 
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 from loadtest.workload import Request, RequestPool
+from ranking.precision import bf16_is_native
 from server.engines.vllm_engine import cpu_threads_bind
 from server.process import REPO, ServerProcess
 
@@ -57,6 +59,8 @@ def peer_flags(
     flags = ["--enable-prefix-caching", "--block-size", str(BLOCK)]
     if not cuda:
         flags.append("--enforce-eager")
+        if not bf16_is_native("cpu"):  # as our engines: emulated bf16 is many times slower
+            flags += ["--dtype", "float32"]
     seqs = max(items * concurrency, 8)
     batched = max(_round_up((query_tokens + items * item_tokens) * concurrency, 1024), 2048)
     flags += [
