@@ -57,7 +57,7 @@ class VllmEngine(Engine):
         self.llm = None
         self.label_ids: tuple[int, int] = (0, 0)  # the task's (yes, no), set by start()
 
-    def engine_args(self, tokenizer=None):
+    def engine_args(self, tokenizer):
         from vllm import AsyncEngineArgs
 
         spec, opts = self.spec, self.spec.vllm
