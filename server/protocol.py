@@ -176,6 +176,8 @@ class ModelCard(BaseModel):
     owned_by: str = "slimrank"
     format: str
     engine: str
+    kernel: str = Field(description="what the linear layers compute on (int8 fbgemm, fp32, ...)")
+    kernel_reason: str = Field(description="why that kernel: the load-time measurement")
     parameters: int | None
     max_items: int
     label_tokens: list[str]

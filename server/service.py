@@ -86,10 +86,12 @@ class RankingService:
         self.ready = True
         self.metrics.ready.set(0 if self.draining else 1)
         log.info(
-            "ready: model=%s format=%s engine=%s params=%s load+warmup=%.1fs",
+            "ready: model=%s format=%s engine=%s kernel=%s (%s) params=%s load+warmup=%.1fs",
             self.name,
             info.format,
             eng.name,
+            model.kernel,
+            model.kernel_reason,
             info.params,
             time.perf_counter() - t0,
         )
@@ -243,6 +245,8 @@ class RankingService:
                     id=self.name,
                     format=m.info.format if m else "loading",
                     engine=self.engine.name,
+                    kernel=m.kernel if m else "",
+                    kernel_reason=m.kernel_reason if m else "",
                     parameters=m.info.params if m else None,
                     max_items=self.settings.max_items,
                     label_tokens=[m.task.yes, m.task.no] if m else [],

@@ -34,6 +34,9 @@ class TorchOptions:
     fp8: bool = False  # CUDA only: decoder linear layers as FP8 matmuls
     # padded item tokens per forward chunk of the scorer (bounds one chunk's activations)
     chunk_tokens: int = 8192
+    # INT8/INT4 checkpoints on CPU: the integer kernel (ranking.quant_kernels); auto: the
+    # fastest measured at load that passes the accuracy gate
+    kernel: Literal["auto", "dequantized", "fbgemm", "onednn", "int4pack"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class LoadedModel:
     label_ids: tuple[int, int]  # (yes, no)
     vocab_size: int | None  # rows of the LM head: valid token ids are below it
     any_label_ids: bool = True  # whether a request may ask for other label ids than the task's
+    # what the linear layers compute on ("fp32", "int8 fbgemm", "int4 dequantized to fp32",
+    # "vllm") and why: the server logs it and /v1/models shows it
+    kernel: str = ""
+    kernel_reason: str = ""
 
 
 class Engine(abc.ABC):

@@ -1,7 +1,9 @@
 """The torch engine: ``ranking.scorer.TorchScorer`` (shared prefix, label rows) in a worker thread.
 
-Runs every checkpoint format on any torch device; quantized checkpoints are dequantized at load
-(FP8 included), so it is also the CPU path for FP8 checkpoints.
+Runs every checkpoint format on any torch device. INT8 and INT4 checkpoints run on the integer
+kernel measured fastest at load (``ranking.quant_kernels``; the dequantized float layers where
+none beats them or passes the accuracy gate); FP8 ones are dequantized at load on a CPU (the
+CPU path for FP8 checkpoints) and run as FP8 products on CUDA with ``fp8``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 from ranking.checkpoint import DTYPES, load_checkpoint
+from ranking.quant_kernels import convert_quantized
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
 from server.engines.base import Engine, LoadedModel, ModelSpec
@@ -37,10 +40,17 @@ class TorchEngine(Engine):
             emulate_activation_quant=opts.activation_quant == "emulate",
             compute=True,
         )
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        kernel, reason = dtype, f"{info.format} checkpoint computed in {dtype}"
         if opts.fp8:
             from ranking.fp8_linear import convert_to_fp8
 
             convert_to_fp8(model)  # a clear error on a non-CUDA device
+            kernel, reason = "fp8 _scaled_mm", "--torch-fp8"
+        elif info.format in ("int8", "int4"):
+            choice = convert_quantized(model, info.format, opts.kernel)
+            if choice is not None:
+                kernel, reason = choice.label(dtype), choice.why
         self.scorer = TorchScorer(model, tok, task, max_chunk_tokens=opts.chunk_tokens)
         return LoadedModel(
             info=info,
@@ -48,6 +58,8 @@ class TorchEngine(Engine):
             task=task,
             label_ids=self.scorer.label_ids,
             vocab_size=model.get_output_embeddings().weight.shape[0],
+            kernel=kernel,
+            kernel_reason=reason,
         )
 
     async def start(self) -> LoadedModel:

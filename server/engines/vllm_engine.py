@@ -108,6 +108,8 @@ class VllmEngine(Engine):
             vocab_size=getattr(config.get_text_config(), "vocab_size", None),
             # the classifier head holds one row (yes - no): other label ids need the logprobs way
             any_label_ids=self.spec.vllm.scoring == "logprobs",
+            kernel=f"vllm {self.engine_args(tokenizer).dtype}",
+            kernel_reason=f"{info.format} checkpoint on vLLM's own kernels",
         )
 
     def _scoring_args(self, tokenizer) -> dict:

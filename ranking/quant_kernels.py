@@ -1,0 +1,304 @@
+"""Integer matrix-product kernels for INT8 (W8A8) and INT4 (W4A16) checkpoints, chosen by
+measurement on the machine that serves.
+
+A compressed-tensors checkpoint loads with its weights dequantized (``ranking.checkpoint``):
+that runs anywhere, at float speed. This module swaps the decoder's quantized linear layers
+for modules that keep the checkpoint's integers and multiply them on integer kernels:
+
+- ``fbgemm``: torch's fbgemm int8 x int8 product (``quantized.linear_dynamic``) with the
+  checkpoint's per-channel weight scales. Activations are quantized per token, as the
+  checkpoint says, by scaling each row to unit range before fbgemm's per-tensor quantization;
+  on CPUs without VNNI fbgemm keeps activations to 7 bits (``reduce_range``) so that AVX2's
+  16-bit multiply-add cannot saturate.
+- ``onednn``: the W8A8 kernel vLLM-CPU runs (oneDNN; per-token int8 activations, VNNI / AMX
+  where the CPU has them). On AVX2-only CPUs it saturates, which the accuracy gate catches.
+- ``int4pack``: torch's packed-int4 CPU product (``_weight_int4pack_mm_for_cpu``, W4A16).
+- ``dequantized``: the float layers as loaded (the fallback; always available).
+
+Which one runs is measured, not assumed (machines of one kind differ several-fold): at load,
+each candidate runs the model's largest quantized layer at ``PROBE_TOKENS`` tokens; one whose
+product differs from the exact product of its quantized operands by more than ``MAX_REL_ERR``
+(saturation) is rejected; the fastest of the rest serves. ``KernelChoice`` carries the
+measurement, for the server's log and ``/v1/models``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ranking.precision import machine
+
+PROBE_TOKENS = 1024  # about one standard request (a 250-token query, 50 items of ~30 tokens)
+PROBE_REPEATS = 5
+# max |kernel - exact| / mean |exact| on the Gaussian probe: a 7-bit activation rounding is
+# ~0.05, a saturated 16-bit accumulator is ~1
+MAX_REL_ERR = 0.25
+INT8_KERNELS = ("fbgemm", "onednn")
+INT4_KERNELS = ("int4pack",)
+FALLBACK = "dequantized"
+
+
+@dataclass
+class KernelChoice:
+    """The kernel a quantized model's linear layers run on, and the measurement behind it."""
+
+    format: str
+    kernel: str
+    layers: int
+    why: str
+    # kernel -> {"gflops": ..., "max_rel_err": ...} or {"error": ...}, at the probe shape
+    measured: dict[str, dict] = field(default_factory=dict)
+    probe: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self, float_dtype: str) -> str:
+        """ "int8 fbgemm", or "int4 dequantized to fp32" for the fallback."""
+        if self.kernel == FALLBACK:
+            return f"{self.format} dequantized to {float_dtype}"
+        return f"{self.format} {self.kernel}"
+
+
+def _weight_args(linear: nn.Module):
+    """The module's compressed-tensors weight quantization arguments, or None."""
+    scheme = getattr(linear, "quantization_scheme", None)
+    return getattr(scheme, "weights", None) if scheme is not None else None
+
+
+def _integers(linear: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) of a dequantized layer: the checkpoint's integers recovered exactly (the
+    dequantized weight is q * scale; |w / scale - q| is far below 0.5 for any bf16 scale)."""
+    w, scale = linear.weight.detach().float(), linear.weight_scale.detach().float()
+    groups = scale.shape[1]
+    ratio = (w.view(w.shape[0], groups, -1) / scale[:, :, None]).view_as(w)
+    q = ratio.round()
+    limit = 2 ** (bits - 1)
+    if (ratio - q).abs().max() > 0.25 or q.min() < -limit or q.max() > limit - 1:
+        raise ValueError(f"weights of {linear} are not {bits}-bit integers times weight_scale")
+    return q.to(torch.int8), scale
+
+
+class Int8FbgemmLinear(nn.Module):
+    """W8A8 on fbgemm: per-channel int8 weights, per-token int8 activations."""
+
+    kernel = "fbgemm"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = q.shape[1], q.shape[0]
+        zeros = torch.zeros(q.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm is not gone
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q, scale[:, 0].double(), zeros, 0)
+            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.reduce_range = "avx512_vnni" not in machine()["flags"]
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, dtype = x.shape[:-1], x.dtype
+        x = x.reshape(-1, self.in_features).float()
+        amax = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
+        y = torch.ops.quantized.linear_dynamic(x / amax, self._packed, self.reduce_range) * amax
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(dtype)
+
+
+class Int8OnednnLinear(nn.Module):
+    """W8A8 on vLLM-CPU's oneDNN kernel: per-channel int8 weights, per-token int8 activations
+    (symmetric), accumulated in int32."""
+
+    kernel = "onednn"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        from vllm import _custom_ops as ops
+        from vllm.platforms import current_platform
+
+        current_platform.import_kernels()
+        self._ops = ops
+        self.in_features, self.out_features = q.shape[1], q.shape[0]
+        # the handler keeps pointers into these tensors: they live as long as the module
+        self._q, self._scale = q.contiguous(), scale.float().reshape(-1, 1).contiguous()
+        self._bias = None if bias is None else bias.detach().float().contiguous()
+        self._handler = ops.create_onednn_scaled_mm(
+            self._q.t(), self._scale, torch.float32, True, False, 32
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, dtype = x.shape[:-1], x.dtype
+        x = x.reshape(-1, self.in_features).float().contiguous()
+        xq, xs, _ = self._ops.onednn_scaled_int8_quant(x, None, None, True)
+        y = torch.empty((x.shape[0], self.out_features), dtype=torch.float32)
+        self._ops.onednn_scaled_mm(self._handler, xq, y, xs, None, None, self._bias)
+        return y.reshape(*lead, self.out_features).to(dtype)
+
+
+class Int4PackLinear(nn.Module):
+    """W4A16 on torch's packed-int4 CPU kernel: symmetric int4 weights in groups along the
+    input, float activations."""
+
+    kernel = "int4pack"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        n, k = q.shape
+        self.in_features, self.out_features = k, n
+        self.group = k // scale.shape[1]
+        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.int() + 8), 1)
+        # tinygemm's convention: value = (q_unsigned - 8) * s + z, per (group, out)
+        s = scale.float().t()
+        self._sz = torch.stack([s, torch.zeros_like(s)], dim=2).contiguous()
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, dtype = x.shape[:-1], x.dtype
+        x = x.reshape(-1, self.in_features).float().contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self._packed, self.group, self._sz)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(dtype)
+
+
+KERNELS: dict[str, type[nn.Module]] = {
+    "fbgemm": Int8FbgemmLinear,
+    "onednn": Int8OnednnLinear,
+    "int4pack": Int4PackLinear,
+}
+
+
+def quantized_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, int]]:
+    """(parent, name, layer, bits) of every decoder linear layer with integer weights."""
+    out = []
+    for parent in model.get_decoder().modules():
+        for name, child in parent.named_children():
+            args = _weight_args(child)
+            if isinstance(child, nn.Linear) and args is not None and args.type == "int":
+                out.append((parent, name, child, int(args.num_bits)))
+    return out
+
+
+def _exact(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The product the kernels approximate, in float64: per-token int8 activations for W8A8,
+    float activations for W4A16, times the dequantized weight."""
+    w = (q.double().view(q.shape[0], scale.shape[1], -1) * scale.double()[:, :, None]).view(q.shape)
+    if bits == 8:
+        xs = x.double().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
+        x = (x.double() / xs).round().clamp(-127, 127) * xs
+    return x.double() @ w.t()
+
+
+def _median_seconds(run: Callable[[], torch.Tensor]) -> float:
+    run()
+    times = []
+    for _ in range(PROBE_REPEATS):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(
+    q: torch.Tensor, scale: torch.Tensor, bits: int, candidates: tuple[str, ...], dtype
+) -> dict[str, dict]:
+    """GFLOP/s and error of each candidate (and of the dequantized float product) on one
+    layer's integers at ``PROBE_TOKENS`` Gaussian tokens."""
+    n, k = q.shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(PROBE_TOKENS, k, generator=gen).to(dtype)
+    exact = _exact(x.float(), q, scale, bits)
+    mean = exact.abs().mean()
+    w = (q.float().view(n, scale.shape[1], -1) * scale[:, :, None]).view(n, k).to(dtype)
+    flops = 2.0 * PROBE_TOKENS * k * n
+    runs: dict[str, Callable[[], torch.Tensor]] = {FALLBACK: lambda: nn.functional.linear(x, w)}
+    out: dict[str, dict] = {}
+    for name in candidates:
+        try:
+            runs[name] = KERNELS[name](q, scale, None)
+        except Exception as exc:  # noqa: BLE001 - a kernel this build or CPU lacks
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            try:
+                y = run(x) if isinstance(run, nn.Module) else run()
+                err = float((y.double() - exact).abs().max() / mean)
+                seconds = _median_seconds(
+                    lambda run=run: run(x) if isinstance(run, nn.Module) else run()
+                )
+            except Exception as exc:  # noqa: BLE001
+                out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                continue
+            out[name] = {"gflops": round(flops / seconds / 1e9, 2), "max_rel_err": round(err, 4)}
+    return out
+
+
+def choose(measured: dict[str, dict]) -> tuple[str, str]:
+    """(kernel, why): the fastest candidate within ``MAX_REL_ERR``; the dequantized float
+    product when no integer kernel beats it."""
+    ok = {
+        name: row["gflops"]
+        for name, row in measured.items()
+        if "gflops" in row and row["max_rel_err"] <= MAX_REL_ERR
+    }
+    best = max(ok, key=ok.get)
+    rejected = [
+        f"{name} ({row['error']})" if "error" in row else
+        f"{name} (max rel err {row['max_rel_err']:.2f} > {MAX_REL_ERR})"
+        for name, row in measured.items()
+        if name not in ok
+    ]  # fmt: skip
+    rates = ", ".join(
+        f"{name} {rate:.0f}" for name, rate in sorted(ok.items(), key=lambda r: -r[1])
+    )
+    why = f"fastest measured (GFLOP/s: {rates})"
+    if rejected:
+        why += "; rejected: " + "; ".join(rejected)
+    return best, why
+
+
+def convert_quantized(
+    model: nn.Module, fmt: str, kernel: str = "auto", dtype: torch.dtype = torch.float32
+) -> KernelChoice | None:
+    """Swaps the decoder's quantized linear layers for integer-kernel modules in place;
+    ``kernel`` "auto" measures the candidates on this machine (``measure``, ``choose``),
+    a kernel name forces it (an error if it cannot run), "dequantized" keeps the float layers.
+    None for a model without integer weights."""
+    targets = quantized_linears(model)
+    if not targets:
+        return None
+    bits = targets[0][3]
+    candidates = INT8_KERNELS if bits == 8 else INT4_KERNELS
+    if kernel not in ("auto", FALLBACK, *candidates):
+        raise ValueError(
+            f"kernel {kernel!r} cannot run {fmt} weights (choose auto, {FALLBACK}"
+            + "".join(f", {c}" for c in candidates)
+            + ")"
+        )
+    if next(model.parameters()).device.type != "cpu":
+        return KernelChoice(fmt, FALLBACK, len(targets), "integer kernels here are CPU kernels")
+    _, _, largest, _ = max(targets, key=lambda t: t[2].weight.numel())
+    q, scale = _integers(largest, bits)
+    probe = f"{PROBE_TOKENS}x{largest.in_features}x{largest.out_features}"
+    measured = measure(q, scale, bits, candidates, largest.weight.dtype)
+    if kernel == "auto":
+        chosen, why = choose(measured)
+    else:
+        chosen, why = kernel, "forced by the kernel option"
+        if "error" in measured.get(kernel, {}):
+            raise ValueError(f"kernel {kernel} cannot run here: {measured[kernel]['error']}")
+    if chosen != FALLBACK:
+        swaps = []
+        for parent, name, child, b in targets:  # build all first: a failure changes nothing
+            q, scale = _integers(child, b)
+            swaps.append((parent, name, KERNELS[chosen](q, scale, child.bias)))
+        for parent, name, module in swaps:
+            setattr(parent, name, module)
+    return KernelChoice(fmt, chosen, len(targets), why, measured, probe)

@@ -1,0 +1,123 @@
+"""Integer kernels of the torch engine (``ranking.quant_kernels``): each kernel's product against
+the exact product of its quantized operands, the measured choice, and the scores of real INT8 /
+INT4 checkpoints on every kernel this machine runs against the dequantized path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.checkpoint import load_checkpoint
+from ranking.quant_kernels import (
+    FALLBACK,
+    KERNELS,
+    MAX_REL_ERR,
+    _exact,
+    choose,
+    convert_quantized,
+    measure,
+)
+from ranking.scorer import TorchScorer
+
+
+def _int_weights(n: int, k: int, bits: int, group: int | None = None):
+    gen = torch.Generator().manual_seed(1)
+    limit = 2 ** (bits - 1) - 1
+    q = torch.randint(-limit, limit + 1, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.rand(n, k // (group or k), generator=gen) * 0.01 + 0.001
+    return q, scale
+
+
+def _rel_err(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((got.double() - exact).abs().max() / exact.abs().mean())
+
+
+def test_int4pack_matches_the_exact_product_of_its_operands():
+    q, scale = _int_weights(96, 128, 4, group=32)
+    x = torch.randn(37, 128)
+    got = KERNELS["int4pack"](q, scale, None)(x.reshape(1, 37, 128))
+    assert got.shape == (1, 37, 96)
+    assert _rel_err(got[0], _exact(x, q, scale, 4)) < 1e-4
+
+
+def test_fbgemm_quantizes_activations_per_token():
+    """Rows with an outlier and rows without in one batch: per-token scales keep the quiet rows
+    as exact as W8A8 makes them (a per-tensor scale would round them to a few levels). fbgemm
+    keeps 7 bits on CPUs without VNNI, so its rounding error is up to ~2x W8A8's."""
+    q, scale = _int_weights(96, 128, 8)
+    x = torch.randn(40, 128)
+    x[::4, 3] *= 50  # one token in four carries an outlier channel
+    got = KERNELS["fbgemm"](q, scale, None)(x)
+    no_rounding = x.double() @ (q.double() * scale.double()).t()
+    w8a8 = _rel_err(_exact(x, q, scale, 8), no_rounding)
+    quiet = [i for i in range(40) if i % 4]
+    w8a8_quiet = _rel_err(_exact(x, q, scale, 8)[quiet], no_rounding[quiet])
+    assert _rel_err(got, no_rounding) < 3 * w8a8
+    assert _rel_err(got[quiet], no_rounding[quiet]) < 3 * w8a8_quiet
+
+
+def test_choose_takes_the_fastest_kernel_within_the_error_gate_and_says_why():
+    measured = {
+        FALLBACK: {"gflops": 50.0, "max_rel_err": 0.01},
+        "fbgemm": {"gflops": 80.0, "max_rel_err": 0.04},
+        "onednn": {"gflops": 120.0, "max_rel_err": 1.3},  # saturated
+    }
+    kernel, why = choose(measured)
+    assert kernel == "fbgemm"
+    assert "onednn (max rel err 1.30" in why and "fbgemm 80" in why
+    measured["fbgemm"] = {"error": "RuntimeError: no kernel"}
+    kernel, why = choose(measured)
+    assert kernel == FALLBACK and "fbgemm (RuntimeError: no kernel)" in why
+
+
+def test_measure_reports_every_candidate_with_its_error():
+    q, scale = _int_weights(64, 128, 8)
+    rows = measure(q, scale, 8, ("fbgemm", "onednn"), torch.float32)
+    assert set(rows) == {FALLBACK, "fbgemm", "onednn"}
+    assert rows[FALLBACK]["gflops"] > 0 and rows[FALLBACK]["max_rel_err"] < MAX_REL_ERR
+    assert rows["fbgemm"]["max_rel_err"] < MAX_REL_ERR
+
+
+def test_a_float_model_has_nothing_to_convert(tiny_teacher):
+    model, *_ = tiny_teacher
+    assert convert_quantized(model, "bf16") is None
+
+
+def test_an_unknown_kernel_for_the_format_is_refused(tiny_quantized):
+    model, *_ = load_checkpoint(tiny_quantized["int4"], compute=True)
+    with pytest.raises(ValueError, match="kernel 'fbgemm' cannot run int4"):
+        convert_quantized(model, "int4", "fbgemm")
+
+
+def _scores(path, requests, kernel: str) -> tuple[list[np.ndarray], object]:
+    model, tok, task, info = load_checkpoint(path, compute=True)
+    choice = convert_quantized(model, info.format, kernel)
+    scorer = TorchScorer(model, tok, task)
+    return [scorer.score(q, items) for q, items in requests], choice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, kernel", [("int8", "fbgemm"), ("int8", "onednn"),
+                                         ("int4", "int4pack"), ("int8", "auto"), ("int4", "auto")])  # fmt: skip
+def test_integer_kernels_score_like_the_dequantized_path(tiny_quantized, tiny_demo, fmt, kernel):
+    """Every kernel that passes the accuracy gate here scores within the engines' tolerance of
+    the dequantized path (which emulates the activation rounding); one that fails the gate is
+    never chosen by auto."""
+    from ranking.dataset import requests_from_split
+    from tests.test_parity import SCORE_TOL
+
+    requests = [(q, (i * 2)[:12]) for q, i in requests_from_split(tiny_demo / "data", "test", 3)]
+    ref, _ = _scores(tiny_quantized[fmt], requests, FALLBACK)
+    model, _, _, info = load_checkpoint(tiny_quantized[fmt], compute=True)
+    probe = convert_quantized(model, fmt, "auto")
+    row = probe.measured.get(kernel, {})
+    if "error" in row:
+        pytest.skip(f"{kernel} does not run here: {row['error']}")
+    if kernel != "auto" and row["max_rel_err"] > MAX_REL_ERR:
+        assert probe.kernel != kernel  # the gate keeps a saturating kernel out
+        pytest.skip(f"{kernel} fails the accuracy gate here ({row['max_rel_err']:.2f})")
+    got, choice = _scores(tiny_quantized[fmt], requests, kernel)
+    assert choice.kernel == kernel or kernel == "auto"
+    for a, b in zip(ref, got, strict=True):
+        assert np.abs(a - b).max() < SCORE_TOL, (fmt, kernel, choice.kernel, a, b)
