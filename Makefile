@@ -33,7 +33,7 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-ENGINE ?= torch
+ENGINE ?= auto
 PORT   ?= 8000
 serve: demo
 	$(PY) -m server --model $(DEMO)/teacher --engine $(ENGINE) --port $(PORT)

@@ -142,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument("--sweep-duration", type=_positive(float), default=10.0, help="s per rate")
     cmp_.add_argument("--no-sweep", action="store_true", help="skip the per-row sweep")
+    cmp_.add_argument(
+        "--engine-table",
+        nargs="?",
+        const="server/engines/engine_table.json",
+        help="add the server rows to the table --engine auto reads [%(const)s]",
+    )
     _workload_args(cmp_)
 
     from loadtest.chaos import SCENARIOS
@@ -308,6 +314,11 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     print("\n" + format_compare(rep))
     _write(rep, args.json)
+    if args.engine_table:
+        from server.engines.choice import rows_from_compare, update_table
+
+        update_table(rows_from_compare(rep), Path(args.engine_table))
+        print(f"engine table: {args.engine_table}")
     if args.json is None:
         print(json.dumps({"results": rep["results"]}, indent=2))
     return 0 if all(not r.get("error") for r in rep["results"]) else 1

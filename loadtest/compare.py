@@ -26,6 +26,7 @@ holds p99 <= SLO.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import secrets
 import subprocess
@@ -56,6 +57,7 @@ from loadtest.sweep import sweep
 from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
 from ranking.precision import machine
+from server.engines.choice import machine_class
 from server.process import REPO, ServerProcess
 
 ENGINES = (
@@ -148,7 +150,9 @@ def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, s
     key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
     env = {"SLIMRANK_API_KEYS": key}
     with ServerProcess(Path(model), engine.removeprefix("server-"), logs, env) as srv:
-        return _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
+        row = _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
+        card = httpx.get(f"{srv.url}/v1/models", headers=promscrape.auth_headers(key)).json()
+        return row | {"kernel": card["data"][0].get("kernel", "")}
 
 
 def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
@@ -243,6 +247,8 @@ def compare(
         "logs": str(logs),
         "useful_work": work,
         "machine": machine(),
+        "machine_class": machine_class(),
+        "date": datetime.date.today().isoformat(),
         "results": results,
     }
 

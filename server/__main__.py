@@ -55,7 +55,9 @@ def preflight(settings: ServerSettings) -> None:
     from ranking.manifest import ManifestMissing, verify_manifest
     from server.engines import check_supported
 
-    check_supported(settings.model, settings.engine)
+    choice = settings.resolved_engine()
+    check_supported(settings.model, choice.engine)
+    log.info("engine %s: %s", choice.engine, choice.why)
     if settings.verify_checkpoint:
         try:
             verify_manifest(settings.model)

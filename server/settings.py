@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.engines.base import ModelSpec, TorchOptions, VllmOptions
+from server.engines.choice import EngineChoice, choose_engine
 
 
 class ServerSettings(BaseSettings):
@@ -17,7 +18,11 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLIMRANK_", extra="ignore")
 
     model: str = Field(default="artifacts/demo/teacher", description="checkpoint folder")
-    engine: Literal["vllm", "torch"] = Field(default="torch", description="scoring engine")
+    engine: Literal["auto", "torch", "vllm"] = Field(
+        default="auto",
+        description="scoring engine; auto: the one measured fastest for the checkpoint's format "
+        "on this kind of machine (server/engines/engine_table.json; torch where none is)",
+    )
     served_model_name: str | None = Field(
         default=None, description="name in responses (default: folder name)"
     )
@@ -32,6 +37,11 @@ class ServerSettings(BaseSettings):
         default="emulate",
         description="torch engine, FP8/INT8 checkpoints: emulate the per-token activation "
         "quantization (scores as with real kernels) or skip it (faster on CPU)",
+    )
+    torch_kernel: Literal["auto", "dequantized", "fbgemm", "onednn", "int4pack"] = Field(
+        default="auto",
+        description="torch engine, INT8/INT4 checkpoints on CPU: the integer kernel; auto: the "
+        "fastest measured at load within the accuracy gate (ranking.quant_kernels)",
     )
     torch_fp8: bool = Field(
         default=False,
@@ -136,17 +146,24 @@ class ServerSettings(BaseSettings):
             return [value]
         return value
 
+    def resolved_engine(self) -> EngineChoice:
+        """The engine that serves, and why (``--engine auto`` reads the measured table)."""
+        if self.engine != "auto":
+            return EngineChoice(self.engine, "--engine " + self.engine)
+        return choose_engine(self.model)
+
     def model_spec(self) -> ModelSpec:
         """The one model these settings serve, as its engine is built from it. The torch
         scorer's forward chunk is the scheduler's batch budget: a batch is one forward."""
         return ModelSpec(
             path=self.model,
             name=self.served_model_name or Path(self.model).resolve().name,
-            engine=self.engine,
+            engine=self.resolved_engine().engine,
             dtype=self.dtype,
             torch=TorchOptions(
                 activation_quant=self.torch_activation_quant,
                 fp8=self.torch_fp8,
+                kernel=self.torch_kernel,
                 chunk_tokens=self.max_batch_tokens,
             ),
             vllm=VllmOptions(
