@@ -98,11 +98,12 @@ def profile_checkpoint(
     repeats: int = 3,
 ) -> dict:
     """Shares of scoring time per module type for one checkpoint on the standard workload."""
-    from ranking.checkpoint import load_checkpoint
+    from ranking.quant_kernels import load_for_scoring
     from ranking.scorer import TorchScorer
     from ranking.synthetic import BenchmarkConfig, standard_workload
 
-    model, tok, task, info = load_checkpoint(path, dtype=dtype, compute=True)
+    loaded = load_for_scoring(path, dtype)
+    model, tok, task, info = loaded.model, loaded.tokenizer, loaded.task, loaded.info
     scorer = TorchScorer(model, tok, task)
     query, items = standard_workload(BenchmarkConfig(), tok, task, query_tokens, n_items)
     request = scorer.encode(query, items)
@@ -112,6 +113,7 @@ def profile_checkpoint(
         "model": str(info.path),
         "format": info.format,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "kernel": loaded.kernel,
         "threads": torch.get_num_threads(),
         "workload": {"query_tokens": len(task.encode_query(tok, query)), "items": len(items)},
         "seconds_per_request": total,

@@ -7,8 +7,9 @@ table and ``report.png`` plots AUC against bytes and against items/s.
 Quality metrics are cached per stage (they depend only on the checkpoint). Throughput is always
 measured afresh, for every stage in one run, so the items/s ratios compare like with like.
 items/s uses the torch engine (``TorchScorer``, what ``--engine torch`` serves) on the standard
-workload: quantized checkpoints are dequantized there, so on CPU they run at bf16 speed; their
-gain is bytes (and speed on a GPU engine with FP8/INT8 kernels).
+workload, with the kernel that engine picks on this machine (``ranking.quant_kernels``: INT8 and
+INT4 on integer kernels where one measures faster, dequantized otherwise; FP8 dequantized on a
+CPU); the table names the kernel of each row.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from compression.layout import STAGE_FILE, stage_dir
 from compression.profile import profile_markdown, profile_stages
 from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
-from ranking.checkpoint import checkpoint_bytes, load_checkpoint
+from ranking.checkpoint import checkpoint_bytes
 from ranking.datafolder import split_path
 from ranking.evaluation import evaluate_checkpoint
 from ranking.fingerprint import content_hash
+from ranking.quant_kernels import load_for_scoring
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
 
@@ -61,11 +63,12 @@ def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
     return metrics, scores
 
 
-def items_per_second(ckpt: Path, requests: int = 6) -> float:
+def items_per_second(ckpt: Path, requests: int = 6) -> tuple[float, str]:
     """Torch-engine throughput on the standard workload (250-token query, 50 items), one
-    request at a time after a warm-up; median over ``requests``."""
-    model, tok, task, _ = load_checkpoint(ckpt, compute=True)
-    scorer = TorchScorer(model, tok, task)
+    request at a time after a warm-up; median over ``requests``; and the kernel it ran on."""
+    loaded = load_for_scoring(ckpt)
+    scorer = TorchScorer(loaded.model, loaded.tokenizer, loaded.task)
+    tok, task = loaded.tokenizer, loaded.task
     query, items = standard_workload(BenchmarkConfig(), tok, task)
     encoded = [scorer.encode(query, items)]
     scorer.score_ids(encoded)  # warm-up
@@ -74,7 +77,7 @@ def items_per_second(ckpt: Path, requests: int = 6) -> float:
         t = time.perf_counter()
         scorer.score_ids(encoded)
         rates.append(len(items) / (time.perf_counter() - t))
-    return statistics.median(rates)
+    return statistics.median(rates), loaded.kernel
 
 
 def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
@@ -121,7 +124,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     if recipe.evaluation.get("throughput", True):
         n = int(recipe.evaluation.get("throughput_requests", 6))
         for r in tqdm(rows, desc="report: items/s", unit="stage"):
-            r["items_per_s"] = items_per_second(Path(r["path"]), n)
+            r["items_per_s"], r["kernel"] = items_per_second(Path(r["path"]), n)
         profile_stages(rows)
     for r in rows:
         # fidelity: how far each stage's scores moved from its input's (and the teacher's)
@@ -251,14 +254,14 @@ def markdown(report: dict) -> str:
         + (f"; Bayes-optimal AUC {report['bayes_auc']:.4f})" if report["bayes_auc"] else ")"),
         "",
         "| stage | format | AUC | ΔAUC | log loss | mean \\|Δscore\\| vs input | params | bytes "
-        "| × smaller | items/s | × speed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| × smaller | items/s | kernel | × speed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     b = report.get("baseline")
     if b and not b["stale"]:
         lines.append(
             f"| baseline ({b['model']}) | - | {_auc(b)} | {b['auc_delta_vs_teacher']:+.4f} | "
-            f"{b['logloss']:.4f} | - | - | - | - | - | - |"
+            f"{b['logloss']:.4f} | - | - | - | - | - | - | - |"
         )
     for r in report["stages"]:
         if r["ablation"]:
@@ -371,7 +374,7 @@ def _row(r: dict) -> str:
     return (
         f"| {r['name']} | {r['format']} | {_auc(r)} | {r['auc_delta']:+.4f} | "
         f"{r['logloss']:.4f} | {_num(r.get('score_mad_vs_input'))} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
-        f"{r['bytes_ratio']:.1f} | {ips} | {spd} |"
+        f"{r['bytes_ratio']:.1f} | {ips} | {r.get('kernel', '-')} | {spd} |"
     )
 
 

@@ -126,11 +126,18 @@ def _sweep(
                 "items_per_s": p["items_per_s"],
                 "p99_ms": p["latency_ms"]["p99"],
                 "goodput": p["slo"]["goodput"],
+                "refused_share": _refused(p),
             }
             for p in rep["points"]
         ],
         "stopped_early": rep["stopped_early"],
     }
+
+
+def _refused(point: dict) -> float:
+    """Share of a sweep point's requests refused with 429 (admission control)."""
+    refused = sum(n for kind, n in point["errors"].items() if kind.startswith("http_429"))
+    return refused / max(1, point["requests"]["scheduled"])
 
 
 def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics, key=None) -> dict:

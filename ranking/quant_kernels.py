@@ -302,3 +302,39 @@ def convert_quantized(
         for parent, name, module in swaps:
             setattr(parent, name, module)
     return KernelChoice(fmt, chosen, len(targets), why, measured, probe)
+
+
+@dataclass
+class ScoringModel:
+    """A checkpoint loaded to score: the model on its fastest measured kernel, and which."""
+
+    model: nn.Module
+    tokenizer: object
+    task: object  # ranking.task.RankingTask
+    info: object  # ranking.checkpoint.CheckpointInfo
+    kernel: str  # "fp32", "int8 fbgemm", "int4 dequantized to fp32", ...
+    kernel_reason: str
+
+
+def load_for_scoring(
+    path,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    kernel: str = "auto",
+    emulate_activation_quant: bool = True,
+) -> ScoringModel:
+    """``ranking.checkpoint.load_checkpoint`` in the compute dtype, then INT8 / INT4 layers on
+    the integer kernel ``kernel`` names (``convert_quantized``): what the torch engine serves,
+    and what the compression report and profile measure."""
+    from ranking.checkpoint import load_checkpoint
+
+    model, tok, task, info = load_checkpoint(
+        path, dtype, device, emulate_activation_quant=emulate_activation_quant, compute=True
+    )
+    float_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    name, reason = float_dtype, f"{info.format} checkpoint computed in {float_dtype}"
+    if info.format in ("int8", "int4"):
+        choice = convert_quantized(model, info.format, kernel)
+        if choice is not None:
+            name, reason = choice.label(float_dtype), choice.why
+    return ScoringModel(model, tok, task, info, name, reason)

@@ -84,6 +84,7 @@ def test_a_float_model_has_nothing_to_convert(tiny_teacher):
     assert convert_quantized(model, "bf16") is None
 
 
+@pytest.mark.slow
 def test_an_unknown_kernel_for_the_format_is_refused(tiny_quantized):
     model, *_ = load_checkpoint(tiny_quantized["int4"], compute=True)
     with pytest.raises(ValueError, match="kernel 'fbgemm' cannot run int4"):
@@ -121,3 +122,19 @@ def test_integer_kernels_score_like_the_dequantized_path(tiny_quantized, tiny_de
     assert choice.kernel == kernel or kernel == "auto"
     for a, b in zip(ref, got, strict=True):
         assert np.abs(a - b).max() < SCORE_TOL, (fmt, kernel, choice.kernel, a, b)
+
+
+@pytest.mark.slow
+def test_the_server_names_its_kernel_in_the_log_and_models(tiny_quantized, tmp_path):
+    import httpx
+
+    from tests.serving import ServerProcess
+
+    with ServerProcess(tiny_quantized["int8"], "auto", tmp_path) as srv:
+        card = httpx.get(srv.url + "/v1/models").json()["data"][0]
+        r = httpx.post(srv.url + "/v1/rank", json={"query": "a b", "items": ["c", "d"]})
+        log = srv.logs()
+    assert r.status_code == 200, r.text
+    assert card["engine"] == "torch" and card["format"] == "int8"
+    assert card["kernel"].startswith("int8 ") and "GFLOP/s" in card["kernel_reason"]
+    assert f"kernel={card['kernel']}" in log and "engine torch:" in log

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ranking.checkpoint import DTYPES, load_checkpoint
-from ranking.quant_kernels import convert_quantized
+from ranking.checkpoint import DTYPES
+from ranking.quant_kernels import load_for_scoring
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
 from server.engines.base import Engine, LoadedModel, ModelSpec
@@ -33,24 +33,20 @@ class TorchEngine(Engine):
     def _load(self) -> LoadedModel:
         spec, opts = self.spec, self.spec.torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tok, task, info = load_checkpoint(
+        loaded = load_for_scoring(
             spec.path,
-            dtype=DTYPES[spec.dtype],
-            device=device,
+            DTYPES[spec.dtype],
+            device,
+            opts.kernel,
             emulate_activation_quant=opts.activation_quant == "emulate",
-            compute=True,
         )
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        kernel, reason = dtype, f"{info.format} checkpoint computed in {dtype}"
+        model, tok, task, info = loaded.model, loaded.tokenizer, loaded.task, loaded.info
+        kernel, reason = loaded.kernel, loaded.kernel_reason
         if opts.fp8:
             from ranking.fp8_linear import convert_to_fp8
 
             convert_to_fp8(model)  # a clear error on a non-CUDA device
             kernel, reason = "fp8 _scaled_mm", "--torch-fp8"
-        elif info.format in ("int8", "int4"):
-            choice = convert_quantized(model, info.format, opts.kernel)
-            if choice is not None:
-                kernel, reason = choice.label(dtype), choice.why
         self.scorer = TorchScorer(model, tok, task, max_chunk_tokens=opts.chunk_tokens)
         return LoadedModel(
             info=info,
