@@ -5,11 +5,11 @@ Rows, each at one linear layer's shape (tokens x in x out) of the standard reque
 query and 50 items of ~30 tokens: ~1,750 tokens):
 - ``fp32`` / ``bf16``: ``F.linear`` (bf16 is emulated where oneDNN has no bf16 kernel);
 - ``int8 torch._int_mm``: int8 x int8 -> int32 (activation quantization not included);
-- ``int8 fbgemm dynamic``: ``torch.ao`` dynamic quantized linear (per-tensor activations,
-  7-bit on CPUs without VNNI; deprecated API);
-- ``int8 vLLM oneDNN W8A8``: the kernel vLLM-CPU runs for compressed-tensors W8A8 (per-channel
-  weights, dynamic per-token activations), called through ``vllm._custom_ops``;
-- ``int4 torch int4pack``: ``aten._weight_int4pack_mm_for_cpu`` (W4A16, groups of 64).
+- the torch engine's integer kernels (``ranking.quant_kernels``, the modules it serves with):
+  ``int8 fbgemm per-token`` (fbgemm's int8 product, activations scaled per token, 7-bit on
+  CPUs without VNNI), ``int8 vLLM oneDNN W8A8`` (the kernel vLLM-CPU runs for compressed-
+  tensors W8A8, per-token int8 activations), ``int4 torch int4pack`` (W4A16, groups of 64);
+  each includes its activation quantization.
 Each row: GFLOP/s (2 m k n / time, median of repeats), its ratio to fp32, and its error against
 the exact product of the same quantized operands (max and mean |diff| relative to the mean
 |output|): a fast kernel that saturates (AVX2's 16-bit int8 multiply-add) shows here.
@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ranking.precision import machine
+from ranking.quant_kernels import KERNELS
 
 # (tokens, in, out) of the demo teacher's and the bf16 student's largest products
 SHAPES = {
@@ -81,52 +81,31 @@ def kernels(m: int, k: int, n: int) -> dict[str, tuple[Callable, Callable | None
         lambda: _error(torch._int_mm(ai8, wi8).double(), a_q.double() @ w_q.double().t()),
     )
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lin = torch.nn.Linear(k, n, bias=False)
-        lin.weight.data = w.clone()
-        dyn = torch.ao.quantization.quantize_dynamic(
-            torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8
-        )
-    out["int8 fbgemm dynamic"] = (lambda: dyn(a), lambda: _error(dyn(a), F.linear(a, w)))
-
-    try:
-        from vllm import _custom_ops as ops
-        from vllm.platforms import current_platform
-
-        current_platform.import_kernels()
-        # the handler keeps pointers into these two tensors: they must outlive it
-        w_i8, w_s = w_q.to(torch.int8), w_scale.clone()
-        handler = ops.create_onednn_scaled_mm(w_i8.t(), w_s, torch.float32, True, False, 32)
-
-        def onednn() -> torch.Tensor:
-            x_q, x_s, _ = ops.onednn_scaled_int8_quant(a, None, None, True)
-            y = torch.empty((m, n), dtype=torch.float32)
-            ops.onednn_scaled_mm(handler, x_q, y, x_s, None, None, None)
-            return y
-
-        onednn.keep_alive = (w_i8, w_s)  # type: ignore[attr-defined]
-
-        out["int8 vLLM oneDNN W8A8"] = (onednn, lambda: _error(onednn(), exact_w8a8))
-    except Exception as exc:  # noqa: BLE001 - a row that says why it is missing
-        out["int8 vLLM oneDNN W8A8"] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
-
+    # the torch engine's own kernel modules (ranking.quant_kernels), built from the same ints
+    engine_rows = {
+        "int8 fbgemm per-token": ("fbgemm", w_q.to(torch.int8), w_scale, exact_w8a8),
+        "int8 vLLM oneDNN W8A8": ("onednn", w_q.to(torch.int8), w_scale, exact_w8a8),
+    }
     group = 64
     w4_scale = w.view(n, k // group, group).abs().amax(dim=2, keepdim=True) / 7
     w4 = (w.view(n, k // group, group) / w4_scale).round().clamp(-8, 7)
-    try:
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((w4 + 8).view(n, k).int(), 1)
-        # scales and zeros per (group, out), tinygemm's convention: value = (q - 8) * s + z
-        scales = w4_scale.view(n, -1).t()
-        sz = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()
-        exact_w4 = a @ (w4 * w4_scale).view(n, k).t()
-
-        def int4() -> torch.Tensor:
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, group, sz)
-
-        out["int4 torch int4pack"] = (int4, lambda: _error(int4(), exact_w4))
-    except Exception as exc:  # noqa: BLE001
-        out["int4 torch int4pack"] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
+    exact_w4 = a @ (w4 * w4_scale).view(n, k).t()
+    engine_rows["int4 torch int4pack"] = (
+        "int4pack",
+        w4.view(n, k).to(torch.int8),
+        w4_scale.view(n, -1),
+        exact_w4,
+    )
+    for row, (kernel, q, scale, exact) in engine_rows.items():
+        try:
+            layer = KERNELS[kernel](q, scale, None)
+        except Exception as exc:  # noqa: BLE001 - a row that says why it is missing
+            out[row] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
+            continue
+        out[row] = (
+            lambda layer=layer: layer(a),
+            lambda layer=layer, exact=exact: _error(layer(a), exact),
+        )
     return out
 
 

@@ -90,12 +90,37 @@ def module_seconds(model, run: Callable[[], object], repeats: int = 3) -> dict[s
     return {"total": total / repeats, **{k: v / repeats for k, v in spent.items()}}
 
 
+def operator_seconds(run: Callable[[], object], repeats: int, top: int) -> list[dict]:
+    """The ``top`` torch operators by self CPU time per call of ``run`` (``torch.profiler``):
+    where the time goes below the modules, and how many operator launches a request costs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()  # warm-up, unprofiled
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return [
+        {
+            "operator": e.key,
+            "ms_per_request": e.self_cpu_time_total / 1e3 / repeats,
+            "calls_per_request": e.count / repeats,
+            "share": e.self_cpu_time_total / total if total else 0.0,
+        }
+        for e in rows
+    ] + [{"operator": "(all)", "ms_per_request": total / 1e3 / repeats,
+          "calls_per_request": sum(e.count for e in events) / repeats, "share": 1.0}]  # fmt: skip
+
+
 def profile_checkpoint(
     path: str | Path,
     dtype: torch.dtype | None = None,
     query_tokens: int = 250,
     n_items: int = 50,
     repeats: int = 3,
+    operators: int = 0,
 ) -> dict:
     """Shares of scoring time per module type for one checkpoint on the standard workload."""
     from ranking.quant_kernels import load_for_scoring
@@ -109,7 +134,9 @@ def profile_checkpoint(
     request = scorer.encode(query, items)
     seconds = module_seconds(model, lambda: scorer.score_ids([request]), repeats)
     total = seconds["total"]
+    run = lambda: scorer.score_ids([request])  # noqa: E731
     return {
+        "operators": operator_seconds(run, repeats, operators) if operators else [],
         "model": str(info.path),
         "format": info.format,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -170,6 +197,15 @@ def format_profile(result: dict) -> str:
         if kind == "attention":
             extra = f"  (q/k/v/o projections {result['attention_projections_share']:.1%})"
         lines.append(f"  {kind:<11}{share:>7.1%}{extra}")
+    if result.get("operators"):
+        lines.append(
+            f"  {'operator (self CPU time)':<44}{'ms/request':>11}{'calls':>8}{'share':>8}"
+        )
+        for o in result["operators"]:
+            lines.append(
+                f"  {o['operator'][:43]:<44}{o['ms_per_request']:>11.2f}"
+                f"{o['calls_per_request']:>8.0f}{o['share']:>8.1%}"
+            )
     return "\n".join(lines)
 
 
@@ -180,7 +216,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     try:
-        result = profile_checkpoint(args.model, dtype, args.query_tokens, args.items, args.repeats)
+        result = profile_checkpoint(
+            args.model, dtype, args.query_tokens, args.items, args.repeats, args.operators
+        )
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -201,5 +239,6 @@ def add_profile_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--query-tokens", type=int, default=250)
     p.add_argument("--items", type=int, default=50)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--operators", type=int, default=0, help="also list the top N torch operators")
     p.set_defaults(fn=cmd_profile)
     return p
