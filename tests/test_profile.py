@@ -89,3 +89,18 @@ def test_report_hook_profiles_each_stage(tiny_checkpoint):
     assert sum(line.startswith("| teacher |") or line.startswith("| student |") for line in md) == 2
     assert all(k in md[3] for k in MODULE_TYPES)
     assert profile_markdown([{"name": "x"}]) == []
+
+
+def test_cli_profile_lists_the_top_operators(tiny_checkpoint, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_profile_parser(parser.add_subparsers())
+    out = tmp_path / "profile.json"
+    args = parser.parse_args(["profile", "--model", str(tiny_checkpoint), "--json", str(out),
+                              "--items", "8", "--operators", "5", "--repeats", "1"])  # fmt: skip
+    assert args.fn(args) == 0
+    ops = json.loads(out.read_text())["operators"]
+    assert len(ops) == 6 and ops[-1]["operator"] == "(all)"
+    assert any(o["operator"] in ("aten::mm", "aten::addmm", "aten::linear") for o in ops[:-1])
+    assert sum(o["share"] for o in ops[:-1]) <= 1.0 + 1e-9
+    assert ops[-1]["calls_per_request"] > 50  # every layer launches dozens of operators
+    assert "self CPU time" in capsys.readouterr().out
