@@ -163,6 +163,9 @@ def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, s
 
 
 def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
+    from server.engines import check_supported
+
+    check_supported(model, "vllm")  # INT4 on AVX2, FP8 on a CPU: an error row, not a hang
     bodies = scoring_bodies(model, pool.pairs)
     longest_q = max(len(b["query"]) for b in bodies)
     longest_i = max(len(x) for b in bodies for x in b["items"])

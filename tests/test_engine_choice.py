@@ -73,3 +73,12 @@ def test_settings_resolve_auto_to_a_concrete_engine(tiny_demo):
     s = ServerSettings(model=str(tiny_demo / "teacher"))
     assert s.engine == "auto" and s.model_spec().engine in ("torch", "vllm")
     assert ServerSettings(model="x", engine="vllm").model_spec().engine == "vllm"
+
+
+def test_failed_rows_are_left_out_of_the_table(tiny_demo):
+    teacher = str(tiny_demo / "teacher")
+    rep = {"machine_class": "cpu-x", "date": "2026-02-02", "machine": {"cpu": "C"},
+           "results": [{"model": teacher, "engine": "server-torch", "items_per_s": 10.0},
+                       {"model": teacher, "engine": "server-vllm", "items_per_s": None,
+                        "error": "vLLM runs INT4 checkpoints only on ..."}]}  # fmt: skip
+    assert rows_from_compare(rep)[0]["items_per_s"] == {"torch": 10.0}

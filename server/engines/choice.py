@@ -93,8 +93,8 @@ def rows_from_compare(result: dict) -> list[dict]:
     items/s."""
     rows: dict[str, dict] = {}
     for r in result["results"]:
-        if not r["engine"].startswith("server-"):
-            continue
+        if not r["engine"].startswith("server-") or not r.get("items_per_s"):
+            continue  # the peer, baselines, and rows that failed (INT4 with vLLM on AVX2)
         fmt = inspect_checkpoint(r["model"]).format
         row = rows.setdefault(
             r["model"],
