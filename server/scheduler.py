@@ -1,14 +1,14 @@
 """Admission control and dynamic batching in front of an engine.
 
-- Admission by expected queue wait: a request is admitted only if its batch is expected to
-  start within ``max_queue_wait``, at the measured service rate (computed tokens per second, a
-  moving average over batches): after the rest of the running batch and the queued work that
-  cannot share its batch. Its own service time is not counted against the budget (it is the
-  other part of the latency, whatever the queue), nor is queued work that fits beside it in
-  one batch (it runs with it, not before it). Otherwise it is refused at once (``Overloaded``
-  -> HTTP 429 with Retry-After), so overload costs the client a retry, not every client a
-  growing latency. An item count is the hard cap (alone until a rate is measured), and a
-  request finding nothing queued is always admitted (progress).
+- Admission by expected latency: a request is admitted only if its scores are expected within
+  ``max_latency``, at the measured service rate (computed tokens per second, a moving average
+  over batches, so it includes what batching gains): the rest of the running batch, the queued
+  work ahead of it and its own. On a CPU a batch's time grows with its tokens, so work that
+  shares its batch counts too. A request the server could only answer late is refused at once
+  (``Overloaded`` -> HTTP 429 with Retry-After): overload costs the client a retry, not every
+  admitted client a growing latency, and the admitted ones stay within the SLO. An item count
+  is the hard cap (alone until a rate is measured), and a request finding nothing queued is
+  always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
   reach ``max_batch_tokens``, waiting at most ``max_wait`` (default 0) for company after the
   first arrives.
@@ -63,14 +63,14 @@ class Scheduler:
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_items: int,
-        max_queue_wait_s: float = math.inf,
+        max_latency_s: float = math.inf,
     ):
         self.engine = engine
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
-        self.max_queue_wait_s = max_queue_wait_s
+        self.max_latency_s = max_latency_s
         self._queue: deque[_Entry] = deque()
         self._queued_items = 0
         self._queued_tokens = 0
@@ -108,21 +108,17 @@ class Scheduler:
             self._abandon(entry)
             raise
 
-    def expected_queue_wait_s(self, tokens: int = 0) -> float:
-        """Seconds until a request of ``tokens`` computed tokens, queued now, starts its batch,
-        at the measured rate: the rest of the running batch, then the queued tokens that do not
-        fit beside it in one batch of ``max_batch_tokens`` (a fluid estimate of the batches the
-        worker forms in arrival order). 0 before any rate is measured."""
+    def expected_latency_s(self, tokens: int = 0) -> float:
+        """Seconds until a request of ``tokens`` computed tokens, queued now, has its scores, at
+        the measured rate: the rest of the running batch, then the queued tokens (the batches
+        run in arrival order) and its own (a fluid estimate). 0 before any rate is measured."""
         if not self.tokens_per_s:
             return 0.0
         running_left = 0.0
         if self._running_tokens:
             elapsed = time.perf_counter() - self._running_since
             running_left = max(0.0, self._running_tokens / self.tokens_per_s - elapsed)
-        ahead = 0
-        if self._queued_tokens:
-            ahead = max(0, self._queued_tokens + tokens - self.max_batch_tokens)
-        return running_left + ahead / self.tokens_per_s
+        return running_left + (self._queued_tokens + tokens) / self.tokens_per_s
 
     def _admit(self, request: EncodedRequest) -> None:
         n = request.n_items
@@ -134,12 +130,12 @@ class Scheduler:
             )
         if not self._queue:
             return  # nothing waits ahead: always admitted, or a large request never would be
-        expected = self.expected_queue_wait_s(request.computed_tokens)
-        if expected > self.max_queue_wait_s:
+        expected = self.expected_latency_s(request.computed_tokens)
+        if expected > self.max_latency_s:
             raise Overloaded(
-                max(1, math.ceil(expected - self.max_queue_wait_s)),
-                f"server overloaded: expected queue wait {expected * 1000:.0f} ms exceeds "
-                f"max_queue_wait_ms={self.max_queue_wait_s * 1000:g}",
+                max(1, math.ceil(expected - self.max_latency_s)),
+                f"server overloaded: expected latency {expected * 1000:.0f} ms exceeds "
+                f"max_expected_latency_ms={self.max_latency_s * 1000:g}",
             )
 
     def _abandon(self, entry: _Entry) -> None:

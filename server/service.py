@@ -56,7 +56,7 @@ class RankingService:
             settings.max_batch_tokens,
             settings.max_wait_ms / 1000,
             settings.max_queue_items,
-            settings.max_queue_wait_ms / 1000,
+            settings.max_expected_latency_ms / 1000,
         )
         self.name = engine.spec.name  # the model name requests and responses use
         self.model: LoadedModel | None = None  # set once the engine has loaded it

@@ -67,13 +67,12 @@ class ServerSettings(BaseSettings):
     max_queue_items: int = Field(
         default=2048, ge=1, description="hard cap on items waiting (alone until a rate is measured)"
     )
-    max_queue_wait_ms: float = Field(
-        default=250.0,
+    max_expected_latency_ms: float = Field(
+        default=400.0,
         gt=0,
-        description="admit a request only if its batch is expected to start within this "
-        "(from the measured token rate and the queued work that cannot share its batch); "
-        "beyond -> 429. Default: half a 500 ms p99 SLO, leaving the other half for its batch "
-        "and HTTP",
+        description="admit a request only if its scores are expected within this (the running "
+        "batch's rest, the queued work and its own, at the measured token rate); beyond -> 429. "
+        "Default: a 500 ms p99 SLO less 100 ms for HTTP, JSON and tokenization",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline -> 504")
 

@@ -197,7 +197,7 @@ def server(tiny_demo, tmp_path_factory):
         "torch",
         tmp_path_factory.mktemp("logs"),
         max_queue_items=64,
-        max_queue_wait_ms=60_000,
+        max_expected_latency_ms=60_000,
         api_key=KEY,
     ) as s:
         yield s

@@ -38,7 +38,7 @@ def server(tiny_demo, tmp_path_factory):
         max_body_bytes=65536,
         # a burst of 16 concurrent requests must all be admitted (batching is tested here,
         # admission by expected wait in test_scheduler.py and the chaos overload scenario)
-        max_queue_wait_ms=60_000,
+        max_expected_latency_ms=60_000,
     ) as s:
         yield s
 

@@ -56,7 +56,7 @@ def engine_fault(cfg: ChaosConfig) -> Report:
     body = {"query": QUERY, "items": ITEMS}
     rows = []
     # admission lifted: the engine-core kill below must find all its requests in flight
-    env = {"SLIMRANK_FAULT_BATCHES": str(fault_at), "SLIMRANK_MAX_QUEUE_WAIT_MS": "60000"}
+    env = {"SLIMRANK_FAULT_BATCHES": str(fault_at), "SLIMRANK_MAX_EXPECTED_LATENCY_MS": "60000"}
     with server(cfg, env) as srv:
         with httpx.Client(base_url=srv.url, timeout=REQUEST_TIMEOUT_S + 5, headers=AUTH) as c:
             for i in range(n):  # one at a time: each request is its own batch

@@ -89,7 +89,7 @@ def slow_clients(cfg: ChaosConfig) -> Report:
         "SLIMRANK_BODY_TIMEOUT_S": str(body_timeout),
         # admission is the overload scenario's subject: lifted here, every normal request is
         # admitted, so starvation shows in its latency instead of hiding behind a 429
-        "SLIMRANK_MAX_QUEUE_WAIT_MS": str(REQUEST_TIMEOUT_S * 1000),
+        "SLIMRANK_MAX_EXPECTED_LATENCY_MS": str(REQUEST_TIMEOUT_S * 1000),
     }
     slack = 2.0
     stop_s = header_timeout + body_timeout + 2 * slack
