@@ -24,6 +24,7 @@ measurement, for the server's log and ``/v1/models``.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
@@ -222,17 +223,14 @@ def measure(
     out: dict[str, dict] = {}
     for name in candidates:
         try:
-            runs[name] = KERNELS[name](q, scale, None)
+            runs[name] = functools.partial(KERNELS[name](q, scale, None), x)
         except Exception as exc:  # noqa: BLE001 - a kernel this build or CPU lacks
             out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     with torch.inference_mode():
         for name, run in runs.items():
             try:
-                y = run(x) if isinstance(run, nn.Module) else run()
-                err = float((y.double() - exact).abs().max() / mean)
-                seconds = _median_seconds(
-                    lambda run=run: run(x) if isinstance(run, nn.Module) else run()
-                )
+                err = float((run().double() - exact).abs().max() / mean)
+                seconds = _median_seconds(run)
             except Exception as exc:  # noqa: BLE001
                 out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 continue
