@@ -231,7 +231,10 @@ def train_teacher(
     data_dir, teacher_dir = Path(data_dir), Path(teacher_dir)
     distributed.init()
     if not (data_dir / "tokenizer").is_dir():
-        raise FileNotFoundError(f"no tokenizer/ in {data_dir}: the data builder trains one")
+        raise FileNotFoundError(
+            f"no tokenizer/ in {data_dir}: run `python -m compression data tokenizer "
+            f"{data_dir}` to train one"
+        )
     if key is None:
         key = {
             "model": asdict(shape),

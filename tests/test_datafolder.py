@@ -165,10 +165,11 @@ def test_query_id_in_two_splits_is_leakage(folder):
 
 
 def test_duplicate_pair_within_a_split(folder):
-    rows = _rows("validation")
-    rows.insert(6, dict(rows[1]))
+    rows = [{k: v for k, v in r.items() if k != "item_id"} for r in _rows("validation")]
+    rows.insert(6, dict(rows[1]))  # without item_id: keyed on the text
     _write_jsonl(folder / "validation.jsonl", rows)
-    _raises(folder, "validation.jsonl line 7", "duplicate (query_id, item)", "same as line 2")
+    _raises(folder, "validation.jsonl line 7", "'item'", "duplicate (query_id, item) pair",
+            "same as line 2")  # fmt: skip
 
 
 def test_one_query_id_one_query_text(folder):

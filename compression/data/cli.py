@@ -1,5 +1,6 @@
-"""``python -m compression data ...``: check a data folder against the contract, build one;
-and ``python -m compression baseline``, the non-LLM baseline on a data folder.
+"""``python -m compression data ...``: check a data folder against the contract, build one,
+train its tokenizer; and ``python -m compression baseline``, the non-LLM baseline on a data
+folder.
 
 Kept apart from ``compression/__main__.py`` so the data commands grow without touching the
 compression commands; ``add_data_commands`` registers them on the main parser.
@@ -10,6 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from ranking.task import RankingTask
+
+TOKENIZER_VOCAB = 2048  # the MovieLens builder's: enough for prompts of profile and titles
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -27,6 +37,68 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _train_texts(folder: Path) -> list[str]:
+    """The unique query and item texts of the train split, read in batches (what the builders
+    train their tokenizers on: ``ranking.synthetic.corpus``)."""
+    from ranking.datafolder import iter_rows
+
+    queries: set[str] = set()
+    items: set[str] = set()
+    for batch in iter_rows(folder, "train"):
+        queries.update(r["query"] for r in batch)
+        items.update(r["item"] for r in batch)
+    return sorted(queries) + sorted(items)
+
+
+def train_folder_tokenizer(
+    folder: str | Path, vocab_size: int = TOKENIZER_VOCAB, task: RankingTask | None = None
+) -> PreTrainedTokenizerFast:
+    """Trains a tokenizer on ``folder``'s train split, as the builders do, and writes it to
+    ``folder/tokenizer`` atomically. The task's label words and question are trained in
+    (``must_have``) and the label words checked to be single tokens: the scorer reads the
+    answer from one token. Raises ``DataError`` for a folder that breaks the contract,
+    ``TaskConfigError`` if the vocabulary is too small for the labels."""
+    from ranking.atomic import atomic_dir
+    from ranking.data_audit import check_folder
+    from ranking.task import RankingTask, TaskConfigError
+    from ranking.tokenizer import train_tokenizer
+
+    folder = Path(folder)
+    task = task or RankingTask()
+    check_folder(folder)  # a tokenizer for a folder that fails the contract would be wasted
+    tok = train_tokenizer(
+        _train_texts(folder), vocab_size, must_have=[task.yes, task.no, task.question]
+    )
+    try:
+        task.label_token_ids(tok)
+    except TaskConfigError as exc:
+        raise TaskConfigError(f"{exc} (--vocab-size {vocab_size}: use a larger one)") from None
+    with atomic_dir(folder / "tokenizer") as tmp:
+        tok.save_pretrained(tmp)
+    return tok
+
+
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from ranking.datafolder import DataError
+    from ranking.task import TaskConfigError
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        print(f"error: no data folder at {folder}", file=sys.stderr)
+        return 2
+    if (folder / "tokenizer").exists() and not args.force:
+        print(f"error: {folder / 'tokenizer'} already exists; --force replaces it",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        tok = train_folder_tokenizer(folder, args.vocab_size)
+    except (DataError, TaskConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[tokenizer] {folder / 'tokenizer'}: {len(tok):,} tokens, trained on the train split")
     return 0
 
 
@@ -61,8 +133,6 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from compression.baseline import BASELINE_FILE, run_baseline
     from ranking.datafolder import DataError
 
@@ -87,7 +157,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """Adds ``data {check,movielens}`` and ``baseline`` to the main parser's subcommands."""
+    """Adds ``data {check,tokenizer,movielens}`` and ``baseline`` to the main parser's subcommands."""
     data = sub.add_parser("data", help="check a data folder against the contract, or build one")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -96,6 +166,14 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tokenizer", help="tokenizer folder: adds text lengths in tokens")
     c.add_argument("--json", action="store_true", help="the summary as JSON")
     c.set_defaults(fn=_cmd_check)
+
+    t = data_sub.add_parser(
+        "tokenizer", help="train DIR/tokenizer on DIR's train split (as the builders do)"
+    )
+    t.add_argument("dir", help="a data folder (the contract)")
+    t.add_argument("--vocab-size", type=int, default=TOKENIZER_VOCAB, help="tokenizer vocabulary")
+    t.add_argument("--force", action="store_true", help="replace an existing DIR/tokenizer")
+    t.set_defaults(fn=_cmd_tokenizer)
 
     from compression.data.movielens import MovieLensConfig
 
