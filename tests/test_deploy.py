@@ -624,7 +624,7 @@ def test_k8s_ranker(rendered, overlay):
             assert s["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in s["tolerations"])
     else:
         assert ranker["image"].endswith(":cpu") and comp["image"].endswith(":cpu")
-        assert config["SLIMRANK_ENGINE"] == "torch"
+        assert config["SLIMRANK_ENGINE"] == "auto"
         assert gpu_limit is None and "nodeSelector" not in spec
 
 
