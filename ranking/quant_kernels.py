@@ -18,8 +18,9 @@ for modules that keep the checkpoint's integers and multiply them on integer ker
 Which one runs is measured, not assumed (machines of one kind differ several-fold): at load,
 each candidate runs the model's largest quantized layer at ``PROBE_TOKENS`` tokens; one whose
 product differs from the exact product of its quantized operands by more than ``MAX_REL_ERR``
-(saturation) is rejected; the fastest of the rest serves. ``KernelChoice`` carries the
-measurement, for the server's log and ``/v1/models``.
+(saturation) is rejected; the fastest of the rest serves, an integer kernel only if it beats
+the float layer by ``MIN_GAIN``. ``KernelChoice`` carries the measurement, for the server's
+log and ``/v1/models``.
 """
 
 from __future__ import annotations
@@ -267,9 +268,7 @@ def choose(measured: dict[str, dict]) -> tuple[str, str]:
     return best, why
 
 
-def convert_quantized(
-    model: nn.Module, fmt: str, kernel: str = "auto", dtype: torch.dtype = torch.float32
-) -> KernelChoice | None:
+def convert_quantized(model: nn.Module, fmt: str, kernel: str = "auto") -> KernelChoice | None:
     """Swaps the decoder's quantized linear layers for integer-kernel modules in place;
     ``kernel`` "auto" measures the candidates on this machine (``measure``, ``choose``),
     a kernel name forces it (an error if it cannot run), "dequantized" keeps the float layers.
