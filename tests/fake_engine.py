@@ -101,6 +101,8 @@ class FakeEngine(Engine):
             task=WordTask(self.has_instruction),
             label_ids=(YES_ID, NO_ID),
             vocab_size=VOCAB,
+            kernel="fake",
+            kernel_reason="a test double",
         )
 
     async def score(self, requests: list[EncodedRequest]) -> list[np.ndarray]:

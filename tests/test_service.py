@@ -134,6 +134,8 @@ async def test_models_health_ready(client):
         "owned_by": "slimrank",
         "format": "bf16",
         "engine": "fake",
+        "kernel": "fake",
+        "kernel_reason": "a test double",
         "parameters": 1234,
         "max_items": 64,
         "label_tokens": [" yes", " no"],
