@@ -56,13 +56,17 @@ def tiny_config(family: str, tokenizer):
     )
 
 
-def untrained_import(family: str, root: Path, preset: str = "qwen3-reranker") -> Path:
+def untrained_import(
+    family: str, root: Path, preset: str = "qwen3-reranker", seed: int = 0
+) -> Path:
     """A tiny untrained model of ``family`` (chat tokenizer) saved under ``root / "base"`` and
-    imported with ``preset`` into ``root / "imported"``: a base model to fine-tune."""
+    imported with ``preset`` into ``root / "imported"``: a base model to fine-tune. Seeded: its
+    random init does not depend on which tests ran before."""
     from transformers import AutoModelForCausalLM
 
     from compression.importer import import_model
 
+    torch.manual_seed(seed)
     base = root / "base"
     tok = chat_tokenizer()
     AutoModelForCausalLM.from_config(tiny_config(family, tok)).save_pretrained(base)
