@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ranking.precision import machine
-from ranking.quant_kernels import KERNELS
+from ranking.quant_kernels import KERNELS, median_seconds
 
 # (tokens, in, out) of the demo teacher's and the bf16 student's largest products
 SHAPES = {
@@ -43,13 +41,7 @@ SHAPES = {
 
 def _time(run: Callable[[], torch.Tensor], repeats: int) -> float:
     with torch.inference_mode():
-        run()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        return median_seconds(run, repeats)
 
 
 def _error(got: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:

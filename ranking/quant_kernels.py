@@ -201,10 +201,11 @@ def _exact(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bits: int) -> 
     return x.double() @ w.t()
 
 
-def _median_seconds(run: Callable[[], torch.Tensor]) -> float:
+def median_seconds(run: Callable[[], object], repeats: int = PROBE_REPEATS) -> float:
+    """Median wall time of ``run`` over ``repeats`` calls, after one untimed warm-up call."""
     run()
     times = []
-    for _ in range(PROBE_REPEATS):
+    for _ in range(repeats):
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
@@ -234,7 +235,7 @@ def measure(
         for name, run in runs.items():
             try:
                 err = float((run().double() - exact).abs().max() / mean)
-                seconds = _median_seconds(run)
+                seconds = median_seconds(run)
             except Exception as exc:  # noqa: BLE001
                 out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 continue

@@ -99,7 +99,8 @@ class VllmEngine(Engine):
         config = AutoConfig.from_pretrained(info.path)
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.llm = AsyncLLM.from_engine_args(self.engine_args(tokenizer))
+        args = self.engine_args(tokenizer)
+        self.llm = AsyncLLM.from_engine_args(args)
         return LoadedModel(
             info=replace(info, params=count_parameters(info.path)),
             tokenizer=tokenizer,
@@ -108,7 +109,7 @@ class VllmEngine(Engine):
             vocab_size=getattr(config.get_text_config(), "vocab_size", None),
             # the classifier head holds one row (yes - no): other label ids need the logprobs way
             any_label_ids=self.spec.vllm.scoring == "logprobs",
-            kernel=f"vllm {self.engine_args(tokenizer).dtype}",
+            kernel=f"vllm {args.dtype}",
             kernel_reason=f"{info.format} checkpoint on vLLM's own kernels",
         )
 
