@@ -1,4 +1,4 @@
-"""``python -m server --model DIR [--engine vllm|torch] [--host H] [--port P] ...``
+"""``python -m server --model DIR | --models FILE [--engine vllm|torch] [--port P] ...``
 
 Every flag is also an environment variable (``--max-items`` <-> ``SLIMRANK_MAX_ITEMS``); flags
 win. Cheap checks (checkpoint folder, format vs engine) run before the port opens, so a bad
@@ -50,19 +50,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def preflight(settings: ServerSettings) -> None:
     """Fails fast, before the port opens, on what can be known without loading weights: the
-    format against the engine, the checkpoint's manifest (a missing one is a warning), the key
-    file."""
+    models file, each version's format against its engine and its manifest (a missing one is
+    a warning), whether the versions fit in memory, the key file."""
     from ranking.manifest import ManifestMissing, verify_manifest
     from server.engines import check_supported
+    from server.memory import check_fits
 
-    choice = settings.resolved_engine()
-    check_supported(settings.model, choice.engine)
-    log.info("engine %s: %s", choice.engine, choice.why)
-    if settings.verify_checkpoint:
+    file = settings.models_file()
+    specs = []
+    for entry in file.models:
+        choice = settings.resolved_engine(entry)
         try:
-            verify_manifest(settings.model)
-        except ManifestMissing as exc:
-            log.warning("checkpoint not verified: %s", exc)
+            check_supported(entry.path, choice.engine)
+        except Exception as exc:
+            raise type(exc)(f"{entry.key}: {exc}") from None
+        log.info("%s: engine %s: %s", entry.key, choice.engine, choice.why)
+        if settings.verify_checkpoint:
+            try:
+                verify_manifest(entry.path)
+            except ManifestMissing as exc:
+                log.warning("%s: checkpoint not verified: %s", entry.key, exc)
+        specs.append((entry.key, settings.spec_for(entry)))
+    for line in check_fits(specs, settings.max_memory_gb):
+        log.info("memory estimate: %s", line)
     settings.accepted_keys()  # an unreadable key file fails here
     if settings.fault_batches:
         log.warning("fault injection on: engine batches %s will fail", settings.fault_batches)

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.admin import admin_router
 from server.engines import Engine, create_engine
 from server.errors import ERROR_RESPONSES, install_error_handlers
 from server.metrics import ServerMetrics
@@ -39,12 +40,18 @@ from server.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
+from server.model_set import EngineFactory, ModelSet
 from server.service import RankingService
 from server.settings import ServerSettings
 
 
 def _service(request: Request) -> RankingService:
     return request.app.state.service
+
+
+def _key(request: Request) -> str | None:
+    """The request's A/B routing key header (the body's ``user`` when absent)."""
+    return request.headers.get(request.app.state.settings.routing_key_header)
 
 
 async def _load(service: RankingService, exit_on_error: bool) -> None:
@@ -66,14 +73,29 @@ def _draining(app: FastAPI) -> bool:
     return service is not None and service.draining
 
 
-def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
-    """The app for ``settings``; ``engine`` replaces the one the settings name (tests)."""
+def engine_factory(settings: ServerSettings) -> EngineFactory:
+    """Builds each version's engine (with ``fault_batches``: wrapped to fail those batches)."""
+    return lambda spec: create_engine(spec, tuple(settings.fault_batches))
+
+
+def create_app(
+    settings: ServerSettings, engine: Engine | EngineFactory | None = None
+) -> FastAPI:
+    """The app for ``settings``. ``engine`` (tests): an engine for the one model, or a factory
+    making each version's engine from its spec."""
     metrics = ServerMetrics()
+    if engine is None:
+        factory = engine_factory(settings)
+    elif isinstance(engine, Engine):
+        factory = lambda spec: engine  # noqa: E731
+    else:
+        factory = engine
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        chosen = engine or create_engine(settings.model_spec(), tuple(settings.fault_batches))
-        service = RankingService(settings, chosen, metrics)
+        models = ModelSet(settings, metrics, factory)
+        models.configure(settings.models_file())
+        service = RankingService(settings, models, metrics)
         app.state.service = service
         service.start()
         loader = asyncio.create_task(_load(service, settings.exit_on_load_error))
@@ -106,7 +128,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     )
     async def rank(body: RankRequest, request: Request) -> RankResponse:
         """Native API: one query, N candidate items -> items sorted by score (best first)."""
-        return await cancel_on_disconnect(request, _service(request).rank(body))
+        return await cancel_on_disconnect(request, _service(request).rank(body, _key(request)))
 
     @app.post(
         "/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
@@ -117,25 +139,30 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         Query and items as text (templated) or token ids (used as given); any label ids (only
         those rows of the LM head are computed); ``apply_softmax=false`` (the default, as in
         SGLang): probabilities over the whole vocabulary, else over the asked ids."""
-        return await cancel_on_disconnect(request, _service(request).score(body))
+        return await cancel_on_disconnect(request, _service(request).score(body, _key(request)))
 
     @app.post(
         "/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
     )
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         """Cohere v1 / Jina / vLLM-compatible rerank."""
-        return await cancel_on_disconnect(request, _service(request).rerank(body))
+        return await cancel_on_disconnect(request, _service(request).rerank(body, _key(request)))
 
     @app.post(
         "/v2/rerank", response_model=RerankV2Response, responses=ERROR_RESPONSES, tags=[SCORING_TAG]
     )
     async def rerank_v2(body: RerankV2Request, request: Request) -> RerankV2Response:
         """Cohere v2 (``cohere.ClientV2``) / vLLM v2 rerank."""
-        return await cancel_on_disconnect(request, _service(request).rerank(body))
+        return await cancel_on_disconnect(request, _service(request).rerank(body, _key(request)))
 
     @app.get("/v1/models", response_model=ModelList, tags=["info"])
     async def models(request: Request) -> ModelList:
+        """Every model version with its state, labels, format, engine, memory; every label
+        (its arms and shadow) and the default."""
         return _service(request).models()
+
+    if settings.admin_api_key:
+        app.include_router(admin_router(settings.admin_api_key))
 
     @app.get("/health", tags=["info"], responses={503: {"model": ErrorResponse}})
     async def health(request: Request):
@@ -148,7 +175,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     @app.get("/ready", tags=["info"], responses={503: {"model": ErrorResponse}})
     async def ready(request: Request):
-        """200 once the model is loaded and warmed up; 503 before (or if loading failed)."""
+        """200 once the models file's versions are loaded and warmed up; 503 before (or if
+        one failed to load)."""
         return _service(request).readiness()
 
     @app.get("/metrics", tags=["info"])

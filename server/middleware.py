@@ -40,13 +40,29 @@ def note_access(**fields) -> None:
 
 
 OPEN_PATHS = ("/health", "/ready")  # probes: orchestrators send no key
+ADMIN_PREFIX = "/admin/"  # the admin API checks its own key, never a client key
+VERSION_HEADER = b"x-model-version"  # name:version of the model version that answered
+
+
+def bearer_matches(headers: list[tuple[bytes, bytes]], keys: list[bytes]) -> bool:
+    """Whether ``Authorization: Bearer K`` carries one of ``keys``. Each key is compared in
+    constant time and every key is tried, so the time taken says nothing about which came
+    close."""
+    auth = dict(headers).get(b"authorization", b"")
+    scheme, _, token = auth.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return False
+    token = token.strip()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token, key)
+    return ok
 
 
 class ApiKeyAuth:
-    """ASGI middleware: every path but the probes (and ``/metrics`` if public) needs
-    ``Authorization: Bearer KEY`` with one of ``keys``; otherwise 401 in the error shape.
-    Each key is compared in constant time (``hmac.compare_digest``), and every key is tried,
-    so the time taken says nothing about which key came close."""
+    """ASGI middleware: every path but the probes (``/metrics`` if public, and the admin API,
+    which has its own key) needs ``Authorization: Bearer KEY`` with one of ``keys``;
+    otherwise 401 in the error shape."""
 
     def __init__(self, app, keys: list[str], metrics_public: bool = False):
         self.app = app
@@ -54,18 +70,12 @@ class ApiKeyAuth:
         self.open = OPEN_PATHS + (("/metrics",) if metrics_public else ())
 
     def allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        auth = dict(headers).get(b"authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return False
-        token = token.strip()
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(token, key)
-        return ok
+        return bearer_matches(headers, self.keys)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open:
+            return await self.app(scope, receive, send)
+        if scope["path"].startswith(ADMIN_PREFIX):  # its own key (server/admin.py)
             return await self.app(scope, receive, send)
         if not self.allowed(scope.get("headers") or []):
             resp = error_response(
@@ -144,7 +154,8 @@ def scoring_endpoint(scope) -> str | None:
 
 class RequestAccounting:
     """ASGI middleware: for every scoring request (``scoring_endpoint``), the request metrics
-    (count by endpoint and status, duration, in flight) and one JSON access-log line."""
+    (count by endpoint, status and model version, duration, in flight), one JSON access-log
+    line, and the ``X-Model-Version`` response header naming the version that answered."""
 
     def __init__(self, app, metrics: ServerMetrics, log_request_text: bool = False):
         self.app, self.metrics, self.log_text = app, metrics, log_request_text
@@ -154,16 +165,19 @@ class RequestAccounting:
         if path is None:
             return await self.app(scope, receive, send)
         status = 500  # unless a response starts
+        fields: dict = {}
 
         async def send_and_note(msg):
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                if "version" in fields:
+                    answered = f"{fields['model']}:{fields['version']}".encode()
+                    msg = {**msg, "headers": [*msg.get("headers", []), (VERSION_HEADER, answered)]}
             await send(msg)
 
         if self.log_text:
             receive = _logging_receive(receive, path)
-        fields: dict = {}
         token = _access_fields.set(fields)
         m = self.metrics
         t0 = time.perf_counter()
@@ -174,8 +188,9 @@ class RequestAccounting:
             _access_fields.reset(token)
             dt = time.perf_counter() - t0
             m.in_flight.dec()
-            m.requests.labels(path, str(status)).inc()
-            m.request_duration.labels(path).observe(dt)
+            mv = (fields.get("model", ""), fields.get("version", ""))
+            m.requests.labels(path, str(status), *mv).inc()
+            m.request_duration.labels(path, *mv).observe(dt)
             line = {"endpoint": path, "status": status, "latency_ms": round(dt * 1000, 2)}
             access.info(json.dumps({**line, **fields}))
 

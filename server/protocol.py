@@ -31,6 +31,16 @@ MAX_LABEL_IDS = 64  # label_token_ids per /v1/score request
 
 NonEmptyText = Annotated[Text, Field(min_length=1)]
 TokenIds = Annotated[list[int], Field(min_length=1)]
+MODEL = Field(
+    default=None,
+    description="name, name:version or name@label (default: the server's default label)",
+)
+USER = Field(
+    default=None,
+    max_length=256,
+    description="a stable member id: picks the A/B arm (sticky) where a label splits traffic "
+    "(the routing-key header wins)",
+)
 INSTRUCTION = Field(
     default=None,
     description="replaces the template's default instruction; only for models whose prompt "
@@ -61,7 +71,8 @@ class RankRequest(_Strict):
     items: list[Text] = Field(min_length=1, description="candidates, each scored with the query")
     top_k: int | None = Field(default=None, ge=1, description="return only the best k")
     instruction: str | None = INSTRUCTION
-    model: str | None = Field(default=None, description="optional; must match the served model")
+    model: str | None = MODEL
+    user: str | None = USER
 
 
 class RankResult(BaseModel):
@@ -71,6 +82,7 @@ class RankResult(BaseModel):
 
 class RankResponse(BaseModel):
     model: str
+    version: str = Field(description="the model version that answered")
     results: list[RankResult]
     usage: Usage
 
@@ -98,7 +110,8 @@ class ScoreRequest(_Strict):
     )
     item_first: bool = Field(default=False, description="item before query (not supported: 422)")
     instruction: str | None = INSTRUCTION
-    model: str | None = None
+    model: str | None = MODEL
+    user: str | None = USER
 
 
 class ScoreResponse(BaseModel):
@@ -121,7 +134,8 @@ class RerankRequest(_Strict):
     top_n: int | None = Field(default=None, ge=0, description="0 or absent: all documents")
     return_documents: bool = False
     instruction: str | None = INSTRUCTION
-    model: str | None = None
+    model: str | None = MODEL
+    user: str | None = USER
     # vLLM's field (its benchmark client always sends -1). Prompts are never truncated here:
     # a too-long query or item is a 422 naming the limit, so only "no truncation" is accepted.
     truncate_prompt_tokens: int | None = Field(
@@ -171,21 +185,38 @@ class RerankV2Response(RerankResponse):
 
 # ---- misc -----------------------------------------------------------------------------------------
 class ModelCard(BaseModel):
-    id: str
+    id: str = Field(description="name:version, as a request's model field takes it")
     object: Literal["model"] = "model"
     owned_by: str = "slimrank"
+    name: str
+    version: str
+    state: Literal["loading", "ready", "failed", "unloading"]
+    error: str | None = Field(default=None, description="why it failed to load")
+    labels: list[str] = Field(description="labels that send it traffic")
     format: str
     engine: str
     kernel: str = Field(description="what the linear layers compute on (int8 fbgemm, fp32, ...)")
     kernel_reason: str = Field(description="why that kernel: the load-time measurement")
     parameters: int | None
+    memory_bytes: int | None = Field(description="resident memory it added when it loaded")
+    load_seconds: float | None = Field(description="load and warm-up time")
     max_items: int
     label_tokens: list[str]
+
+
+class LabelCard(BaseModel):
+    model: str
+    label: str
+    arms: dict[str, float] = Field(description="version -> weight (one version: a plain label)")
+    shadow: str | None = None
+    shadow_percent: float | None = None
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    labels: list[LabelCard] = Field(default_factory=list)
+    default: str = Field(default="", description="what a request without model gets")
 
 
 class ErrorDetail(BaseModel):

@@ -1,25 +1,28 @@
 """The ranking service: everything between a parsed request and its response.
 
-It applies the request limits, tokenizes with the model's own task (``ranking.task``), submits
-to the scheduler (admission, batching, deadlines) and builds the response of each dialect.
+It routes the request to a model version (``server/model_set.py``: labels, A/B arms, the
+shadow), applies the request limits, tokenizes with that version's own task
+(``ranking.task``), submits to its scheduler (admission, batching, deadlines), offers the
+shadow its copy and builds the response of each dialect.
 Errors are ``ApiError`` (status + stable type), so the routes stay HTTP-only.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 
 from ranking.request import EncodedRequest
-from server.engines import Engine, LoadedModel
 from server.errors import ApiError
 from server.metrics import ServerMetrics
 from server.middleware import note_access
+from server.model_set import ModelSet, ModelVersion, Routed
 from server.protocol import (
+    LabelCard,
     ModelCard,
     ModelList,
     RankRequest,
@@ -37,90 +40,70 @@ from server.protocol import (
     ScoreResponse,
     Usage,
 )
-from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
+from server.scheduler import DeadlineExceeded, Overloaded, ShuttingDown
 from server.settings import ServerSettings
-from server.token_cache import TokenCache
+from server.shadow import DEFAULT_K, ShadowCopy, ShadowMirror
 
 log = logging.getLogger("slimrank.server")
 
 
 class RankingService:
-    """Lifecycle: ``start()`` (scheduler) -> ``load()`` (engine, warm-up; ready after) ->
-    requests ... -> ``stop()`` (drain: no new requests, queued and running ones finish)."""
+    """Lifecycle: ``start()`` (schedulers, shadow worker) -> ``load()`` (every version of the
+    models file, warmed up; ready after) -> requests ... -> ``stop()`` (drain: no new
+    requests, queued and running ones finish)."""
 
-    def __init__(self, settings: ServerSettings, engine: Engine, metrics: ServerMetrics):
-        self.settings, self.engine, self.metrics = settings, engine, metrics
-        self.scheduler = Scheduler(
-            engine,
-            metrics,
-            settings.max_batch_tokens,
-            settings.max_wait_ms / 1000,
-            settings.max_queue_items,
-            settings.max_expected_latency_ms / 1000,
-        )
-        self.name = engine.spec.name  # the model name requests and responses use
-        self.model: LoadedModel | None = None  # set once the engine has loaded it
+    def __init__(self, settings: ServerSettings, models: ModelSet, metrics: ServerMetrics):
+        self.settings, self.model_set, self.metrics = settings, models, metrics
+        self.shadows = ShadowMirror(metrics, settings.shadow_queue, settings.request_timeout_s)
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
-        self.query_tokens = TokenCache()  # the same member is ranked again within seconds
-        self.item_tokens = TokenCache(max_entries=65536)  # and popular items recur
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.scheduler.start()
+        self.shadows.start()
 
     async def load(self) -> bool:
-        """Loads and warms up the engine; False (with ``load_error`` set) if that failed."""
-        eng = self.engine
-        t0 = time.perf_counter()
-        try:
-            model = await eng.start()
-            await eng.warmup(model)
-        except Exception as exc:  # noqa: BLE001 - reported by /ready and the log
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("model failed to load: %s", self.load_error)
-            return False
-        self.model, info = model, model.info
-        self.metrics.set_model(self.name, info.format, eng.name, info.params)
+        """Loads the versions of the models file one after another (each one's memory is
+        measured alone); False (with ``load_error`` set) if one failed."""
+        for v in list(self.model_set.versions.values()):
+            if not await self.model_set.load(v):
+                self.load_error = f"{v.key}: {v.error}"
+                return False
         self.ready = True
         self.metrics.ready.set(0 if self.draining else 1)
-        log.info(
-            "ready: model=%s format=%s engine=%s kernel=%s (%s) params=%s load+warmup=%.1fs",
-            self.name,
-            info.format,
-            eng.name,
-            model.kernel,
-            model.kernel_reason,
-            info.params,
-            time.perf_counter() - t0,
-        )
         return True
 
     async def stop(self) -> None:
-        await self.scheduler.drain()
-        await self.engine.stop()
+        await self.shadows.stop()
+        await self.model_set.stop()
 
     def begin_drain(self) -> None:
         """First SIGTERM: /ready turns 503 and new requests get 503 ``shutting_down``; admitted
         ones finish (``server/lifecycle.py`` shuts the server down after the drain window)."""
         self.draining = True
         self.metrics.ready.set(0)
-        self.scheduler.stop_admitting()
+        for v in self.model_set.versions.values():
+            v.scheduler.stop_admitting()
         log.info("draining: new requests get 503, admitted ones finish")
 
     def engine_dead(self) -> ApiError | None:
-        """The engine died after loading (e.g. vLLM's engine-core process is gone)."""
-        if self.ready and not self.engine.is_alive():
-            return ApiError(
-                503, "engine_unavailable", "the scoring engine is not running; restart the server"
-            )
+        """A version's engine died after loading (e.g. vLLM's engine-core process is gone)."""
+        for v in self.model_set.versions.values():
+            if v.state == "ready" and not v.engine.is_alive():
+                return ApiError(
+                    503,
+                    "engine_unavailable",
+                    f"the scoring engine of {v.key} is not running; restart the server",
+                )
         return None
 
     def check_alive(self) -> None:
         dead = self.engine_dead()
         if dead is not None:
-            self.scheduler.fail_all(dead)
+            for x in self.model_set.versions.values():
+                if x.state == "ready" and not x.engine.is_alive():
+                    x.scheduler.fail_all(dead)
             raise dead
 
     def check_ready(self) -> None:
@@ -138,91 +121,126 @@ class RankingService:
 
     def readiness(self) -> dict:
         self.check_ready()
-        return {"status": "ready", "model": self.name}
+        routed = self.model_set.resolve(None)
+        return {"status": "ready", "model": routed.version.name, "version": routed.version.version}
+
+    @contextmanager
+    def routed(self, ref: str | None, key: str | None):
+        """Resolves a request's model (after the readiness checks) and counts it as routed to
+        that version until the block ends, so that unloading the version waits for it. The
+        access log line and the response header name the version."""
+        self.check_ready()
+        r = self.model_set.resolve(ref, key)
+        v = r.version
+        note_access(model=v.name, version=v.version)
+        v.active += 1
+        try:
+            yield r
+        finally:
+            v.active -= 1
 
     # ---- the dialects ------------------------------------------------------------------------
-    async def rank(self, req: RankRequest) -> RankResponse:
-        enc = self.encode(req.query, req.items, req.model, req.instruction)
-        scores, usage = await self._submit(enc)
+    async def rank(self, req: RankRequest, key: str | None = None) -> RankResponse:
+        with self.routed(req.model, key or req.user) as r:
+            v = r.version
+
+            def encode(x: ModelVersion) -> EncodedRequest:
+                return self.encode(x, req.query, req.items, req.instruction)
+
+            scores, usage = await self._submit(v, encode(v))
+            self._mirror(r, encode, scores, req.top_k)
         order = np.argsort(-scores, kind="stable")[: req.top_k]
         return RankResponse(
-            model=self.name,
+            model=v.name,
+            version=v.version,
             results=[RankResult(index=int(i), score=float(scores[i])) for i in order],
             usage=usage,
         )
 
-    async def score(self, req: ScoreRequest) -> ScoreResponse:
+    async def score(self, req: ScoreRequest, key: str | None = None) -> ScoreResponse:
         """SGLang's scoring: a probability per item per asked label id. The engines compute
         only the asked rows of the LM head, and the full-vocabulary normaliser only for
-        ``apply_softmax=false``."""
+        ``apply_softmax=false``. Not shadowed: its label ids belong to one tokenizer."""
         if req.item_first:
             raise ApiError(
                 422,
                 "unsupported",
                 "item_first=true is not supported: the query is the shared prefix",
             )
-        self.check_ready()
-        m = self.model
-        wanted = tuple(req.label_token_ids or m.label_ids)
-        for i, t in enumerate(wanted):
-            self._check_token_id(t, f"label_token_ids[{i}]")
-        if not m.any_label_ids and (not req.apply_softmax or sorted(wanted) != sorted(m.label_ids)):
-            raise ApiError(
-                422,
-                "unsupported",
-                f"label_token_ids {list(wanted)} with apply_softmax={req.apply_softmax}: this "
-                f"engine scores with a classifier head and answers only the model's label tokens "
-                f"{list(m.label_ids)} with apply_softmax=true (serve with --vllm-scoring "
-                "logprobs for any label ids)",
-            )
-        items = [req.items] if isinstance(req.items, str) else req.items
-        if isinstance(req.query, str):
-            if any(not isinstance(it, str) for it in items):
+        with self.routed(req.model, key or req.user) as r:
+            v = r.version
+            m = v.model
+            wanted = tuple(req.label_token_ids or m.label_ids)
+            for i, t in enumerate(wanted):
+                self._check_token_id(v, t, f"label_token_ids[{i}]")
+            if not m.any_label_ids and (
+                not req.apply_softmax or sorted(wanted) != sorted(m.label_ids)
+            ):
                 raise ApiError(
                     422,
-                    "invalid_request",
-                    "items: token ids with a text query; send both as text or both as token ids",
+                    "unsupported",
+                    f"label_token_ids {list(wanted)} with apply_softmax={req.apply_softmax}: "
+                    f"this engine scores with a classifier head and answers only the model's "
+                    f"label tokens {list(m.label_ids)} with apply_softmax=true (serve with "
+                    "--vllm-scoring logprobs for any label ids)",
                 )
-            enc = self.encode(req.query, items, req.model, req.instruction)
-        else:
-            if any(isinstance(it, str) for it in items):
-                raise ApiError(
-                    422,
-                    "invalid_request",
-                    "items: text with a token-id query; send both as text or both as token ids",
-                )
-            if req.instruction is not None:
-                raise ApiError(
-                    422,
-                    "invalid_request",
-                    "instruction: token-id prompts are used as given, "
-                    "with no template to put an instruction in",
-                )
-            enc = self.encode_ids(req.query, items, req.model)
-        enc = replace(enc, label_ids=wanted, full_vocab=not req.apply_softmax)
-        scores, usage = await self._submit(enc)
-        rows = [[float(p) for p in row] for row in scores]
-        return ScoreResponse(scores=rows, model=self.name, usage=usage)
-
-    async def rerank(self, req: RerankRequest) -> RerankResponse:
-        docs = req.texts()
-        enc = self.encode(req.query, docs, req.model, req.instruction, field="documents")
-        limit = getattr(req, "max_tokens_per_doc", None)
-        if limit is not None:
-            for i, d in enumerate(docs):
-                n = len(self.model.tokenizer.encode(d, add_special_tokens=False))
-                if n > limit:
+            items = [req.items] if isinstance(req.items, str) else req.items
+            if isinstance(req.query, str):
+                if any(not isinstance(it, str) for it in items):
                     raise ApiError(
                         422,
-                        "item_too_long",
-                        f"documents[{i}] is {n} tokens; max_tokens_per_doc={limit} (documents "
-                        "are not truncated)",
+                        "invalid_request",
+                        "items: token ids with a text query; send both as text or both as "
+                        "token ids",
                     )
-        scores, usage = await self._submit(enc)
+                enc = self.encode(v, req.query, items, req.instruction)
+            else:
+                if any(isinstance(it, str) for it in items):
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        "items: text with a token-id query; send both as text or both as "
+                        "token ids",
+                    )
+                if req.instruction is not None:
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        "instruction: token-id prompts are used as given, "
+                        "with no template to put an instruction in",
+                    )
+                enc = self.encode_ids(v, req.query, items)
+            enc = replace(enc, label_ids=wanted, full_vocab=not req.apply_softmax)
+            scores, usage = await self._submit(v, enc)
+        rows = [[float(p) for p in row] for row in scores]
+        return ScoreResponse(scores=rows, model=v.name, usage=usage)
+
+    async def rerank(self, req: RerankRequest, key: str | None = None) -> RerankResponse:
+        docs = req.texts()
+        with self.routed(req.model, key or req.user) as r:
+            v = r.version
+
+            def encode(x: ModelVersion) -> EncodedRequest:
+                return self.encode(x, req.query, docs, req.instruction, field="documents")
+
+            enc = encode(v)
+            limit = getattr(req, "max_tokens_per_doc", None)
+            if limit is not None:
+                for i, d in enumerate(docs):
+                    n = len(v.model.tokenizer.encode(d, add_special_tokens=False))
+                    if n > limit:
+                        raise ApiError(
+                            422,
+                            "item_too_long",
+                            f"documents[{i}] is {n} tokens; max_tokens_per_doc={limit} "
+                            "(documents are not truncated)",
+                        )
+            scores, usage = await self._submit(v, enc)
+            self._mirror(r, encode, scores, req.top_n or None)
         order = np.argsort(-scores, kind="stable")[: req.top_n or None]
         fields = dict(
             id=f"rerank-{uuid.uuid4().hex}",
-            model=self.name,
+            model=v.name,
             results=[
                 RerankResult(
                     index=int(i),
@@ -237,34 +255,53 @@ class RankingService:
             return RerankV2Response(**fields, meta=RerankMeta(billed_units={"search_units": 1}))
         return RerankResponse(**fields)
 
-    def models(self) -> ModelList:
-        m = self.model
-        return ModelList(
-            data=[
-                ModelCard(
-                    id=self.name,
-                    format=m.info.format if m else "loading",
-                    engine=self.engine.name,
-                    kernel=m.kernel if m else "",
-                    kernel_reason=m.kernel_reason if m else "",
-                    parameters=m.info.params if m else None,
-                    max_items=self.settings.max_items,
-                    label_tokens=[m.task.yes, m.task.no] if m else [],
-                )
-            ]
+    def _mirror(self, r: Routed, encode, scores: np.ndarray, top_k: int | None) -> None:
+        """The shadow's copy of this request, if its label mirrors it (never waits)."""
+        if r.shadow is not None:
+            k = top_k or DEFAULT_K
+            self.shadows.offer(ShadowCopy(r.version, r.shadow, encode, scores, k))
+
+    def card(self, v: ModelVersion) -> ModelCard:
+        m = v.model
+        return ModelCard(
+            id=v.key,
+            name=v.name,
+            version=v.version,
+            state=v.state,
+            error=v.error,
+            labels=self.model_set.labels_of(v),
+            format=m.info.format if m else v.state,
+            engine=v.engine.name,
+            kernel=m.kernel if m else "",
+            kernel_reason=m.kernel_reason if m else "",
+            parameters=m.info.params if m else None,
+            memory_bytes=v.memory_bytes,
+            load_seconds=round(v.load_seconds, 2) if v.load_seconds else None,
+            max_items=self.settings.max_items,
+            label_tokens=[m.task.yes, m.task.no] if m else [],
         )
 
-    # ---- shared by the dialects --------------------------------------------------------------
-    def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.name:
-            raise ApiError(
-                404,
-                "model_not_found",
-                f"model {model!r} is not served here (serving {self.name!r})",
+    def models(self) -> ModelList:
+        """Every version with its state and labels, every label and the default."""
+        ms = self.model_set
+        cards = [self.card(v) for v in ms.versions.values()]
+        labels = [
+            LabelCard(
+                model=name,
+                label=label,
+                arms=route.arms,
+                shadow=route.shadow,
+                shadow_percent=route.shadow_percent if route.shadow else None,
             )
+            for name, by_label in ms.labels.items()
+            for label, route in by_label.items()
+        ]
+        return ModelList(data=cards, labels=labels, default=ms.default_ref)
 
-    def _check_token_id(self, token: int, where: str) -> None:
-        vocab = self.model.vocab_size
+    # ---- shared by the dialects --------------------------------------------------------------
+    @staticmethod
+    def _check_token_id(v: ModelVersion, token: int, where: str) -> None:
+        vocab = v.model.vocab_size
         if token < 0 or (vocab is not None and token >= vocab):
             raise ApiError(
                 422,
@@ -303,18 +340,15 @@ class RankingService:
 
     def encode(
         self,
+        v: ModelVersion,
         query: str,
         items: list[str],
-        model: str | None,
         instruction: str | None = None,
         field: str = "items",
     ) -> EncodedRequest:
-        """Checks readiness, the model name and the limits; tokenizes with the model's prompt
-        template. Nothing is truncated: over a limit is a 422 naming it (``field``: the
-        dialect's name for the items)."""
-        self.check_ready()
-        m = self.model
-        self._check_model(model)
+        """Checks the limits and tokenizes with ``v``'s prompt template. Nothing is truncated:
+        over a limit is a 422 naming it (``field``: the dialect's name for the items)."""
+        m = v.model
         self._check_item_count(len(items), field)
         for i, it in enumerate(items):
             if not it:
@@ -325,32 +359,30 @@ class RankingService:
                 "invalid_request",
                 "instruction: this model's prompt template has no {instruction} placeholder",
             )
-        q_ids = self.query_tokens.get(
+        q_ids = v.query_tokens.get(
             query, lambda q: m.task.encode_query(m.tokenizer, q, instruction), instruction
         )
-        i_ids = self.item_tokens.get_many(items, lambda t: m.task.encode_items(m.tokenizer, t))
+        i_ids = v.item_tokens.get_many(items, lambda t: m.task.encode_items(m.tokenizer, t))
         self._check_lengths(q_ids, i_ids, field)
         return EncodedRequest(q_ids, i_ids)
 
     def encode_ids(
-        self, query: list[int], items: list[list[int]], model: str | None
+        self, v: ModelVersion, query: list[int], items: list[list[int]]
     ) -> EncodedRequest:
         """A prompt given as token ids (SGLang's /v1/score): used as given, query + item, after
         the same checks; every id must be in the model's vocabulary."""
-        self.check_ready()
-        self._check_model(model)
         self._check_item_count(len(items))
         self._check_lengths(query, items)
         for i, t in enumerate(query):
-            self._check_token_id(t, f"query[{i}]")
+            self._check_token_id(v, t, f"query[{i}]")
         for i, ids in enumerate(items):
             for j, t in enumerate(ids):
-                self._check_token_id(t, f"items[{i}][{j}]")
+                self._check_token_id(v, t, f"items[{i}][{j}]")
         return EncodedRequest(list(query), [list(x) for x in items])
 
-    async def _submit(self, enc: EncodedRequest) -> tuple[np.ndarray, Usage]:
+    async def _submit(self, v: ModelVersion, enc: EncodedRequest) -> tuple[np.ndarray, Usage]:
         try:
-            scores, timing = await self.scheduler.submit(enc, self.settings.request_timeout_s)
+            scores, timing = await v.scheduler.submit(enc, self.settings.request_timeout_s)
         except Overloaded as exc:
             raise ApiError(
                 429, "overloaded", str(exc), {"Retry-After": str(int(exc.retry_after))}

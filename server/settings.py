@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.engines.base import ModelSpec, TorchOptions, VllmOptions
 from server.engines.choice import EngineChoice, choose_engine
+from server.models_file import ModelEntry, ModelsFile, load_models_file, single_model
 
 
 class ServerSettings(BaseSettings):
@@ -17,7 +18,15 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SLIMRANK_", extra="ignore")
 
-    model: str = Field(default="artifacts/demo/teacher", description="checkpoint folder")
+    model: str = Field(
+        default="artifacts/demo/teacher",
+        description="checkpoint folder (one model; --models serves several)",
+    )
+    models: str | None = Field(
+        default=None,
+        description="models file (YAML): several versions, labels, A/B splits, shadows "
+        "(server/models_file.py); replaces --model",
+    )
     engine: Literal["auto", "torch", "vllm"] = Field(
         default="auto",
         description="scoring engine; auto: the one measured fastest for the checkpoint's format "
@@ -99,6 +108,11 @@ class ServerSettings(BaseSettings):
         default=None, description="file with one accepted key per line (a mounted secret)"
     )
     metrics_public: bool = Field(default=False, description="/metrics without a key")
+    admin_api_key: str | None = Field(
+        default=None,
+        description="turns the admin API on (/admin: load, unload, move labels); its Bearer "
+        "key, separate from the client keys. Unset: no admin API",
+    )
     log_request_text: bool = Field(
         default=False, description="debug only: log request bodies (member data!) at DEBUG"
     )
@@ -133,6 +147,25 @@ class ServerSettings(BaseSettings):
         "raise, through a fault-injecting wrapper engine",
     )
 
+    # model set (see docs/serving.md, "Rolling out a model")
+    max_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="memory the models may take; a models file estimated over it is refused "
+        "at start (default: the memory available to the process)",
+    )
+    routing_key_header: str = Field(
+        default="x-routing-key",
+        description="header whose value picks a request's A/B arm (sticky); the body's `user` "
+        "field when absent",
+    )
+    shadow_queue: int = Field(
+        default=64,
+        ge=1,
+        description="requests waiting for their shadow copy; beyond, copies are dropped (and "
+        "counted), never queued behind live traffic",
+    )
+
     log_level: str = "info"
 
     @field_validator("api_keys", "fault_batches", mode="before")
@@ -145,24 +178,37 @@ class ServerSettings(BaseSettings):
             return [value]
         return value
 
-    def resolved_engine(self) -> EngineChoice:
-        """The engine that serves, and why (``--engine auto`` reads the measured table)."""
-        if self.engine != "auto":
-            return EngineChoice(self.engine, "--engine " + self.engine)
-        return choose_engine(self.model)
+    def models_file(self) -> ModelsFile:
+        """The versions to serve: the models file, or ``--model`` as its one entry."""
+        if self.models:
+            return load_models_file(self.models)
+        name = self.served_model_name or Path(self.model).resolve().name
+        return single_model(self.model, name, self.engine)
+
+    @staticmethod
+    def resolved_engine(entry: ModelEntry) -> EngineChoice:
+        """The engine that serves ``entry``, and why (``auto`` reads the measured table)."""
+        if entry.engine != "auto":
+            return EngineChoice(entry.engine, "engine " + entry.engine)
+        return choose_engine(entry.path)
 
     def model_spec(self) -> ModelSpec:
-        """The one model these settings serve, as its engine is built from it. The torch
-        scorer's forward chunk is the scheduler's batch budget: a batch is one forward."""
+        """The first (with ``--model``: the only) version's spec."""
+        return self.spec_for(self.models_file().models[0])
+
+    def spec_for(self, entry: ModelEntry) -> ModelSpec:
+        """How ``entry`` is run: its own engine, dtype and kernel, the server's other options.
+        The torch scorer's forward chunk is the scheduler's batch budget: a batch is one
+        forward."""
         return ModelSpec(
-            path=self.model,
-            name=self.served_model_name or Path(self.model).resolve().name,
-            engine=self.resolved_engine().engine,
-            dtype=self.dtype,
+            path=entry.path,
+            name=entry.name,
+            engine=self.resolved_engine(entry).engine,
+            dtype=entry.dtype or self.dtype,
             torch=TorchOptions(
                 activation_quant=self.torch_activation_quant,
                 fp8=self.torch_fp8,
-                kernel=self.torch_kernel,
+                kernel=entry.torch_kernel or self.torch_kernel,
                 chunk_tokens=self.max_batch_tokens,
             ),
             vllm=VllmOptions(

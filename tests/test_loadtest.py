@@ -65,13 +65,15 @@ def test_histogram_quantile_edges():
 def test_server_percentiles_from_scrape_deltas():
     """Bucket deltas of the server's real metrics: only the observations between scrapes."""
     m = ServerMetrics()
+    teacher, student = m.request_prefill.labels("r", "teacher"), m.request_prefill.labels("r", "s")
     for v in (0.001, 0.3, 0.3):  # before the run: must not count
-        m.request_prefill.observe(v)
+        teacher.observe(v)
     before = promscrape.parse(generate_latest(m.registry).decode())
     for v in [0.004] * 10 + [0.015] * 20 + [0.04] * 10:  # buckets (2,5] (10,20] (35,50] ms
-        m.request_prefill.observe(v)
-    m.requests.labels("/v1/rank", "200").inc(38)
-    m.requests.labels("/v1/rank", "429").inc(2)
+        (teacher if v < 0.01 else student).observe(v)  # every version's series count
+    m.requests.labels("/v1/rank", "200", "r", "teacher").inc(30)
+    m.requests.labels("/v1/rank", "200", "r", "s").inc(8)
+    m.requests.labels("/v1/rank", "429", "", "").inc(2)
     after = promscrape.parse(generate_latest(m.registry).decode())
     h = promscrape.histogram_ms(before, after, promscrape.PREFILL)
     assert h["count"] == 40

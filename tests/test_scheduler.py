@@ -27,7 +27,7 @@ def scores_of(r: EncodedRequest) -> np.ndarray:
 
 async def started(engine=None, **kw) -> Scheduler:
     args = dict(max_batch_tokens=10_000, max_wait_s=0.05, max_queue_items=100) | kw
-    s = Scheduler(engine or FakeEngine(), ServerMetrics(), **args)
+    s = Scheduler(engine or FakeEngine(), ServerMetrics().for_version("m", "1"), **args)
     s.start()
     return s
 
@@ -172,7 +172,7 @@ async def test_admission_refuses_when_the_expected_latency_exceeds_the_budget():
 
 
 async def test_expected_latency_counts_the_running_batch_the_queue_and_its_own_work():
-    s = Scheduler(FakeEngine(), ServerMetrics(), 100, 10.0, 100, max_latency_s=1.0)
+    s = Scheduler(FakeEngine(), ServerMetrics().for_version("m", "1"), 100, 10.0, 100, max_latency_s=1.0)
     s.tokens_per_s = 100.0
     assert s.expected_latency_s(50) == pytest.approx(0.5)  # nothing queued: its own work
     s._queued_tokens = 50

@@ -127,11 +127,19 @@ async def test_rerank(client):
 
 
 async def test_models_health_ready(client):
-    card = (await client.get("/v1/models")).json()["data"][0]
+    listing = (await client.get("/v1/models")).json()
+    card = listing["data"][0]
+    assert card["memory_bytes"] >= 0 and card["load_seconds"] >= 0
+    del card["memory_bytes"], card["load_seconds"]
     assert card == {
-        "id": "fake",
+        "id": "fake:1",
         "object": "model",
         "owned_by": "slimrank",
+        "name": "fake",
+        "version": "1",
+        "state": "ready",
+        "error": None,
+        "labels": ["stable"],
         "format": "bf16",
         "engine": "fake",
         "kernel": "fake",
@@ -140,8 +148,14 @@ async def test_models_health_ready(client):
         "max_items": 64,
         "label_tokens": [" yes", " no"],
     }
+    assert listing["default"] == "fake"
+    assert listing["labels"] == [
+        {"model": "fake", "label": "stable", "arms": {"1": 1.0}, "shadow": None,
+         "shadow_percent": None}
+    ]  # fmt: skip
     assert (await client.get("/health")).json() == {"status": "ok"}
-    assert (await client.get("/ready")).json() == {"status": "ready", "model": "fake"}
+    ready = (await client.get("/ready")).json()
+    assert ready == {"status": "ready", "model": "fake", "version": "1"}
 
 
 # ---- bad input: 4xx in the error shape, never 500 ---------------------------------------------
@@ -336,7 +350,10 @@ async def test_load_failure_is_reported_by_ready():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
             r = await c.get("/ready")
     assert r.status_code == 503
-    assert r.json()["error"] == {"type": "not_ready", "message": "OSError: weights missing"}
+    assert r.json()["error"] == {
+        "type": "not_ready",
+        "message": "fake:1: OSError: weights missing",
+    }
 
 
 # ---- admission, deadlines ----------------------------------------------------------------------
