@@ -151,10 +151,16 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(cmp_)
 
     from loadtest.chaos import SCENARIOS
+    from loadtest.chaos.harness import DEFAULT_STUDENT
 
     ch = sub.add_parser("chaos", help="fault scenarios (starts its own servers)")
     ch.add_argument("scenario", choices=[*SCENARIOS, "all"])
     ch.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder [{DEFAULT_MODEL}]")
+    ch.add_argument(
+        "--student",
+        default=DEFAULT_STUDENT,
+        help=f"swap: the version the rollout moves to [{DEFAULT_STUDENT}]",
+    )
     ch.add_argument("--engine", choices=["torch", "vllm"], default="torch")
     ch.add_argument("--short", action="store_true", help="the test-sized form (seconds)")
     ch.add_argument("--slo-p99-ms", type=_positive(float), default=500.0)
@@ -260,6 +266,7 @@ def _chaos(args: argparse.Namespace) -> int:
         raise ValueError(f"model folder not found: {args.model}")
     cfg = ChaosConfig(
         model=args.model,
+        student=args.student,
         engine=args.engine,
         short=args.short,
         slo_ms=args.slo_p99_ms,

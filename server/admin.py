@@ -8,8 +8,11 @@ the version is ready or has failed, so a script can move a label right after it.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 
+from ranking.manifest import ManifestMissing, verify_manifest
 from server.engines import check_supported
 from server.errors import ERROR_RESPONSES, ApiError
 from server.memory import check_fits
@@ -19,6 +22,7 @@ from server.protocol import ModelCard, ModelList
 from server.service import RankingService
 
 ADMIN_TAG = "admin"
+log = logging.getLogger("slimrank.server")
 
 
 def _service(request: Request) -> RankingService:
@@ -52,11 +56,17 @@ def admin_router(admin_key: str) -> APIRouter:
     async def load(entry: ModelEntry, request: Request) -> ModelCard:
         """Loads a version and answers when it is ready (200) or has failed (422 naming why;
         it stays listed as failed, and nothing else changes). Checked first, before any
-        weight loads: the format against the engine, and the memory it would take."""
+        weight loads: the format against the engine, the manifest, and the memory it would
+        take."""
         service = _service(request)
         spec = service.settings.spec_for(entry)
         try:
             check_supported(entry.path, spec.engine)
+            if service.settings.verify_checkpoint:
+                try:
+                    verify_manifest(entry.path)
+                except ManifestMissing as exc:
+                    log.warning("%s: checkpoint not verified: %s", entry.key, exc)
             check_fits([(entry.key, spec)], service.settings.max_memory_gb)
         except MemoryError as exc:
             raise ApiError(409, "insufficient_memory", str(exc)) from None

@@ -28,6 +28,7 @@ from server.middleware import (
     RequestAccounting,
     cancel_on_disconnect,
 )
+from server.model_set import EngineFactory, ModelSet
 from server.protocol import (
     ErrorResponse,
     ModelList,
@@ -40,7 +41,6 @@ from server.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
-from server.model_set import EngineFactory, ModelSet
 from server.service import RankingService
 from server.settings import ServerSettings
 
@@ -78,9 +78,7 @@ def engine_factory(settings: ServerSettings) -> EngineFactory:
     return lambda spec: create_engine(spec, tuple(settings.fault_batches))
 
 
-def create_app(
-    settings: ServerSettings, engine: Engine | EngineFactory | None = None
-) -> FastAPI:
+def create_app(settings: ServerSettings, engine: Engine | EngineFactory | None = None) -> FastAPI:
     """The app for ``settings``. ``engine`` (tests): an engine for the one model, or a factory
     making each version's engine from its spec."""
     metrics = ServerMetrics()

@@ -117,9 +117,7 @@ class ServerMetrics:
             (*VERSION, "state"),
             registry=r,
         )
-        self.model_info = Info(
-            "slimrank_model", "Each served model version.", VERSION, registry=r
-        )
+        self.model_info = Info("slimrank_model", "Each served model version.", VERSION, registry=r)
         self.model_parameters = Gauge(
             "slimrank_model_parameters", "Parameters of each model version.", VERSION, registry=r
         )

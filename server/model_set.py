@@ -342,9 +342,7 @@ class ModelSet:
 
     def labels_of(self, v: ModelVersion) -> list[str]:
         return sorted(
-            label
-            for label, route in self.labels.get(v.name, {}).items()
-            if v.version in route.arms
+            label for label, route in self.labels.get(v.name, {}).items() if v.version in route.arms
         )
 
 

@@ -42,5 +42,7 @@ def shadow_sampled(percent: float, key: str | None, salt: str) -> bool:
         return True
     if percent <= 0:
         return False
-    point = unit_hash(key, "shadow:" + salt) if key is not None else secrets.randbelow(10**6) / 10**6
+    point = (
+        unit_hash(key, "shadow:" + salt) if key is not None else secrets.randbelow(10**6) / 10**6
+    )
     return point * 100 < percent

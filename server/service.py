@@ -199,8 +199,7 @@ class RankingService:
                     raise ApiError(
                         422,
                         "invalid_request",
-                        "items: text with a token-id query; send both as text or both as "
-                        "token ids",
+                        "items: text with a token-id query; send both as text or both as token ids",
                     )
                 if req.instruction is not None:
                     raise ApiError(

@@ -16,11 +16,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
     wanted = re.findall(r'\w+="[^"]*"', labels)
     total, found = 0.0, False
     for line in text.splitlines():
-        if (
-            line.startswith(name)
-            and (line[len(name)] in " {")
-            and all(w in line for w in wanted)
-        ):
+        if line.startswith(name) and (line[len(name)] in " {") and all(w in line for w in wanted):
             total += float(line.rsplit(" ", 1)[1])
             found = True
     if not found:

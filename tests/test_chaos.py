@@ -55,7 +55,7 @@ def test_cli_lists_the_scenarios():
 
     args = _parser().parse_args(["chaos", "drain", "--short", "--json", "x.json"])
     assert args.scenario == "drain" and args.short
-    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients"}
+    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients", "swap"}
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,16 @@ def test_slow_clients(short_cfg):
     assert not rep["slow_connect_errors"], rep["slow_connect_errors"]
     assert not rep["held_open_past_timeout"], rep["held_open_past_timeout"]
     assert _check(rep, "server alive after")["ok"]
+
+
+@pytest.mark.slow
+def test_swap(short_cfg, tiny_quantized):
+    """A rollout under load at half capacity: load the INT8 student, a failed load, the default
+    label to the student and back twice, unload: 0 lost, 0 5xx, both versions answered."""
+    from dataclasses import replace
+
+    rep = _run("swap", replace(short_cfg, student=str(tiny_quantized["int8"])))
+    t = rep["requests"]["requests"]
+    assert t["sent"] > 0 and t["5xx"] == 0 and t["lost"] == 0, t
+    assert t["connection_errors"] == 0 and set(t["by_status"]) <= {"200", "429"}, t
+    assert rep["passed"], rep["reason"]

@@ -212,7 +212,9 @@ async def test_admin_api_refuses_a_wrong_key_and_changes_nothing(tmp_path):
     async with serving(app) as c:
         client = {"Authorization": "Bearer client-key"}
         for headers in ({}, {"Authorization": "Bearer wrong"}, client):
-            r = await c.put("/admin/labels/ranker@stable", json={"version": "int8"}, headers=headers)
+            r = await c.put(
+                "/admin/labels/ranker@stable", json={"version": "int8"}, headers=headers
+            )
             assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
             r = await c.delete("/admin/models/ranker:int4", headers=headers)
             assert r.status_code == 401
@@ -276,9 +278,7 @@ async def test_a_failed_load_changes_nothing_and_says_why(tmp_path, tiny_demo):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_demo / "teacher", broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    s = ServerSettings(
-        models=str(write(tmp_path)), admin_api_key=ADMIN, verify_checkpoint=False
-    )
+    s = ServerSettings(models=str(write(tmp_path)), admin_api_key=ADMIN, verify_checkpoint=False)
     fakes = {}
 
     def factory(spec):
@@ -366,8 +366,12 @@ async def test_shadow_gets_a_copy_and_its_answer_is_never_returned(tmp_path):
             assert answered(r) == "ranker:teacher"
         pair = 'model="ranker",primary="teacher",shadow="int8"'
         await wait_until(
-            lambda: metric_value(metrics_text(app), "slimrank_shadow_requests_total",
-                                 pair + ',outcome="scored"') == 5  # fmt: skip
+            lambda: (
+                metric_value(
+                    metrics_text(app), "slimrank_shadow_requests_total", pair + ',outcome="scored"'
+                )
+                == 5
+            )  # fmt: skip
         )
         text = metrics_text(app)
         assert metric_value(text, "slimrank_shadow_score_diff_count", pair) == 5

@@ -172,7 +172,9 @@ async def test_admission_refuses_when_the_expected_latency_exceeds_the_budget():
 
 
 async def test_expected_latency_counts_the_running_batch_the_queue_and_its_own_work():
-    s = Scheduler(FakeEngine(), ServerMetrics().for_version("m", "1"), 100, 10.0, 100, max_latency_s=1.0)
+    s = Scheduler(
+        FakeEngine(), ServerMetrics().for_version("m", "1"), 100, 10.0, 100, max_latency_s=1.0
+    )
     s.tokens_per_s = 100.0
     assert s.expected_latency_s(50) == pytest.approx(0.5)  # nothing queued: its own work
     s._queued_tokens = 50

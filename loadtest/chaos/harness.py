@@ -26,6 +26,7 @@ CONNECTION_ERRORS = ("connect_error", "transport_error")
 RUN_KEY = secrets.token_urlsafe(24)
 AUTH = {"Authorization": f"Bearer {RUN_KEY}"}
 REQUEST_TIMEOUT_S = 30.0  # the server's default request deadline: nothing may take longer
+DEFAULT_STUDENT = "artifacts/demo/compressed/int8"
 LADDER_STEPS = 16  # capacity sweep: start, x1.5, x1.5^2, ... (start from the unloaded latency)
 
 
@@ -37,6 +38,7 @@ class ChaosConfig:
     """One chaos run's settings; ``short`` shrinks every phase to a test-sized form."""
 
     model: str = DEFAULT_MODEL
+    student: str = DEFAULT_STUDENT  # the version a rollout (``swap``) moves to
     engine: str = "torch"
     short: bool = False  # the test-sized form: seconds, not minutes
     slo_ms: float = 500.0
