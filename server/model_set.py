@@ -333,6 +333,10 @@ class ModelSet:
                     shadow = cand
         return Routed(chosen, label, shadow)
 
+    def idle(self) -> bool:
+        """No version has work queued or running (shadow copies wait for this)."""
+        return all(v.scheduler.idle for v in self.versions.values())
+
     @staticmethod
     def _ready(v: ModelVersion) -> ModelVersion:
         if v.state == "ready":

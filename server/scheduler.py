@@ -120,6 +120,11 @@ class Scheduler:
             running_left = max(0.0, self._running_tokens / self.tokens_per_s - elapsed)
         return running_left + (self._queued_tokens + tokens) / self.tokens_per_s
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch on the engine."""
+        return not self._queue and self._idle.is_set()
+
     def _admit(self, request: EncodedRequest) -> None:
         n = request.n_items
         if self._queued_items + n > self.max_queue_items:

@@ -54,7 +54,9 @@ class RankingService:
 
     def __init__(self, settings: ServerSettings, models: ModelSet, metrics: ServerMetrics):
         self.settings, self.model_set, self.metrics = settings, models, metrics
-        self.shadows = ShadowMirror(metrics, settings.shadow_queue, settings.request_timeout_s)
+        self.shadows = ShadowMirror(
+            metrics, settings.shadow_queue, settings.request_timeout_s, models.idle
+        )
         self.ready = False
         self.draining = False
         self.load_error: str | None = None

@@ -1,9 +1,12 @@
 """Shadow scoring: a copy of a request for a shadow version, after the primary has answered.
 
 The copy waits in a bounded queue, apart from live traffic; when the queue is full it is
-dropped and counted, never made to wait. One worker takes copies in order, tokenizes them with
-the shadow's own task, submits them to the shadow's scheduler (whose admission can refuse
-them, counted too), and records how far the shadow is from the primary per (primary, shadow)
+dropped and counted, never made to wait. One worker takes copies in order and runs each only
+when no live work is queued or running on any version (on a CPU the versions share the cores:
+a shadow batch beside a live one slows the live one down), so shadow work fills idle time and,
+when there is not enough of it, the queue fills and copies are dropped instead of live
+requests slowed. The worker tokenizes a copy with the shadow's own task, submits it to the
+shadow's scheduler (whose admission can refuse it, counted too), and records how far the shadow is from the primary per (primary, shadow)
 pair: mean |score difference| over the items and the top-k overlap. The shadow's scores are
 never returned to anyone.
 """
@@ -43,9 +46,16 @@ class ShadowCopy:
     k: int
 
 
+IDLE_POLL_S = 0.002
+
+
 class ShadowMirror:
-    def __init__(self, metrics: ServerMetrics, max_queued: int, timeout_s: float):
-        self.metrics, self.timeout_s = metrics, timeout_s
+    """``idle``: whether every version's scheduler is idle (the model set's)."""
+
+    def __init__(
+        self, metrics: ServerMetrics, max_queued: int, timeout_s: float, idle: Callable[[], bool]
+    ):
+        self.metrics, self.timeout_s, self.idle = metrics, timeout_s, idle
         self._queue: asyncio.Queue[ShadowCopy] = asyncio.Queue(maxsize=max_queued)
         self._task: asyncio.Task | None = None
 
@@ -85,6 +95,8 @@ class ShadowMirror:
                 self._done(c)
 
     async def _score(self, c: ShadowCopy) -> None:
+        while not self.idle():
+            await asyncio.sleep(IDLE_POLL_S)
         if c.shadow.state != "ready":
             self._count(c, "failed")
             return

@@ -55,7 +55,7 @@ def test_cli_lists_the_scenarios():
 
     args = _parser().parse_args(["chaos", "drain", "--short", "--json", "x.json"])
     assert args.scenario == "drain" and args.short
-    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients", "swap"}
+    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients", "swap", "shadow"}
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,19 @@ def test_swap(short_cfg, tiny_quantized):
     assert t["sent"] > 0 and t["5xx"] == 0 and t["lost"] == 0, t
     assert t["connection_errors"] == 0 and set(t["by_status"]) <= {"200", "429"}, t
     assert rep["passed"], rep["reason"]
+
+
+@pytest.mark.slow
+def test_shadow(short_cfg, tiny_quantized):
+    """The student as a 100% shadow of the teacher: copies scored, no 5xx, and the agreement
+    the server records equals the offline comparison of the two checkpoints. The p99 check
+    is the scenario's verdict (a latency), not asserted here."""
+    from dataclasses import replace
+
+    rep = _run("shadow", replace(short_cfg, student=str(tiny_quantized["int8"])))
+    for phase in ("shadow off", "shadow on"):
+        t = rep["requests"][phase]
+        assert t["sent"] > 0 and t["5xx"] == 0 and t["lost"] == 0, t
+    assert rep["recorded"]["copies"]["scored"] > 0
+    assert _check(rep, "copies scored")["ok"], rep["reason"]
+    assert _check(rep, "recorded agreement matches offline")["ok"], rep["reason"]

@@ -1,7 +1,7 @@
 """Fault scenarios against a real server: ``python -m loadtest chaos SCENARIO --json OUT``.
 
 Each scenario (one module here: ``overload``, ``drain``, ``engine_fault``, ``slow_clients``,
-``swap``)
+``swap``, ``shadow``)
 starts its own server (``ServerProcess``, loopback only), drives it with the open-loop runner of
 ``loadtest.client``, injects its fault, judges the outcome itself (a list of checks, each with
 its reason) and stops by itself: every phase is bounded in time and request count. The report
@@ -26,6 +26,7 @@ from loadtest.chaos.drain import CLEAN_EXIT, drain
 from loadtest.chaos.engine_fault import engine_fault
 from loadtest.chaos.harness import ChaosConfig, Report, format_chaos, tally
 from loadtest.chaos.overload import overload, recovery_seconds
+from loadtest.chaos.shadow import shadow
 from loadtest.chaos.slow_clients import slow_clients
 from loadtest.chaos.swap import swap
 
@@ -35,6 +36,7 @@ RUNNERS: dict[str, Callable[[ChaosConfig], Report]] = {
     "engine-fault": engine_fault,
     "slow-clients": slow_clients,
     "swap": swap,
+    "shadow": shadow,
 }
 SCENARIOS = tuple(RUNNERS)
 
