@@ -90,7 +90,10 @@ def admin_router(admin_key: str) -> APIRouter:
         shadow; 409 unless every version it names is ready. Moving it back is the rollback."""
         name, label = _label_ref(ref)
         await _service(request).model_set.set_label(name, label, route)
-        return {"label": ref, "route": route.model_dump(exclude_none=True)}
+        shown = route.model_dump(exclude_none=True)
+        if not route.shadow:
+            shown.pop("shadow_percent")
+        return {"label": ref, "route": shown}
 
     @router.delete("/labels/{ref:path}")
     async def remove_label(ref: str, request: Request) -> dict:
