@@ -392,13 +392,41 @@ def test_promtool_check_config_and_rules(tmp_path):
 def test_alerts_read_recorded_rules_and_carry_severity():
     rules = [r for g in rule_groups() for r in g["rules"]]
     records = {r["record"] for r in rules if "record" in r}
-    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    alerts = [r for r in rules if "alert" in r]  # one name may have several rules (signals)
     assert records and alerts
-    for name, alert in alerts.items():
+    for alert in alerts:
+        name = alert["alert"]
         assert alert["labels"]["severity"] in ("warning", "critical"), name
         assert alert["annotations"]["summary"] and alert["annotations"]["description"], name
         for used in re.findall(r"slimrank:[a-z0-9_:]+", alert["expr"]):
             assert used in records, f"{name} reads {used}, which no rule records"
+    # rules sharing an alert name tell their alerts apart by their own labels
+    by_name: dict[str, list[dict]] = {}
+    for alert in alerts:
+        by_name.setdefault(alert["alert"], []).append(alert["labels"])
+    for name, labels in by_name.items():
+        assert len({tuple(sorted(lab.items())) for lab in labels}) == len(labels), name
+
+
+def test_every_alert_rule_is_tested_firing_and_quiet():
+    """The promtool tests make every alerting rule fire (its labels among the expected alerts)
+    and check every alert name quiet somewhere (an eval with no expected alerts)."""
+    fired: dict[str, list[dict]] = {}
+    quiet: set[str] = set()
+    for test_file in RULE_TESTS:
+        for test in yaml.safe_load(test_file.read_text())["tests"]:
+            for check in test.get("alert_rule_test", []):
+                name = check["alertname"]
+                if check.get("exp_alerts"):
+                    fired.setdefault(name, []).extend(a["exp_labels"] for a in check["exp_alerts"])
+                else:
+                    quiet.add(name)
+    for rule in (r for g in rule_groups() for r in g["rules"] if "alert" in r):
+        name = rule["alert"]
+        assert name in quiet, f"{name}: no test where it stays quiet"
+        assert any(rule["labels"].items() <= exp.items() for exp in fired.get(name, [])), (
+            f"{name} {rule['labels']}: no test where this rule fires"
+        )
 
 
 # ---- Grafana ------------------------------------------------------------------------------------
@@ -407,6 +435,19 @@ def test_alerts_read_recorded_rules_and_carry_severity():
 def dashboard_exprs() -> list[str]:
     dash = json.loads(DASHBOARD.read_text())
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def dashboard_variables() -> set[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return {v["name"] for v in dash["templating"]["list"]}
+
+
+def fill_variables(expr: str) -> str:
+    """A dashboard query as Prometheus gets it with every variable at "All" (regex .*)."""
+    expr = expr.replace("$__rate_interval", "30s")
+    return re.sub(
+        r"\$\{?(\w+)\}?", lambda m: ".*" if m.group(1) in dashboard_variables() else m[0], expr
+    )
 
 
 def test_dashboard_panels_are_well_formed():
@@ -418,6 +459,11 @@ def test_dashboard_panels_are_well_formed():
         assert p["targets"], p["title"]
         assert p["datasource"]["uid"] == "${datasource}", p["title"]
         assert {"x", "y", "w", "h"} <= set(p["gridPos"])
+    # every variable a query uses is defined (or Grafana's own $__rate_interval)
+    for expr in dashboard_exprs():
+        used = set(re.findall(r"\$\{?(\w+)\}?", expr)) - {"__rate_interval"}
+        assert used <= dashboard_variables(), f"undefined variables {used} in {expr}"
+        assert "$" not in fill_variables(expr), expr
 
 
 # ---- metric names: what the deployment reads is what the server exports -------------------------
@@ -628,6 +674,129 @@ def test_k8s_ranker(rendered, overlay):
         assert gpu_limit is None and "nodeSelector" not in spec
 
 
+def mounted_file(container: dict, volumes: dict, path: str) -> tuple[dict, dict, str]:
+    """(volumeMount, volume, key in the volume) of the file at ``path`` in ``container``."""
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    return mount, volumes[mount["name"]], path.removeprefix(mount["mountPath"] + "/")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_models_file_and_admin_key(rendered, overlay):
+    """The models file comes from a ConfigMap mounted read-only where SLIMRANK_MODELS points, in
+    the ranker and in the init container that waits for its checkpoints; it is a valid models
+    file whose checkpoints are on the models PVC; the admin key comes from its own optional
+    Secret, apart from the client keys."""
+    from server.models_file import ModelsFile
+    from server.settings import ServerSettings
+
+    docs = rendered[overlay]
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (ranker,) = [c for c in spec["containers"] if c["name"] == "ranker"]
+    (init,) = spec["initContainers"]
+    files = set()
+    for c in (ranker, init):
+        env = {e["name"]: e for e in c.get("env", [])}
+        path = env["SLIMRANK_MODELS"]["value"]
+        mount, volume, key = mounted_file(c, volumes, path)
+        assert mount["readOnly"] is True, c["name"]
+        cm = one(docs, "ConfigMap", volume["configMap"]["name"])
+        files.add(cm["data"][key])
+        models = next(m for m in c["volumeMounts"] if m["mountPath"] == "/models")
+        assert volumes[models["name"]]["persistentVolumeClaim"]["claimName"] == "slimrank-models"
+    (text,) = files  # the ranker and the init container read the same file
+    models_file = ModelsFile.model_validate(yaml.safe_load(text))
+    assert models_file.labels["ranker"]["stable"].version == "teacher"
+    assert models_file.default_ref == "ranker@stable"
+    for entry in models_file.models:
+        assert entry.path.startswith("/models/"), entry.key
+        assert entry.engine == ("vllm" if overlay == "gpu" else "auto"), entry.key
+    assert any(e.path == "/models/teacher" for e in models_file.models)
+    # the server settings with that file are valid (the file itself is read at start)
+    (ref,) = [e["configMapRef"]["name"] for e in ranker["envFrom"]]
+    config = one(docs, "ConfigMap", ref)["data"]
+    env = {e["name"]: e for e in ranker["env"]}
+    settings = {k.removeprefix("SLIMRANK_").lower(): v for k, v in config.items()}
+    assert ServerSettings(**settings, models=env["SLIMRANK_MODELS"]["value"]).models
+    # the init container waits for every checkpoint of the models file
+    assert "load_models_file" in " ".join(init["command"])
+
+    # admin key: an optional Secret of its own (no Secret: the admin API stays off)
+    ref = env["SLIMRANK_ADMIN_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref["optional"] is True and ref["key"]
+    client_secret = mounted_file(ranker, volumes, env["SLIMRANK_API_KEY_FILE"]["value"])[1]
+    assert ref["name"] != client_secret["secret"]["secretName"]
+    prefix = ServerSettings.model_config["env_prefix"]
+    for field in ("models", "admin_api_key"):  # the variables set above are real settings
+        assert field in ServerSettings.model_fields and f"{prefix}{field.upper()}" in env
+
+
+GATEWAY_EXAMPLE = K8S / "examples" / "gateway-ab.yaml"
+
+
+def test_k8s_gateway_example_splits_and_mirrors():
+    """k8s/examples/gateway-ab.yaml: two Deployments (teacher, int8 student) behind their own
+    Services, and an HTTPRoute (Gateway API v1) that splits 90/10 by backendRefs weights and
+    mirrors to the student with a RequestMirror filter."""
+    import kubernetes_validate
+
+    from server.models_file import ModelsFile
+
+    docs = [d for d in yaml.safe_load_all(GATEWAY_EXAMPLE.read_text()) if d]
+    for d in docs:
+        if d["kind"] in CRD_KINDS | {"HTTPRoute"}:
+            continue
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    assert {d["metadata"]["namespace"] for d in docs} == {"slimrank"}
+
+    # each Service selects the pods of one Deployment, which serves one version of "ranker"
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    served = {}
+    for name, svc in services.items():
+        (dep,) = [
+            d
+            for d in docs
+            if d["kind"] == "Deployment"
+            and matches(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+        ]
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["command"] + c["args"] == SERVER_CMD
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        _, volume, key = mounted_file(c, volumes, env["SLIMRANK_MODELS"])
+        cm = one(docs, "ConfigMap", volume["configMap"]["name"])
+        (entry,) = ModelsFile.model_validate(yaml.safe_load(cm["data"][key])).models
+        assert entry.name == "ranker" and entry.path.startswith("/models/")
+        port = next(p for p in svc["spec"]["ports"] if p["name"] == "http")
+        served[(name, port["port"])] = entry.version
+    assert sorted(served.values()) == ["int8", "teacher"]
+    backend = {v: k for k, v in served.items()}  # version -> (Service, port)
+
+    route = one(docs, "HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] and all(p["name"] for p in route["spec"]["parentRefs"])
+    (rule,) = route["spec"]["rules"]
+    assert [m["path"] for m in rule["matches"]] == [{"type": "PathPrefix", "value": "/v1/"}]
+    weights = {(b["name"], b["port"]): b["weight"] for b in rule["backendRefs"]}
+    assert weights == {backend["teacher"]: 90, backend["int8"]: 10}
+    (mirror,) = rule["filters"]
+    assert mirror["type"] == "RequestMirror" and set(mirror) == {"type", "requestMirror"}
+    spec = mirror["requestMirror"]
+    assert set(spec) <= {"backendRef", "percent", "fraction"}  # HTTPRequestMirrorFilter
+    assert not ({"percent", "fraction"} <= set(spec)), "only one of percent and fraction"
+    assert set(spec["backendRef"]) == {"name", "port"}
+    assert (spec["backendRef"]["name"], spec["backendRef"]["port"]) == backend["int8"]
+    assert spec.get("percent", 100) == 100
+
+    # both Services scraped as one job, so the canary alert compares the two Deployments
+    sm = one(docs, "ServiceMonitor")
+    job = {svc["metadata"]["labels"][sm["spec"]["jobLabel"]] for svc in services.values()}
+    assert len(job) == 1
+    assert all(matches(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+               for s in services.values())  # fmt: skip
+
+
 # the sources allowed to reach the ranker: (namespace, pod labels) of the ingress controller and
 # of Prometheus; nothing else
 ALLOWED_SOURCES = {
@@ -730,12 +899,20 @@ LIVE_AUTH = {"Authorization": f"Bearer {LIVE_KEY}"}
 
 
 def exported_names(url: str) -> set[str]:
+    """Sample names on /metrics, and those of every family it declares (``# TYPE``): a labelled
+    family has no samples until its first labels are used (shadow copies, a second version)."""
     text = httpx.get(url + "/metrics", timeout=10, headers=LIVE_AUTH).text
-    return {
+    names = {
         re.split(r"[{ ]", line, maxsplit=1)[0]
         for line in text.splitlines()
         if line and line[0] != "#"
     }
+    for m in re.finditer(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        name, kind = m.groups()
+        names |= (
+            {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+        )
+    return names
 
 
 @pytest.mark.slow
@@ -888,11 +1065,7 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
 
         # every dashboard query is valid PromQL for a real Prometheus (Grafana variables filled)
         for expr in dashboard_exprs():
-            concrete = (
-                expr.replace("$__rate_interval", "30s")
-                .replace("$job", ".*")
-                .replace("$instance", ".*")
-            )
+            concrete = fill_variables(expr)
             assert "$" not in concrete, expr
             prom.query(concrete)
         assert prom.query(
