@@ -26,8 +26,11 @@ def _checkpoint_folder(path):
     from ranking.manifest import write_manifest
 
     path.mkdir()
+    # a small shape: the pre-flight memory estimate reads the parameter count from it
     cfg = (
-        '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16"}'
+        '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",'
+        ' "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,'
+        ' "num_attention_heads": 2, "vocab_size": 100}'
     )
     (path / "config.json").write_text(cfg)
     (path / "model.safetensors").write_bytes(b"\0" * 4096)
