@@ -165,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--short", action="store_true", help="the test-sized form (seconds)")
     ch.add_argument("--slo-p99-ms", type=_positive(float), default=500.0)
     ch.add_argument("--items", type=_positive(int), default=50, help="items per request [50]")
+    ch.add_argument(
+        "--source",
+        choices=["synthetic", "demo"],
+        default="synthetic",
+        help="requests: synthetic, or real rows of --data (a query and its candidates)",
+    )
+    ch.add_argument("--data", default="artifacts/demo/data", help="demo source: a data folder")
+    ch.add_argument("--distinct", type=_positive(int), default=8, help="distinct bodies [8]")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--log-dir", help="server logs [/tmp]")
     ch.add_argument("--json", help="write the report here")
@@ -273,6 +281,9 @@ def _chaos(args: argparse.Namespace) -> int:
         seed=args.seed,
         log_dir=args.log_dir,
         items=args.items,
+        source=args.source,
+        data=args.data,
+        distinct=args.distinct,
     )
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     reports = []

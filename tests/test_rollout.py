@@ -10,14 +10,8 @@ import pytest
 import yaml
 
 from tests.serving import ServerProcess, metric_value
+from tests.test_service import ITEMS, QUERY
 
-QUERY = "member profile: nurse, expert level. interests: music, travel, cooking."
-ITEMS = [
-    "jazz guitar: excellent expert music video.",
-    "budget stocks: poor beginner finance article.",
-    "island journey: good expert travel video.",
-    "bread pasta: mediocre intermediate cooking course.",
-]
 ADMIN = "rollout-admin-key"
 TOL = 0.02  # bf16 vLLM against fp32 torch on this CPU
 

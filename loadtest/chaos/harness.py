@@ -45,6 +45,9 @@ class ChaosConfig:
     seed: int = 0
     log_dir: str | None = None
     items: int = 50  # items per request (the load tester's default workload)
+    source: str = "synthetic"  # the workload's requests: synthetic, or demo rows of ``data``
+    data: str = "artifacts/demo/data"
+    distinct: int = 8  # distinct request bodies, cycled
     progress: bool = True
 
     def pick(self, full: T, short: T) -> T:
@@ -135,8 +138,36 @@ def server(cfg: ChaosConfig, env: dict[str, str] | None = None, **settings) -> I
         srv.stop(timeout=REQUEST_TIMEOUT_S + 30)
 
 
+ROLLOUT_MODEL = "ranker"  # the model name of the rollout scenarios' versions
+
+
+def write_models_file(path: Path, cfg: ChaosConfig, versions: dict[str, str]) -> Path:
+    """A models file with ``versions`` (version -> checkpoint) of ``ROLLOUT_MODEL`` on the
+    scenario's engine, the first labelled ``stable``."""
+    import yaml
+
+    entries = [
+        {"name": ROLLOUT_MODEL, "version": v, "path": p, "engine": cfg.engine}
+        for v, p in versions.items()
+    ]
+    first = next(iter(versions))
+    path.write_text(
+        yaml.safe_dump({"models": entries, "labels": {ROLLOUT_MODEL: {"stable": first}}})
+    )
+    return path
+
+
 def request_pool(cfg: ChaosConfig) -> RequestPool:
-    return RequestPool(Workload(tokenizer=cfg.model, items=cfg.items, seed=cfg.seed))
+    return RequestPool(
+        Workload(
+            tokenizer=cfg.model,
+            items=cfg.items,
+            seed=cfg.seed,
+            source=cfg.source,
+            data=cfg.data,
+            distinct=cfg.distinct,
+        )
+    )
 
 
 def run_config(cfg: ChaosConfig, url: str, rate: float, duration: float, **kw) -> RunConfig:

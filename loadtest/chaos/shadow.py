@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 
 from loadtest import promscrape
 from loadtest.chaos.harness import (
+    ROLLOUT_MODEL,
     RUN_KEY,
     ChaosConfig,
     Report,
@@ -37,11 +37,12 @@ from loadtest.chaos.harness import (
     server,
     tally,
     unloaded_latency,
+    write_models_file,
 )
 from loadtest.client import open_loop
 from loadtest.stats import fmt, percentiles
 
-NAME = "ranker"
+NAME = ROLLOUT_MODEL
 PAIR = {"model": NAME, "primary": "teacher", "shadow": "student"}
 P99_BUDGET = 0.10  # the primary's p99 may move by less than this with the shadow on
 DIFF_TOLERANCE, OVERLAP_TOLERANCE = 0.01, 0.05
@@ -100,23 +101,12 @@ def _recorded(before: dict, after: dict) -> dict:
 def shadow(cfg: ChaosConfig) -> Report:
     rep = Report("shadow", asdict(cfg))
     admin_key = "shadow-" + str(time.time_ns())
-    models = Path(cfg.log_dir or "/tmp") / f"shadow-models-{time.time_ns()}.yaml"
-    models.parent.mkdir(parents=True, exist_ok=True)
-    models.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {"name": NAME, "version": "teacher", "path": cfg.model, "engine": cfg.engine},
-                    {
-                        "name": NAME,
-                        "version": "student",
-                        "path": cfg.student,
-                        "engine": cfg.engine,
-                    },  # fmt: skip
-                ],
-                "labels": {NAME: {"stable": "teacher"}},
-            }
-        )
+    folder = Path(cfg.log_dir or "/tmp")
+    folder.mkdir(parents=True, exist_ok=True)
+    models = write_models_file(
+        folder / f"shadow-models-{time.time_ns()}.yaml",
+        cfg,
+        {"teacher": cfg.model, "student": cfg.student},
     )
     off = {"version": "teacher"}
     on = {"version": "teacher", "shadow": "student", "shadow_percent": 100}

@@ -20,9 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import yaml
 
 from loadtest.chaos.harness import (
+    ROLLOUT_MODEL,
     ChaosConfig,
     Report,
     measure_capacity,
@@ -32,10 +32,11 @@ from loadtest.chaos.harness import (
     server,
     tally,
     unloaded_latency,
+    write_models_file,
 )
 from loadtest.client import open_loop
 
-NAME = "ranker"
+NAME = ROLLOUT_MODEL
 VERSION_HEADER = "x-model-version"
 
 
@@ -84,22 +85,7 @@ def swap(cfg: ChaosConfig) -> Report:
     admin_key = "swap-" + str(time.time_ns())
     with tempfile.TemporaryDirectory(prefix="slimrank-swap-") as tmp:
         tmp_path = Path(tmp)
-        models = tmp_path / "models.yaml"
-        models.write_text(
-            yaml.safe_dump(
-                {
-                    "models": [
-                        {
-                            "name": NAME,
-                            "version": "teacher",
-                            "path": cfg.model,
-                            "engine": cfg.engine,
-                        }
-                    ],  # fmt: skip
-                    "labels": {NAME: {"stable": "teacher"}},
-                }
-            )
-        )
+        models = write_models_file(tmp_path / "models.yaml", cfg, {"teacher": cfg.model})
         broken = broken_copy(cfg.student, tmp_path)
         env = {"SLIMRANK_ADMIN_API_KEY": admin_key}
         with server(cfg, env, models=str(models)) as srv:
