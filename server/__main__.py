@@ -14,6 +14,7 @@ import typing
 
 from pydantic import ValidationError
 
+from server.request_ids import RequestIdFilter
 from server.settings import ServerSettings
 
 log = logging.getLogger("slimrank.server")
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # the request's id on every line
+        handler.addFilter(RequestIdFilter())
     try:
         preflight(settings)
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's setup

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from server.admin import admin_router
 from server.engines import Engine, create_engine
@@ -178,7 +179,12 @@ def create_app(settings: ServerSettings, engine: Engine | EngineFactory | None =
         return _service(request).readiness()
 
     @app.get("/metrics", tags=["info"])
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
+        """Prometheus text; OpenMetrics (with the latency histograms' exemplars: request and
+        trace ids) when the scraper asks for it, as Prometheus does with exemplar storage on."""
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            body = openmetrics.generate_latest(metrics.registry)
+            return Response(body, media_type=openmetrics.CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

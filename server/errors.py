@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from server.protocol import ErrorResponse
+from server.request_ids import current_id
 
 log = logging.getLogger("slimrank.server")
 
@@ -38,8 +39,13 @@ class ApiError(HTTPException):
 def error_response(
     status: int, type_: str, message: str, headers: dict | None = None
 ) -> JSONResponse:
+    """The error shape; inside a request it carries the request's id."""
+    detail = {"type": type_, "message": message}
+    rid = current_id()
+    if rid:
+        detail["request_id"] = rid
     return JSONResponse(
-        ErrorResponse(error={"type": type_, "message": message}).model_dump(),
+        ErrorResponse(error=detail).model_dump(exclude_none=True),
         status_code=status,
         headers=headers,
     )
@@ -77,14 +83,12 @@ async def _http(_: Request, exc: HTTPException) -> JSONResponse:
 
 
 def internal_error(exc: BaseException) -> JSONResponse:
-    """500 with a generic message and a request id; the exception goes to the log only."""
-    rid = uuid.uuid4().hex[:16]
+    """500 with a generic message and the request's id; the exception goes to the log only,
+    under that id."""
+    rid = current_id() or uuid.uuid4().hex
     log.error("internal error (request id %s)", rid, exc_info=exc)
     return error_response(
-        500,
-        "internal_error",
-        f"internal error (request id {rid})",
-        {"X-Request-Id": rid},
+        500, "internal_error", f"internal error (request id {rid})", {"X-Request-Id": rid}
     )
 
 

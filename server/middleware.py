@@ -21,6 +21,7 @@ from starlette.routing import Match
 
 from server.errors import ApiError, error_response
 from server.metrics import ServerMetrics
+from server.request_ids import RequestIds, from_headers, reset, set_current
 
 access = logging.getLogger("slimrank.access")
 request_text = logging.getLogger("slimrank.request_text")  # --log-request-text only
@@ -153,46 +154,99 @@ def scoring_endpoint(scope) -> str | None:
 
 
 class RequestAccounting:
-    """ASGI middleware: for every scoring request (``scoring_endpoint``), the request metrics
-    (count by endpoint, status and model version, duration, in flight), one JSON access-log
-    line, and the ``X-Model-Version`` response header naming the version that answered."""
+    """ASGI middleware: every request gets its ids (``server.request_ids``: ``X-Request-Id``
+    and ``traceparent``), answered in ``X-Request-Id``. For every scoring request
+    (``scoring_endpoint``) also: the request metrics (count by endpoint, status and model
+    version, duration with the request's exemplar, in flight), one JSON access-log line, and the
+    response headers ``X-Model-Version`` (the version that answered) and, as TEI sends them,
+    ``X-Queue-Time``, ``X-Tokenization-Time``, ``X-Inference-Time``, ``X-Total-Time`` (ms)."""
 
     def __init__(self, app, metrics: ServerMetrics, log_request_text: bool = False):
         self.app, self.metrics, self.log_text = app, metrics, log_request_text
 
     async def __call__(self, scope, receive, send):
-        path = scoring_endpoint(scope) if scope["type"] == "http" else None
-        if path is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        ids = from_headers(scope.get("headers") or [])
+        ids_token = set_current(ids)
+        try:
+            path = scoring_endpoint(scope)
+            if path is None:
+                return await self.app(scope, receive, _with_headers(send, lambda: _id_headers(ids)))
+            await self._scoring(scope, receive, send, path, ids)
+        finally:
+            reset(ids_token)
+
+    async def _scoring(self, scope, receive, send, path: str, ids: RequestIds) -> None:
         status = 500  # unless a response starts
         fields: dict = {}
+        t0 = time.perf_counter()
+
+        def headers() -> list[tuple[bytes, bytes]]:
+            out = _id_headers(ids)
+            if "version" in fields:
+                out.append((VERSION_HEADER, f"{fields['model']}:{fields['version']}".encode()))
+            for name, key in TIMING_HEADERS:
+                if key in fields:
+                    out.append((name, str(fields[key]).encode()))
+            out.append((b"x-total-time", f"{(time.perf_counter() - t0) * 1000:.2f}".encode()))
+            return out
 
         async def send_and_note(msg):
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                if "version" in fields:
-                    answered = f"{fields['model']}:{fields['version']}".encode()
-                    msg = {**msg, "headers": [*msg.get("headers", []), (VERSION_HEADER, answered)]}
             await send(msg)
 
         if self.log_text:
             receive = _logging_receive(receive, path)
         token = _access_fields.set(fields)
         m = self.metrics
-        t0 = time.perf_counter()
         m.in_flight.inc()
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, _with_headers(send_and_note, headers))
         finally:
             _access_fields.reset(token)
             dt = time.perf_counter() - t0
             m.in_flight.dec()
             mv = (fields.get("model", ""), fields.get("version", ""))
             m.requests.labels(path, str(status), *mv).inc()
-            m.request_duration.labels(path, *mv).observe(dt)
+            m.request_duration.labels(path, *mv).observe(dt, exemplar=ids.exemplar())
             line = {"endpoint": path, "status": status, "latency_ms": round(dt * 1000, 2)}
+            line["request_id"] = ids.request_id
+            if ids.trace_id:
+                line["trace_id"] = ids.trace_id
             access.info(json.dumps({**line, **fields}))
+
+
+# (response header, access-log field) of the per-request timings, in milliseconds
+TIMING_HEADERS = (
+    (b"x-queue-time", "queue_ms"),
+    (b"x-tokenization-time", "tokenize_ms"),
+    (b"x-inference-time", "prefill_ms"),
+)
+
+
+def _id_headers(ids: RequestIds) -> list[tuple[bytes, bytes]]:
+    out = [(b"x-request-id", ids.request_id.encode())]
+    if ids.replaced:
+        out.append((b"x-request-id-replaced", b"true"))
+    return out
+
+
+def _with_headers(send, extra: Callable[[], list[tuple[bytes, bytes]]]):
+    """``send`` with ``extra()``'s headers added to the response's start (replacing any of the
+    same names the app set)."""
+
+    async def sending(msg):
+        if msg["type"] == "http.response.start":
+            add = extra()
+            names = {k for k, _ in add}
+            kept = [(k, v) for k, v in msg.get("headers", []) if k.lower() not in names]
+            msg = {**msg, "headers": [*kept, *add]}
+        await send(msg)
+
+    return sending
 
 
 def _logging_receive(receive, path: str):

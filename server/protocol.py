@@ -83,6 +83,7 @@ class RankResult(BaseModel):
 class RankResponse(BaseModel):
     model: str
     version: str = Field(description="the model version that answered")
+    request_id: str = Field(description="as in X-Request-Id")
     results: list[RankResult]
     usage: Usage
 
@@ -117,6 +118,7 @@ class ScoreRequest(_Strict):
 class ScoreResponse(BaseModel):
     scores: list[list[float]] = Field(description="per item: a value per label token id")
     model: str
+    request_id: str = Field(description="as in X-Request-Id")
     usage: Usage
     object: Literal["scoring"] = "scoring"
 
@@ -168,7 +170,7 @@ class RerankUsage(BaseModel):
 
 
 class RerankResponse(BaseModel):
-    id: str
+    id: str = Field(description="the request id, as in X-Request-Id")
     model: str
     results: list[RerankResult]
     usage: RerankUsage
@@ -222,6 +224,7 @@ class ModelList(BaseModel):
 class ErrorDetail(BaseModel):
     type: str
     message: str
+    request_id: str | None = Field(default=None, description="as in X-Request-Id")
 
 
 class ErrorResponse(BaseModel):

@@ -28,7 +28,8 @@ import numpy as np
 
 from ranking.request import EncodedRequest
 from server.engines.base import Engine
-from server.metrics import ServerMetrics
+from server.metrics import VersionMetrics
+from server.request_ids import current_exemplar
 
 
 class Overloaded(Exception):
@@ -53,13 +54,14 @@ class _Entry:
     deadline: float
     abandoned: bool = False
     started: float | None = field(default=None)
+    exemplar: dict[str, str] | None = None  # the request's ids, for the latency histograms
 
 
 class Scheduler:
     def __init__(
         self,
         engine: Engine,
-        metrics: ServerMetrics,
+        metrics: VersionMetrics,
         max_batch_tokens: int,
         max_wait_s: float,
         max_queue_items: int,
@@ -91,7 +93,13 @@ class Scheduler:
             raise ShuttingDown("server is shutting down")
         self._admit(request)
         now = time.perf_counter()
-        entry = _Entry(request, asyncio.get_running_loop().create_future(), now, now + timeout_s)
+        entry = _Entry(
+            request,
+            asyncio.get_running_loop().create_future(),
+            now,
+            now + timeout_s,
+            exemplar=current_exemplar(),
+        )
         self._queue.append(entry)
         self._queued_items += request.n_items
         self._queued_tokens += request.computed_tokens
@@ -233,7 +241,7 @@ class Scheduler:
         start = time.perf_counter()
         for e in batch:
             e.started = start
-            self.metrics.queue_wait.observe(start - e.enqueued)
+            self.metrics.queue_wait.observe(start - e.enqueued, exemplar=e.exemplar)
         tokens = sum(e.request.computed_tokens for e in batch)
         self._running_tokens, self._running_since = tokens, start
         try:
@@ -258,7 +266,7 @@ class Scheduler:
                 rate if self.tokens_per_s is None else (0.8 * self.tokens_per_s + 0.2 * rate)
             )
         for e, scores in zip(batch, results, strict=True):
-            m.request_prefill.observe(elapsed)
+            m.request_prefill.observe(elapsed, exemplar=e.exemplar)
             m.items.inc(e.request.n_items)
             m.prompt_tokens.inc(e.request.prompt_tokens)
             m.computed_tokens.inc(e.request.computed_tokens)

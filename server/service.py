@@ -10,6 +10,7 @@ Errors are ``ApiError`` (status + stable type), so the routes stay HTTP-only.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import replace
@@ -40,6 +41,7 @@ from server.protocol import (
     ScoreResponse,
     Usage,
 )
+from server.request_ids import current_id
 from server.scheduler import DeadlineExceeded, Overloaded, ShuttingDown
 from server.settings import ServerSettings
 from server.shadow import DEFAULT_K, ShadowCopy, ShadowMirror
@@ -155,6 +157,7 @@ class RankingService:
         return RankResponse(
             model=v.name,
             version=v.version,
+            request_id=current_id() or "",
             results=[RankResult(index=int(i), score=float(scores[i])) for i in order],
             usage=usage,
         )
@@ -214,7 +217,7 @@ class RankingService:
             enc = replace(enc, label_ids=wanted, full_vocab=not req.apply_softmax)
             scores, usage = await self._submit(v, enc)
         rows = [[float(p) for p in row] for row in scores]
-        return ScoreResponse(scores=rows, model=v.name, usage=usage)
+        return ScoreResponse(scores=rows, model=v.name, request_id=current_id() or "", usage=usage)
 
     async def rerank(self, req: RerankRequest, key: str | None = None) -> RerankResponse:
         docs = req.texts()
@@ -240,7 +243,7 @@ class RankingService:
             self._mirror(r, encode, scores, req.top_n or None)
         order = np.argsort(-scores, kind="stable")[: req.top_n or None]
         fields = dict(
-            id=f"rerank-{uuid.uuid4().hex}",
+            id=current_id() or uuid.uuid4().hex,
             model=v.name,
             results=[
                 RerankResult(
@@ -260,7 +263,8 @@ class RankingService:
         """The shadow's copy of this request, if its label mirrors it (never waits)."""
         if r.shadow is not None:
             k = top_k or DEFAULT_K
-            self.shadows.offer(ShadowCopy(r.version, r.shadow, encode, scores, k))
+            copy = ShadowCopy(r.version, r.shadow, encode, scores, k, current_id() or "")
+            self.shadows.offer(copy)
 
     def card(self, v: ModelVersion) -> ModelCard:
         m = v.model
@@ -349,6 +353,7 @@ class RankingService:
     ) -> EncodedRequest:
         """Checks the limits and tokenizes with ``v``'s prompt template. Nothing is truncated:
         over a limit is a 422 naming it (``field``: the dialect's name for the items)."""
+        t0 = time.perf_counter()
         m = v.model
         self._check_item_count(len(items), field)
         for i, it in enumerate(items):
@@ -365,6 +370,7 @@ class RankingService:
         )
         i_ids = v.item_tokens.get_many(items, lambda t: m.task.encode_items(m.tokenizer, t))
         self._check_lengths(q_ids, i_ids, field)
+        note_access(tokenize_ms=round((time.perf_counter() - t0) * 1000, 2))
         return EncodedRequest(q_ids, i_ids)
 
     def encode_ids(
@@ -398,7 +404,7 @@ class RankingService:
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failed this batch
             self.check_alive()  # a dead engine: 503 engine_unavailable, the queue failed too
-            rid = uuid.uuid4().hex[:16]
+            rid = current_id() or uuid.uuid4().hex
             log.error("engine error (request id %s)", rid, exc_info=exc)
             raise ApiError(
                 500,

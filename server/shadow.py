@@ -44,6 +44,7 @@ class ShadowCopy:
     encode: Callable[[object], EncodedRequest]  # tokenizes the request for a version
     primary_scores: np.ndarray
     k: int
+    request_id: str  # the live request's, for the log
 
 
 IDLE_POLL_S = 0.002
@@ -107,7 +108,12 @@ class ShadowMirror:
             self._count(c, "refused")
             return
         except Exception as exc:  # noqa: BLE001 - a shadow failure never reaches a client
-            log.warning("shadow %s failed: %s", c.shadow.key, type(exc).__name__)
+            log.warning(
+                "shadow %s failed for request %s: %s",
+                c.shadow.key,
+                c.request_id,
+                type(exc).__name__,
+            )
             self._count(c, "failed")
             return
         diff, overlap = agreement(c.primary_scores, np.asarray(scores, dtype=np.float64), c.k)
@@ -115,3 +121,12 @@ class ShadowMirror:
         self.metrics.shadow_score_diff.labels(*pair).observe(diff)
         self.metrics.shadow_topk_overlap.labels(*pair).observe(overlap)
         self._count(c, "scored")
+        log.debug(
+            "shadow %s of %s for request %s: mean |diff| %.4f, top-%d overlap %.2f",
+            c.shadow.key,
+            c.primary.key,
+            c.request_id,
+            diff,
+            c.k,
+            overlap,
+        )

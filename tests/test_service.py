@@ -120,7 +120,7 @@ async def test_rerank(client):
     body = r.json()
     assert [x["index"] for x in body["results"]] == list(np.argsort(-REF, kind="stable")[:3])
     assert all(x["document"]["text"] == ITEMS[x["index"]] for x in body["results"])
-    assert body["id"].startswith("rerank-")
+    assert body["id"] == r.headers["x-request-id"]  # Cohere's id: the request's
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
     plain = await client.post("/v1/rerank", json={"query": QUERY, "documents": ITEMS})
     assert all(x["document"] is None for x in plain.json()["results"])
@@ -350,10 +350,9 @@ async def test_load_failure_is_reported_by_ready():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
             r = await c.get("/ready")
     assert r.status_code == 503
-    assert r.json()["error"] == {
-        "type": "not_ready",
-        "message": "fake:1: OSError: weights missing",
-    }
+    err = r.json()["error"]
+    assert err.pop("request_id") == r.headers["x-request-id"]
+    assert err == {"type": "not_ready", "message": "fake:1: OSError: weights missing"}
 
 
 # ---- admission, deadlines ----------------------------------------------------------------------
@@ -626,5 +625,5 @@ async def test_metrics_and_access_log(caplog):
     assert [x["status"] for x in lines] == [200, 200, 200, 422, 404]
     ok = lines[0]
     assert ok["endpoint"] == "/v1/rank" and ok["items"] == 4 and ok["batch"] == 1
-    assert {"latency_ms", "queue_ms", "prefill_ms"} <= set(ok)
-    assert set(lines[3]) == {"endpoint", "status", "latency_ms"}
+    assert {"latency_ms", "queue_ms", "prefill_ms", "tokenize_ms", "request_id"} <= set(ok)
+    assert set(lines[3]) == {"endpoint", "status", "latency_ms", "request_id"}

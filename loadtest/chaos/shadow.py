@@ -8,7 +8,8 @@ off, on: the machine's drift falls on both sides alike). Reported: the primary's
 p99 with the shadow off and on, the shadow copies by outcome (scored, dropped, refused,
 failed), and the agreement the server recorded (mean |score difference|, top-k overlap, from
 ``/metrics``) beside the same figures computed offline: the requests of the "on" phases scored
-by both checkpoints through the torch engine in this process, no server in between.
+by both checkpoints through the torch engine in this process (on the kernels the server
+chose at load), no server in between.
 Check: the primary's p99 moves by less than 10% and the recorded agreement matches the
 offline one (mean |difference| within 0.01, overlap within 0.05).
 """
@@ -48,15 +49,31 @@ P99_BUDGET = 0.10  # the primary's p99 may move by less than this with the shado
 DIFF_TOLERANCE, OVERLAP_TOLERANCE = 0.01, 0.05
 
 
-def offline_agreement(teacher: str, student: str, bodies: list[bytes], k: int) -> dict:
-    """Both checkpoints through the torch engine in this process (as the server runs them),
-    on ``bodies``: the mean over requests of mean |difference| and of the top-k overlap."""
+def kernel_option(label: str) -> str:
+    """The ``--torch-kernel`` that gives a served version's kernel (its card's ``kernel``:
+    "int8 fbgemm", "int4 dequantized to float32", "float32", ...)."""
+    from ranking.quant_kernels import FALLBACK, INT4_KERNELS, INT8_KERNELS
+
+    words = label.split()
+    if len(words) > 1 and words[1] in INT8_KERNELS + INT4_KERNELS:
+        return words[1]
+    return FALLBACK if len(words) > 1 else "auto"
+
+
+def offline_agreement(
+    teacher: str, student: str, bodies: list[bytes], k: int, kernels: dict[str, str]
+) -> dict:
+    """Both checkpoints through the torch engine in this process, with the kernels the server
+    ran them on (``kernels``: checkpoint -> its card's kernel), on ``bodies``: the mean over
+    requests of mean |difference| and of the top-k overlap."""
     from server.engines.torch_engine import TorchEngine
     from server.settings import ServerSettings
     from server.shadow import agreement
 
     async def scores(model: str) -> list[np.ndarray]:
-        engine = TorchEngine(ServerSettings(model=model, engine="torch").model_spec())
+        kernel = kernel_option(kernels.get(model, ""))
+        settings = ServerSettings(model=model, engine="torch", torch_kernel=kernel)
+        engine = TorchEngine(settings.model_spec())
         loaded = await engine.start()
         out = []
         for b in bodies:
@@ -136,10 +153,13 @@ def shadow(cfg: ChaosConfig) -> Report:
                 shadowed += [pool.sequence(len(result.outcomes))[j].body
                              for j, o in enumerate(result.outcomes) if o.status == 200]  # fmt: skip
         after = promscrape.scrape(srv.url, api_key=RUN_KEY)
+        cards = admin.get("/admin/models").json()["data"]
         admin.close()
+    path_of = {"teacher": cfg.model, "student": cfg.student}
+    kernels = {path_of[c["version"]]: c["kernel"] for c in cards}
     recorded = _recorded(before, after)
     say(cfg, f"shadow: offline comparison of {len(shadowed)} requests")
-    offline = offline_agreement(cfg.model, cfg.student, shadowed, k=10)
+    offline = offline_agreement(cfg.model, cfg.student, shadowed, 10, kernels)
     p = {mode: percentiles(lat, (50, 99)) for mode, lat in latencies.items()}
     for mode in ("off", "on"):
         rep.tallies[f"shadow {mode}"] = tally(tallies[mode])
@@ -153,6 +173,7 @@ def shadow(cfg: ChaosConfig) -> Report:
         p99_change=change,
         recorded=recorded,
         offline=offline,
+        kernels=kernels,
     )
     rep.check(
         "primary p99 moves < 10%",
