@@ -957,6 +957,7 @@ class PrometheusProcess:
             f"--storage.tsdb.path={tmp / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
+            "--enable-feature=exemplar-storage",  # as docker-compose.yml: the trace ids
         ]
         self.log_path = tmp / "prometheus.log"
 
@@ -1037,6 +1038,29 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
             values = {q: prom.scalar(q) for q in (P99_PREFILL, ITEMS_PER_S)}
             ok = all(v is not None and math.isfinite(v) for v in values.values())
             return values if ok and values[ITEMS_PER_S] > 0 else None
+
+        # a client's trace id comes back from Prometheus as an exemplar of the latency buckets
+        trace = "5e1f0c2a9b8d4e7f8a6b5c4d3e2f1a0b"
+        r = httpx.post(
+            live_server.url + "/v1/rank",
+            json={"query": QUERY, "items": ITEMS[:2]},
+            headers={**LIVE_AUTH, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            timeout=30,
+        )
+        assert r.status_code == 200
+
+        def exemplar_trace_ids():
+            now = time.time()
+            got = httpx.get(
+                prom.url + "/api/v1/query_exemplars",
+                params={"query": "slimrank_request_duration_seconds_bucket",
+                        "start": now - 300, "end": now + 60},  # fmt: skip
+                timeout=5,
+            ).json()["data"]
+            ids = {e["labels"].get("trace_id") for s in got for e in s["exemplars"]}
+            return ids if trace in ids else None
+
+        prom.wait_for(exemplar_trace_ids, 25, "the request's trace id as an exemplar")
 
         values = prom.wait_for(finite_results, 25, "finite p99 prefill and items/s")
         assert 0 < values[P99_PREFILL] < 60
