@@ -1053,8 +1053,11 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
             now = time.time()
             got = httpx.get(
                 prom.url + "/api/v1/query_exemplars",
-                params={"query": "slimrank_request_duration_seconds_bucket",
-                        "start": now - 300, "end": now + 60},  # fmt: skip
+                params={
+                    "query": "slimrank_request_duration_seconds_bucket",
+                    "start": now - 300,
+                    "end": now + 60,
+                },  # fmt: skip
                 timeout=5,
             ).json()["data"]
             ids = {e["labels"].get("trace_id") for s in got for e in s["exemplars"]}

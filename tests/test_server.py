@@ -120,7 +120,8 @@ def test_info_endpoints(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     assert httpx.get(server.url + "/ready").status_code == 200
     card = httpx.get(server.url + "/v1/models").json()["data"][0]
-    assert card["id"] == "teacher" and card["format"] == "bf16" and card["engine"] == "torch"
+    assert card["id"] == "teacher:1" and card["name"] == "teacher" and card["state"] == "ready"
+    assert card["format"] == "bf16" and card["engine"] == "torch" and card["memory_bytes"] > 0
     assert card["parameters"] > 0
     spec = httpx.get(server.url + "/openapi.json").json()
     for path in (

@@ -73,7 +73,7 @@ def test_service_reuses_the_query_tokens():
 
     async def go():
         async with serving(app, engine) as client:
-            cache = app.state.service.query_tokens
+            cache = app.state.service.model_set.versions["fake:1"].query_tokens
             before = cache.hits
             for _ in range(2):
                 r = await client.post(
@@ -105,7 +105,7 @@ def test_service_reuses_item_tokens():
 
     async def go():
         async with serving(app, engine) as client:
-            cache = app.state.service.item_tokens
+            cache = app.state.service.model_set.versions["fake:1"].item_tokens
             r = await client.post(
                 "/v1/score", json={"query": "another member", "items": ITEMS, "apply_softmax": True}
             )
