@@ -69,6 +69,8 @@ class ModelVersion:
     memory_bytes: int | None = None  # resident memory added while it loaded
     load_seconds: float | None = None
     active: int = 0  # requests (and shadow copies) routed to it and not finished
+    # its own tokenizer's ids: the same member is ranked again within seconds, popular items
+    # recur (server/token_cache.py)
     query_tokens: TokenCache = field(default_factory=TokenCache)
     item_tokens: TokenCache = field(default_factory=lambda: TokenCache(max_entries=65536))
 

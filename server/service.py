@@ -54,10 +54,10 @@ class RankingService:
     models file, warmed up; ready after) -> requests ... -> ``stop()`` (drain: no new
     requests, queued and running ones finish)."""
 
-    def __init__(self, settings: ServerSettings, models: ModelSet, metrics: ServerMetrics):
-        self.settings, self.model_set, self.metrics = settings, models, metrics
+    def __init__(self, settings: ServerSettings, model_set: ModelSet, metrics: ServerMetrics):
+        self.settings, self.model_set, self.metrics = settings, model_set, metrics
         self.shadows = ShadowMirror(
-            metrics, settings.shadow_queue, settings.request_timeout_s, models.idle
+            metrics, settings.shadow_queue, settings.request_timeout_s, model_set.idle
         )
         self.ready = False
         self.draining = False
