@@ -295,8 +295,8 @@ class ModelSet:
         routing key ``key`` (sticky A/B arms and shadow sampling); a 404 names what is
         unknown, a 503 a version that is not ready."""
         name, version, label = parse_ref(ref or self.default_ref)
-        names = sorted({v.name for v in self.versions.values()})
-        if name not in names:
+        if not any(v.name == name for v in self.versions.values()):
+            names = sorted({v.name for v in self.versions.values()})
             raise ApiError(
                 404,
                 "model_not_found",
