@@ -1,8 +1,10 @@
 """The quality/cost report: every stage scored by the same scorer on the same held-out split.
 
 ``report.json`` holds ``{"stages": [{"name", "format", "auc", "auc_delta", "logloss", "params",
-"bytes", "items_per_s", ...}], "checks": {...}, "ablations": [...]}``; ``report.md`` is the
-table and ``report.png`` plots AUC against bytes and against items/s.
+"bytes", "items_per_s", "ece", "brier", "reliability", ...}], "checks": {...}, "ablations":
+[...]}``; ``report.md`` is the table and ``report.png`` plots AUC against bytes and against
+items/s, and the reliability diagram of the main stages (calibration: compression can move it
+while the AUC holds).
 
 Quality metrics are cached per stage (they depend only on the checkpoint). Throughput is always
 measured afresh, for every stage in one run, so the items/s ratios compare like with like.
@@ -14,6 +16,7 @@ CPU); the table names the kernel of each row.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -29,9 +32,11 @@ from compression.profile import profile_markdown, profile_stages
 from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes
-from ranking.datafolder import split_path
-from ranking.evaluation import evaluate_checkpoint
+from ranking.datafolder import read_split, split_path
+from ranking.dataset import labels_in_group_order
+from ranking.evaluation import calibration_metrics, evaluate_checkpoint
 from ranking.fingerprint import content_hash
+from ranking.metrics import CALIBRATION_BINS, reliability_bins
 from ranking.quant_kernels import load_for_scoring
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
@@ -88,6 +93,7 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     names = ["teacher", *stage_names]
     infos = {n: json.loads((stage_dir(recipe, n) / STAGE_FILE).read_text()) for n in stage_names}
     rows, generative, outputs, scores = [], [], [], {}
+    labels = functools.cache(lambda: labels_in_group_order(read_split(recipe.data, split)))
     for name in tqdm(names, desc="report: quality", unit="stage"):
         ckpt = stage_dir(recipe, name)
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
@@ -99,6 +105,8 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
             generative.append({"name": name, **own, "compare_to": info.get("compare_to")})
             continue
         m, scores[name] = quality(ckpt, recipe.data, split)
+        if "ece" not in m:  # a cache without the calibration figures: from its scores
+            m.update(calibration_metrics(labels(), scores[name]))
         rows.append(
             {
                 "name": name,
@@ -112,6 +120,9 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                 "auc_hi": m.get("auc_hi"),
                 "logloss": m["logloss"],
                 "ndcg@10": m["ndcg@10"],
+                "ece": m["ece"],
+                "brier": m["brier"],
+                "reliability": reliability_bins(labels(), scores[name]),
                 "expected_auc": m.get("expected_auc"),
                 "params": m["params"],
                 "bytes": m["bytes"],
@@ -253,15 +264,15 @@ def markdown(report: dict) -> str:
         f"# Compression report ({report['split']} split"
         + (f"; Bayes-optimal AUC {report['bayes_auc']:.4f})" if report["bayes_auc"] else ")"),
         "",
-        "| stage | format | AUC | ΔAUC | log loss | mean \\|Δscore\\| vs input | params | bytes "
-        "| × smaller | items/s | kernel | × speed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | format | AUC | ΔAUC | log loss | ECE | Brier | mean \\|Δscore\\| vs input | "
+        "params | bytes | × smaller | items/s | kernel | × speed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     b = report.get("baseline")
     if b and not b["stale"]:
         lines.append(
             f"| baseline ({b['model']}) | - | {_auc(b)} | {b['auc_delta_vs_teacher']:+.4f} | "
-            f"{b['logloss']:.4f} | - | - | - | - | - | - | - |"
+            f"{b['logloss']:.4f} | - | - | - | - | - | - | - | - | - |"
         )
     for r in report["stages"]:
         if r["ablation"]:
@@ -271,15 +282,27 @@ def markdown(report: dict) -> str:
     if abl:
         lines += ["", "Ablation checkpoints:", "", lines[2], lines[3]]
         lines += [_row(r) for r in abl]
-    lines += ["", "AUC: [95% interval, bootstrap resampling queries]."]
+    lines += [
+        "",
+        "AUC: [95% interval, bootstrap resampling queries]. ECE: expected calibration error, "
+        f"{CALIBRATION_BINS} equal-width bins, L1 (0: a score of 0.3 is engaged with 30% of the "
+        "time); Brier: mean squared error of the score against the label.",
+    ]
     if b and b["stale"]:
         lines.append(
             f"The baseline in {b['path']} was scored on other {report['split']} data: rerun "
             "`python -m compression baseline --data DIR` to show it here."
         )
     c = report["checks"]
-    if c:
+    main = [r for r in report["stages"] if not r["ablation"] and r.get("ece") is not None]
+    if c or main:
         lines += ["", "## Targets", ""]
+    if main:
+        lines.append(
+            "- Calibration (ECE; no target yet, no stage recalibrates): "
+            + ", ".join(f"{r['name']} {r['ece']:.4f}" for r in main)
+            + "."
+        )
         if "int8_bytes_ratio" in c:
             lines.append(
                 f"- INT8 student: {c['int8_bytes_ratio']:.1f}x smaller than the bf16 teacher "
@@ -373,7 +396,8 @@ def _row(r: dict) -> str:
     spd = f"{r['speedup']:.2f}" if r.get("speedup") else "-"
     return (
         f"| {r['name']} | {r['format']} | {_auc(r)} | {r['auc_delta']:+.4f} | "
-        f"{r['logloss']:.4f} | {_num(r.get('score_mad_vs_input'))} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
+        f"{r['logloss']:.4f} | {_num(r.get('ece'))} | {_num(r.get('brier'))} | "
+        f"{_num(r.get('score_mad_vs_input'))} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.2f} MB | "
         f"{r['bytes_ratio']:.1f} | {ips} | {r.get('kernel', '-')} | {spd} |"
     )
 
@@ -386,7 +410,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.ticker
 
     rows = report["stages"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     panels = [("bytes", "checkpoint size (MB, log)", 1e-6)]
     if all(r.get("items_per_s") for r in rows):
         panels.append(("items_per_s", "torch-engine items/s (standard workload)", 1.0))
@@ -414,7 +438,26 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     if len(panels) == 1:
         axes[1].axis("off")
-    fig.suptitle("slimrank compression: quality vs size and speed")
+    _reliability(axes[2], [r for r in rows if not r["ablation"] and r.get("reliability")])
+    fig.suptitle("slimrank compression: quality vs size and speed, and calibration")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _reliability(ax, rows: list[dict]) -> None:
+    """The reliability diagram: per bin, the share of positives against the mean score."""
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    for r in rows:
+        b = r["reliability"]
+        pts = [(c, a) for c, a, n in zip(b["confidence"], b["accuracy"], b["count"], strict=True)
+               if n > 0]  # fmt: skip
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1,
+                    label=f"{r['name']} (ECE {r['ece']:.3f})")  # fmt: skip
+    ax.set_xlabel(f"mean score in bin ({CALIBRATION_BINS} bins)")
+    ax.set_ylabel("share of positives")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)

@@ -32,6 +32,11 @@ def requests_from_split(data_dir: str | Path, split: str, n: int) -> list[tuple[
     ]
 
 
+def labels_in_group_order(rows: list[dict]) -> np.ndarray:
+    """The rows' labels in the order ``encode_groups`` (and so evaluation) lays items out."""
+    return np.array([r["label"] for _, grp in group_by_query(rows) for r in grp], dtype=np.float64)
+
+
 def encode_groups(rows: list[dict], tokenizer, task: RankingTask) -> list[EncodedRequest]:
     """One tokenized request per query, with its labels and true probabilities (NaN where the
     data has none): the unit both training and evaluation batch on."""

@@ -17,7 +17,14 @@ from ranking.bootstrap import bootstrap_auc
 from ranking.checkpoint import CheckpointInfo, load_checkpoint
 from ranking.datafolder import head_rows, read_split
 from ranking.dataset import encode_groups
-from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, roc_auc
+from ranking.metrics import (
+    brier_score,
+    expected_auc,
+    expected_calibration_error,
+    log_loss,
+    mean_ndcg_at_k,
+    roc_auc,
+)
 from ranking.request import EncodedRequest
 from ranking.scorer import TorchScorer
 
@@ -36,7 +43,7 @@ def score_groups(
 
 
 def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap: int = 0) -> dict:
-    """AUC, log loss, NDCG@10 (and, where the data has true probabilities, the Bayes AUC in
+    """AUC, log loss, NDCG@10, ECE and Brier (and, where the data has true probabilities, the Bayes AUC in
     expectation and on the sampled labels, and the expected AUC). ``bootstrap`` > 0 adds
     ``auc_lo`` / ``auc_hi``: a 95% interval over that many replicates resampling queries
     (``ranking.bootstrap``), so a difference can be told from noise; only for 0/1 labels."""
@@ -49,6 +56,7 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap:
         "auc": roc_auc(labels, scores),
         "logloss": log_loss(labels, scores),
         "ndcg@10": mean_ndcg_at_k(qid, labels, scores, k=10),
+        **calibration_metrics(labels, scores),
     }
     if bootstrap > 0 and np.isin(labels, (0.0, 1.0)).all():
         _, metrics["auc_lo"], metrics["auc_hi"] = bootstrap_auc(labels, scores, qid, n=bootstrap)
@@ -59,6 +67,14 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap:
         # AUC against the true probabilities in expectation: less noisy than sampled labels
         metrics["expected_auc"] = expected_auc(probs, scores)
     return metrics
+
+
+def calibration_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Whether the scores mean what they say: ECE (15 equal-width bins, L1) and Brier."""
+    return {
+        "ece": expected_calibration_error(labels, scores),
+        "brier": brier_score(labels, scores),
+    }
 
 
 def evaluate(

@@ -1,4 +1,5 @@
-"""Ranking quality metrics: ROC AUC (ties count half), log loss, NDCG@k.
+"""Ranking quality metrics: ROC AUC (ties count half), log loss, NDCG@k, and calibration:
+expected calibration error, the Brier score and the reliability bins.
 
 Plain numpy so that training, evaluation, reports and the server share one definition.
 """
@@ -77,6 +78,52 @@ def log_loss(labels: Sequence[float], probs: Sequence[float], eps: float = 1e-7)
     if y.shape != p.shape:
         raise ValueError(f"labels {y.shape} and probs {p.shape} differ in shape")
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+CALIBRATION_BINS = 15
+
+
+def _pair(labels: Sequence[float], probs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and probs {p.shape} differ in shape")
+    if not len(y):
+        raise ValueError("no pairs")
+    return y, p
+
+
+def reliability_bins(
+    labels: Sequence[float], probs: Sequence[float], bins: int = CALIBRATION_BINS
+) -> dict[str, list]:
+    """Per equal-width bin of the predicted probability over [0, 1] (bin i holds
+    [i/bins, (i+1)/bins), the last one also 1.0): the mean prediction ("confidence"), the
+    share of positives ("accuracy") and the pair count; empty bins hold NaN and 0."""
+    y, p = _pair(labels, probs)
+    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(idx, weights=p, minlength=bins) / count
+        acc = np.bincount(idx, weights=y, minlength=bins) / count
+    return {"confidence": conf.tolist(), "accuracy": acc.tolist(), "count": count.tolist()}
+
+
+def expected_calibration_error(
+    labels: Sequence[float], probs: Sequence[float], bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE as torchmetrics' binary calibration error computes it (L1 norm, equal-width bins):
+    sum over bins of |share of positives - mean prediction| weighted by the bin's share of
+    pairs. 0 for a model whose 0.3 is engaged with 30% of the time."""
+    b = reliability_bins(labels, probs, bins)
+    count = np.asarray(b["count"], dtype=np.float64)
+    gap = np.abs(np.asarray(b["accuracy"]) - np.asarray(b["confidence"]))
+    return float(np.sum(np.where(count > 0, gap * count, 0.0)) / count.sum())
+
+
+def brier_score(labels: Sequence[float], probs: Sequence[float]) -> float:
+    """Mean squared difference between the predicted probability and the 0/1 outcome."""
+    y, p = _pair(labels, probs)
+    return float(np.mean((p - y) ** 2))
 
 
 def ndcg_at_k(relevance: Sequence[float], scores: Sequence[float], k: int = 10) -> float:

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from sklearn.metrics import brier_score_loss
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import ndcg_score, roc_auc_score
 
@@ -87,3 +88,45 @@ def test_ndcg_matches_sklearn_and_hand_value():
 def test_mean_ndcg_skips_lists_without_gain():
     groups = [0, 0, 1, 1]
     assert mean_ndcg_at_k(groups, [1, 0, 0, 0], [0.9, 0.1, 0.5, 0.4]) == pytest.approx(1.0)
+
+
+# ---- calibration ---------------------------------------------------------------------------
+def test_ece_and_brier_hand_computed():
+    from ranking.metrics import brier_score, expected_calibration_error, reliability_bins
+
+    y, p = [0, 1, 1, 0, 1], [0.1, 0.9, 0.8, 0.3, 1.0]
+    # 5 bins: [0, .2) p .1 y 0 -> gap .1; [.2, .4) p .3 y 0 -> .3; [.8, 1] p .9 .8 1.0, all 1
+    # -> gap .1 for 3 pairs: (.1 + .3 + 3 * .1) / 5
+    assert expected_calibration_error(y, p, bins=5) == pytest.approx(0.14)
+    assert brier_score(y, p) == pytest.approx((0.01 + 0.01 + 0.04 + 0.09 + 0.0) / 5)
+    assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p))
+    b = reliability_bins(y, p, bins=5)
+    assert b["count"] == [1, 1, 0, 0, 3]  # 1.0 falls in the last bin
+    assert b["confidence"][4] == pytest.approx(0.9) and b["accuracy"][4] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ece_is_near_zero_for_calibrated_scores_and_not_for_shifted_ones(seed):
+    from ranking.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 1, 200_000)
+    y = (rng.uniform(0, 1, p.size) < p).astype(float)  # outcomes drawn at the stated rate
+    assert expected_calibration_error(y, p) < 0.01
+    assert expected_calibration_error(y, np.clip(p + 0.1, 0, 1)) > 0.08
+
+
+def test_ece_matches_the_definition_in_a_loop():
+    """The vectorised bins against the textbook loop (torchmetrics' binary L1 convention)."""
+    from ranking.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 1000).astype(float)
+    p = rng.uniform(0, 1, 1000)
+    edges = np.linspace(0, 1, 16)
+    total = 0.0
+    for i in range(15):
+        inside = (p >= edges[i]) & ((p < edges[i + 1]) if i < 14 else (p <= 1.0))
+        if inside.any():
+            total += abs(y[inside].mean() - p[inside].mean()) * inside.sum() / len(p)
+    assert expected_calibration_error(y, p) == pytest.approx(total)

@@ -195,9 +195,14 @@ def test_report_has_every_stage_and_the_ablations(compressed):
             "params",
             "bytes",
             "items_per_s",
+            "ece",
+            "brier",
+            "reliability",
         ):
             assert key in r, (r["name"], key)
         assert 0.0 <= r["auc"] <= 1.0 and r["bytes"] > 0 and r["items_per_s"] > 0
+        assert 0.0 <= r["ece"] <= 1.0 and 0.0 <= r["brier"] <= 1.0
+        assert sum(r["reliability"]["count"]) > 0
         assert sum(r["profile"]["shares"].values()) == pytest.approx(1.0, abs=1e-6)
     teacher = report["stages"][0]
     assert teacher["auc_delta"] == 0.0
