@@ -70,6 +70,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """Leaves the process group together: every rank waits for the others, then closes its
+    connections. A rank that exits while another still holds its gloo connections can abort
+    that one (``terminate called without an active exception``) after all the work is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def mean(value: float) -> float:
     """The mean of ``value`` over the ranks (the value itself when not distributed)."""
     if not active():

@@ -66,6 +66,7 @@ def run_recipe(recipe: Recipe, ablations: bool = False, report: bool = True) -> 
         result["report"] = distributed.on_main(lambda: write_report(recipe, [s.name for s in todo]))
     result["seconds"] = round(time.time() - t0, 1)
     say(f"[compress] recipe finished in {result['seconds']:.0f}s -> {recipe.output}")
+    distributed.finish()
     return result
 
 
