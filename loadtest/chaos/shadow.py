@@ -66,6 +66,7 @@ def offline_agreement(
     """Both checkpoints through the torch engine in this process, with the kernels the server
     ran them on (``kernels``: checkpoint -> its card's kernel), on ``bodies``: the mean over
     requests of mean |difference| and of the top-k overlap."""
+    from ranking.request import EncodedRequest
     from server.engines.torch_engine import TorchEngine
     from server.settings import ServerSettings
     from server.shadow import agreement
@@ -80,8 +81,6 @@ def offline_agreement(
             body = json.loads(b)
             q = loaded.task.encode_query(loaded.tokenizer, body["query"])
             items = loaded.task.encode_items(loaded.tokenizer, body["items"])
-            from ranking.request import EncodedRequest
-
             (s,) = await engine.score([EncodedRequest(q, items)])
             out.append(np.asarray(s, dtype=np.float64))
         await engine.stop()
