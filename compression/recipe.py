@@ -41,7 +41,7 @@ class RecipeError(ValueError):
 
 # Files written next to a checkpoint after it is made (the report's evaluation cache, plots):
 # not part of what the checkpoint is, so they do not change its content hash.
-NOT_CHECKPOINT = ("eval-*", "*.png")
+NOT_CHECKPOINT = ("eval-*", "*.png", "score_reference.json")  # written by the report
 TOP_KEYS = {"teacher", "data", "output", "evaluation", "stages", "ablations", "seed"}
 EVAL_KEYS = {"split", "throughput", "throughput_requests"}
 

@@ -33,11 +33,13 @@ from compression.recipe import NOT_CHECKPOINT, Recipe
 from compression.stages import STAGES
 from ranking.checkpoint import checkpoint_bytes
 from ranking.datafolder import read_split, split_path
-from ranking.dataset import labels_in_group_order
+from ranking.dataset import labels_in_group_order, probs_in_group_order
+from ranking.errors import CheckpointError
 from ranking.evaluation import calibration_metrics, evaluate_checkpoint
 from ranking.fingerprint import content_hash
 from ranking.metrics import CALIBRATION_BINS, reliability_bins
 from ranking.quant_kernels import load_for_scoring
+from ranking.score_drift import load_reference, save_reference
 from ranking.scorer import TorchScorer
 from ranking.synthetic import BenchmarkConfig, read_meta, standard_workload
 
@@ -57,7 +59,9 @@ def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
         except json.JSONDecodeError:
             cached = {}
         if cached.get("stamp") == stamp:
-            return cached["metrics"], np.load(cached_scores)
+            scores = np.load(cached_scores)
+            _store_reference(ckpt, scores, split)
+            return cached["metrics"], scores
     metrics, scores, info = evaluate_checkpoint(ckpt, data, split)
     metrics.update(format=info.format, params=info.params, bytes=checkpoint_bytes(ckpt))
     try:
@@ -65,7 +69,22 @@ def quality(ckpt: Path, data: Path, split: str) -> tuple[dict, np.ndarray]:
         cache.write_text(json.dumps({"stamp": stamp, "metrics": metrics}, indent=2) + "\n")
     except OSError:  # read-only teacher folder: just don't cache
         pass
+    _store_reference(ckpt, scores, split)
     return metrics, scores
+
+
+def _store_reference(ckpt: Path, scores: np.ndarray, split: str) -> None:
+    """The checkpoint's score reference (``ranking.score_drift``: what the server's PSI compares
+    live scores with), written unless an up-to-date one is there; a read-only folder keeps none."""
+    try:
+        if load_reference(ckpt) is not None:
+            return
+    except CheckpointError:  # other weights' reference: rebuilt below
+        pass
+    try:
+        save_reference(ckpt, scores, split)
+    except OSError:
+        pass
 
 
 def items_per_second(ckpt: Path, requests: int = 6) -> tuple[float, str]:
@@ -93,7 +112,8 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
     names = ["teacher", *stage_names]
     infos = {n: json.loads((stage_dir(recipe, n) / STAGE_FILE).read_text()) for n in stage_names}
     rows, generative, outputs, scores = [], [], [], {}
-    labels = functools.cache(lambda: labels_in_group_order(read_split(recipe.data, split)))
+    rows_of = functools.cache(lambda: read_split(recipe.data, split))
+    labels = functools.cache(lambda: labels_in_group_order(rows_of()))
     for name in tqdm(names, desc="report: quality", unit="stage"):
         ckpt = stage_dir(recipe, name)
         info = infos.get(name, {"type": "teacher", "from": None, "ablation": False})
@@ -105,8 +125,8 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
             generative.append({"name": name, **own, "compare_to": info.get("compare_to")})
             continue
         m, scores[name] = quality(ckpt, recipe.data, split)
-        if "ece" not in m:  # a cache without the calibration figures: from its scores
-            m.update(calibration_metrics(labels(), scores[name]))
+        if "expected_ece" not in m:  # a cache without the calibration figures: from its scores
+            m.update(calibration_metrics(labels(), scores[name], probs_in_group_order(rows_of())))
         rows.append(
             {
                 "name": name,
@@ -121,6 +141,9 @@ def write_report(recipe: Recipe, stage_names: list[str]) -> dict:
                 "logloss": m["logloss"],
                 "ndcg@10": m["ndcg@10"],
                 "ece": m["ece"],
+                "expected_ece": m.get("expected_ece"),
+                "bayes_ece": m.get("bayes_ece"),
+                "calibrator": m.get("calibrator"),
                 "brier": m["brier"],
                 "reliability": reliability_bins(labels(), scores[name]),
                 "expected_auc": m.get("expected_auc"),
@@ -219,7 +242,8 @@ def ablations(rows: list[dict], generative: list[dict]) -> list[dict]:
             # rank alike (e.g. INT4 GPTQ vs round-to-nearest)
             same_input = r["from"] == base["from"] and r.get("score_mad_vs_input") is not None
             fidelity = "score_mad_vs_input" if same_input else "score_mad_vs_teacher"
-            for metric in ("auc", fidelity):
+            # a calibrator keeps the ranking: what it changes is the calibration
+            for metric in ("auc", "ece" if r["stage"] == "calibrate" else fidelity):
                 out.append(
                     {
                         "ablation": r["name"],
@@ -299,10 +323,9 @@ def markdown(report: dict) -> str:
         lines += ["", "## Targets", ""]
     if main:
         lines.append(
-            "- Calibration (ECE; no target yet, no stage recalibrates): "
-            + ", ".join(f"{r['name']} {r['ece']:.4f}" for r in main)
-            + "."
+            "- Calibration (ECE): " + ", ".join(f"{r['name']} {r['ece']:.4f}" for r in main) + "."
         )
+        lines += calibration_targets(report["stages"])
         if "int8_bytes_ratio" in c:
             lines.append(
                 f"- INT8 student: {c['int8_bytes_ratio']:.1f}x smaller than the bf16 teacher "
@@ -368,6 +391,32 @@ def markdown(report: dict) -> str:
         ]  # fmt: skip
     lines += profile_markdown(report["stages"])
     return "\n".join(lines) + "\n"
+
+
+def calibration_targets(rows: list[dict]) -> list[str]:
+    """Each calibrated stage against its input (target: ECE at most half the input's and at
+    most 0.01, AUC unchanged), with the floor the split allows (the true probabilities' own
+    ECE on these labels) where the data has true probabilities."""
+    by = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        src = by.get(r["from"])
+        if r["stage"] != "calibrate" or src is None:
+            continue
+        met = r["ece"] <= min(src["ece"] / 2, 0.01)
+        line = (
+            f"- {r['name']} ({r['calibrator']} on validation): ECE {src['ece']:.4f} -> "
+            f"{r['ece']:.4f} (target <= {min(src['ece'] / 2, 0.01):.4f}: "
+            f"{'met' if met else 'not met'}), AUC {r['auc'] - src['auc']:+.5f}"
+        )
+        if r.get("bayes_ece") is not None and src.get("expected_ece") is not None:
+            line += (
+                f"; the true probabilities score ECE {r['bayes_ece']:.4f} on these labels, and "
+                f"against the true probabilities (no label noise) the ECE goes "
+                f"{src['expected_ece']:.4f} -> {r['expected_ece']:.4f}"
+            )
+        out.append(line + ".")
+    return out
 
 
 def _kd_source(info: dict, infos: dict) -> str | None:

@@ -37,6 +37,13 @@ def labels_in_group_order(rows: list[dict]) -> np.ndarray:
     return np.array([r["label"] for _, grp in group_by_query(rows) for r in grp], dtype=np.float64)
 
 
+def probs_in_group_order(rows: list[dict]) -> np.ndarray:
+    """The rows' true probabilities (NaN where the data has none), in the same order."""
+    return np.array(
+        [r.get("p", np.nan) for _, grp in group_by_query(rows) for r in grp], dtype=np.float64
+    )
+
+
 def encode_groups(rows: list[dict], tokenizer, task: RankingTask) -> list[EncodedRequest]:
     """One tokenized request per query, with its labels and true probabilities (NaN where the
     data has none): the unit both training and evaluation batch on."""

@@ -26,6 +26,7 @@ from ranking.metrics import (
     roc_auc,
 )
 from ranking.request import EncodedRequest
+from ranking.score_calibration import load_calibrator
 from ranking.scorer import TorchScorer
 
 BOOTSTRAP = 1000  # replicates for a checkpoint's AUC interval
@@ -56,7 +57,7 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap:
         "auc": roc_auc(labels, scores),
         "logloss": log_loss(labels, scores),
         "ndcg@10": mean_ndcg_at_k(qid, labels, scores, k=10),
-        **calibration_metrics(labels, scores),
+        **calibration_metrics(labels, scores, probs),
     }
     if bootstrap > 0 and np.isin(labels, (0.0, 1.0)).all():
         _, metrics["auc_lo"], metrics["auc_hi"] = bootstrap_auc(labels, scores, qid, n=bootstrap)
@@ -69,12 +70,21 @@ def quality_metrics(groups: list[EncodedRequest], scores: np.ndarray, bootstrap:
     return metrics
 
 
-def calibration_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
-    """Whether the scores mean what they say: ECE (15 equal-width bins, L1) and Brier."""
-    return {
+def calibration_metrics(
+    labels: np.ndarray, scores: np.ndarray, probs: np.ndarray | None = None
+) -> dict:
+    """Whether the scores mean what they say: ECE (15 equal-width bins, L1) and Brier. Where the
+    data has true probabilities (``probs`` without NaN), also the ECE against them
+    (``expected_ece``: no label noise) and the ECE the true probabilities themselves score on
+    these labels (``bayes_ece``: the floor "ece" can reach on a split of this size)."""
+    out = {
         "ece": expected_calibration_error(labels, scores),
         "brier": brier_score(labels, scores),
     }
+    if probs is not None and len(probs) and not np.isnan(probs).any():
+        out["expected_ece"] = expected_calibration_error(probs, scores)
+        out["bayes_ece"] = expected_calibration_error(labels, probs)
+    return out
 
 
 def evaluate(
@@ -91,12 +101,20 @@ def evaluate_checkpoint(
     limit: int | None = None,
     progress: bool = False,
     bootstrap: int = BOOTSTRAP,
+    calibrated: bool = True,
 ) -> tuple[dict, np.ndarray, CheckpointInfo]:
     """(metrics, per-item scores, checkpoint info) of the checkpoint at ``path`` on ``split``
     (its first ``limit`` rows if given), scored by the torch scorer as the server runs it; the
-    AUC with a bootstrap interval over ``bootstrap`` replicates (0: none)."""
+    AUC with a bootstrap interval over ``bootstrap`` replicates (0: none). Where the checkpoint
+    has a score calibrator the scores are calibrated, as served (``calibrated=False``: the
+    model's own), and the metrics name its method."""
+    cal = load_calibrator(path) if calibrated else None  # refused before any scoring
     model, tokenizer, task, info = load_checkpoint(path, dtype=dtype, compute=True)
     rows = head_rows(data_dir, split, limit) if limit else read_split(data_dir, split)
     groups = encode_groups(rows, tokenizer, task)
     scores = score_groups(TorchScorer(model, tokenizer, task), groups, progress=progress)
-    return quality_metrics(groups, scores, bootstrap), scores, info
+    if cal is not None:
+        scores = cal.apply(scores)
+    metrics = quality_metrics(groups, scores, bootstrap)
+    metrics["calibrator"] = cal.method if cal is not None else None
+    return metrics, scores, info

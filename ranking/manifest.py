@@ -86,6 +86,23 @@ def read_manifest(path: str | Path) -> dict[str, dict]:
     return files
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
+
+
+def weight_hashes(path: str | Path) -> dict[str, str]:
+    """sha256 of the files that make a checkpoint's scores (weights and config), by name: what a
+    file fitted to one checkpoint (a score calibrator, a score reference) records, so that it
+    is refused beside other weights. Taken from the manifest where there is one (no hashing),
+    else computed."""
+    root = Path(path)
+    names = sorted({p.name for pattern in WEIGHT_PATTERNS for p in root.glob(pattern)})
+    try:
+        listed = read_manifest(root)
+    except ManifestMissing:
+        listed = {}
+    return {n: listed[n]["sha256"] if n in listed else file_sha256(root / n) for n in names}
+
+
 def verify_manifest(path: str | Path) -> None:
     """Checks every file the manifest lists: present, same size, same sha256.
 

@@ -113,7 +113,8 @@ def expected_calibration_error(
 ) -> float:
     """ECE as torchmetrics' binary calibration error computes it (L1 norm, equal-width bins):
     sum over bins of |share of positives - mean prediction| weighted by the bin's share of
-    pairs. 0 for a model whose 0.3 is engaged with 30% of the time."""
+    pairs. 0 for a model whose 0.3 is engaged with 30% of the time. ``labels`` may also be
+    true probabilities: the ECE against them, free of label noise."""
     b = reliability_bins(labels, probs, bins)
     count = np.asarray(b["count"], dtype=np.float64)
     gap = np.abs(np.asarray(b["accuracy"]) - np.asarray(b["confidence"]))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from server.drift import ScoreCollector, ScoreDrift
+
 # ms-scale engine work up to multi-second overload tails
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                    1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)  # fmt: skip
@@ -155,12 +157,21 @@ class ServerMetrics:
             buckets=OVERLAP_BUCKETS,
             registry=r,
         )
+        # slimrank_score{,_psi,_window_scores}: per version, computed at scrape (server/drift.py)
+        self._drift: dict[tuple[str, str], ScoreDrift] = {}
+        r.register(ScoreCollector(lambda: [(*k, d) for k, d in list(self._drift.items())]))
+
+    def track_scores(self, model: str, version: str, drift: ScoreDrift) -> None:
+        """Exports ``drift`` (the version's score histogram and PSI) until it is removed."""
+        self._drift[(model, version)] = drift
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(self, model, version)
 
     def remove_version(self, model: str, version: str) -> None:
-        """An unloaded version's gauges go (its counters stay: rates over them stay right)."""
+        """An unloaded version's gauges and score histogram go (its counters stay: rates over
+        them stay right)."""
+        self._drift.pop((model, version), None)
         for g in (self.queued_requests, self.queued_items, self.model_parameters,
                   self.model_memory, self.model_info):  # fmt: skip
             try:

@@ -20,8 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import psutil
 
+from ranking.errors import CheckpointError
+from ranking.score_calibration import Calibrator, load_calibrator
+from ranking.score_drift import load_reference
+from server.drift import ScoreDrift
 from server.engines import Engine, LoadedModel, ModelSpec
 from server.errors import ApiError
 from server.metrics import ServerMetrics, VersionMetrics
@@ -69,6 +74,8 @@ class ModelVersion:
     memory_bytes: int | None = None  # resident memory added while it loaded
     load_seconds: float | None = None
     active: int = 0  # requests (and shadow copies) routed to it and not finished
+    calibrator: Calibrator | None = None  # the checkpoint's score calibrator (loaded with it)
+    drift: ScoreDrift | None = None  # its returned scores (None: --no-score-monitoring)
     # its own tokenizer's ids: the same member is ranked again within seconds, popular items
     # recur (server/token_cache.py)
     query_tokens: TokenCache = field(default_factory=TokenCache)
@@ -89,6 +96,14 @@ class ModelVersion:
     def set_state(self, state: str) -> None:
         self.state = state
         self.metrics.set_state(state)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """The scores a client gets from the model's own: calibrated where the checkpoint has a
+        calibrator, and counted in the version's score histogram (drift)."""
+        scores = raw if self.calibrator is None else self.calibrator.apply(raw)
+        if self.drift is not None:
+            self.drift.observe(scores)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,9 @@ class ModelSet:
             s.max_expected_latency_ms / 1000,
         )
         v = ModelVersion(entry, engine, scheduler, vm)
+        if s.score_monitoring:
+            v.drift = ScoreDrift(s.drift_window_s, s.drift_min_scores)
+            self.metrics.track_scores(entry.name, entry.version, v.drift)
         v.set_state("loading")
         self.versions[entry.key] = v
         scheduler.start()
@@ -141,6 +159,8 @@ class ModelSet:
         """Loads and warms ``v`` up; False (state failed, ``error`` set) if that failed."""
         t0, rss0 = time.perf_counter(), process_tree_rss()
         try:
+            v.calibrator = load_calibrator(v.entry.path)  # refused here if fitted elsewhere
+            self._load_reference(v)
             model = await v.engine.start()
             await v.engine.warmup(model)
         except Exception as exc:  # noqa: BLE001 - kept for /v1/models, /ready and the log
@@ -167,6 +187,20 @@ class ModelSet:
             v.load_seconds,
         )
         return True
+
+    @staticmethod
+    def _load_reference(v: ModelVersion) -> None:
+        """The checkpoint's score reference for the drift PSI. Monitoring never stops serving:
+        a missing or stale reference is logged and the version serves without a PSI."""
+        if v.drift is None:
+            return
+        try:
+            v.drift.reference = load_reference(v.entry.path)
+        except CheckpointError as exc:
+            log.warning("%s: no score drift PSI: %s", v.key, exc)
+            return
+        if v.drift.reference is None:
+            log.info("%s has no score reference: no score drift PSI", v.key)
 
     async def _stop(self, v: ModelVersion) -> None:
         await v.scheduler.drain(timeout_s=self.settings.request_timeout_s)

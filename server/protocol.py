@@ -77,7 +77,14 @@ class RankRequest(_Strict):
 
 class RankResult(BaseModel):
     index: int = Field(description="position of the item in the request")
-    score: float = Field(description="P(yes) / (P(yes) + P(no))")
+    score: float = Field(
+        description="the probability of engagement: P(yes) / (P(yes) + P(no)), calibrated where "
+        "the model has a score calibrator"
+    )
+    score_raw: float = Field(
+        description="the model's own P(yes) / (P(yes) + P(no)), before calibration (equal to "
+        "score without a calibrator); the ranking follows it"
+    )
 
 
 class RankResponse(BaseModel):
@@ -204,6 +211,12 @@ class ModelCard(BaseModel):
     load_seconds: float | None = Field(description="load and warm-up time")
     max_items: int
     label_tokens: list[str]
+    calibrator: str | None = Field(
+        default=None, description="the score calibrator applied to `score` (platt / isotonic)"
+    )
+    score_reference: bool = Field(
+        default=False, description="whether the checkpoint has a score reference (drift PSI)"
+    )
 
 
 class LabelCard(BaseModel):

@@ -49,6 +49,13 @@ from server.shadow import DEFAULT_K, ShadowCopy, ShadowMirror
 log = logging.getLogger("slimrank.server")
 
 
+def ranking_order(raw: np.ndarray) -> np.ndarray:
+    """Items by the model's own score, best first, ties in request order. A calibrator is
+    monotone, so this is the order of the calibrated scores, with the raw score breaking the
+    ties a calibrator's flat ends make."""
+    return np.argsort(-raw, kind="stable")
+
+
 class RankingService:
     """Lifecycle: ``start()`` (schedulers, shadow worker) -> ``load()`` (every version of the
     models file, warmed up; ready after) -> requests ... -> ``stop()`` (drain: no new
@@ -151,14 +158,18 @@ class RankingService:
             def encode(x: ModelVersion) -> EncodedRequest:
                 return self.encode(x, req.query, req.items, req.instruction)
 
-            scores, usage = await self._submit(v, encode(v))
+            raw, usage = await self._submit(v, encode(v))
+            scores = v.calibrate(raw)
             self._mirror(r, encode, scores, req.top_k)
-        order = np.argsort(-scores, kind="stable")[: req.top_k]
+        order = ranking_order(raw)[: req.top_k]
         return RankResponse(
             model=v.name,
             version=v.version,
             request_id=current_id() or "",
-            results=[RankResult(index=int(i), score=float(scores[i])) for i in order],
+            results=[
+                RankResult(index=int(i), score=float(scores[i]), score_raw=float(raw[i]))
+                for i in order
+            ],
             usage=usage,
         )
 
@@ -239,9 +250,10 @@ class RankingService:
                             f"documents[{i}] is {n} tokens; max_tokens_per_doc={limit} "
                             "(documents are not truncated)",
                         )
-            scores, usage = await self._submit(v, enc)
+            raw, usage = await self._submit(v, enc)
+            scores = v.calibrate(raw)
             self._mirror(r, encode, scores, req.top_n or None)
-        order = np.argsort(-scores, kind="stable")[: req.top_n or None]
+        order = ranking_order(raw)[: req.top_n or None]
         fields = dict(
             id=current_id() or uuid.uuid4().hex,
             model=v.name,
@@ -284,6 +296,8 @@ class RankingService:
             load_seconds=round(v.load_seconds, 2) if v.load_seconds else None,
             max_items=self.settings.max_items,
             label_tokens=[m.task.yes, m.task.no] if m else [],
+            calibrator=v.calibrator.method if v.calibrator else None,
+            score_reference=v.drift is not None and v.drift.reference is not None,
         )
 
     def models(self) -> ModelList:

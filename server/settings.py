@@ -159,6 +159,21 @@ class ServerSettings(BaseSettings):
         description="header whose value picks a request's A/B arm (sticky); the body's `user` "
         "field when absent",
     )
+    score_monitoring: bool = Field(
+        default=True,
+        description="count every version's returned scores (the slimrank_score histogram) and "
+        "export their drift from the checkpoint's reference (slimrank_score_psi)",
+    )
+    drift_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="sliding window of the score drift PSI, in seconds",
+    )
+    drift_min_scores: int = Field(
+        default=1000,
+        ge=1,
+        description="scores the drift window must hold before its PSI is exported (fewer: NaN)",
+    )
     shadow_queue: int = Field(
         default=64,
         ge=1,

@@ -116,7 +116,8 @@ class ShadowMirror:
             )
             self._count(c, "failed")
             return
-        diff, overlap = agreement(c.primary_scores, np.asarray(scores, dtype=np.float64), c.k)
+        served = c.shadow.calibrate(np.asarray(scores, dtype=np.float64))
+        diff, overlap = agreement(c.primary_scores, served, c.k)
         pair = (c.primary.name, c.primary.version, c.shadow.version)
         self.metrics.shadow_score_diff.labels(*pair).observe(diff)
         self.metrics.shadow_topk_overlap.labels(*pair).observe(overlap)

@@ -466,6 +466,30 @@ def test_dashboard_panels_are_well_formed():
         assert "$" not in fill_variables(expr), expr
 
 
+def test_score_drift_thresholds_are_the_rankers():
+    """The drift alert's two severities and the PSI panel's threshold steps are the readings of
+    ranking/score_drift.py (warning over PSI_WARN, a page over PSI_PAGE)."""
+    from ranking.score_drift import PSI_PAGE, PSI_WARN
+
+    rules = [r for g in rule_groups() for r in g["rules"] if r.get("alert") == "SlimrankScoreDrift"]
+    thresholds = {}
+    for rule in rules:
+        m = re.fullmatch(r"slimrank:score_psi:max > ([0-9.]+)", rule["expr"].strip())
+        assert m, rule["expr"]
+        thresholds[rule["labels"]["severity"]] = float(m.group(1))
+    assert thresholds == {"warning": PSI_WARN, "critical": PSI_PAGE}
+    dash = json.loads(DASHBOARD.read_text())
+    psi_panels = [
+        p
+        for p in dash["panels"]
+        if any("slimrank_score_psi" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert psi_panels, "no dashboard panel shows slimrank_score_psi"
+    for panel in psi_panels:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, PSI_WARN, PSI_PAGE], panel["title"]
+
+
 # ---- metric names: what the deployment reads is what the server exports -------------------------
 
 

@@ -4,9 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss, ndcg_score, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
-from sklearn.metrics import ndcg_score, roc_auc_score
 
 from ranking.metrics import expected_auc, log_loss, mean_ndcg_at_k, ndcg_at_k, roc_auc
 

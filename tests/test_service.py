@@ -147,6 +147,8 @@ async def test_models_health_ready(client):
         "parameters": 1234,
         "max_items": 64,
         "label_tokens": [" yes", " no"],
+        "calibrator": None,
+        "score_reference": False,
     }
     assert listing["default"] == "fake"
     assert listing["labels"] == [

@@ -122,5 +122,7 @@ def test_a_registered_stage_type_is_checked_with_the_recipe(
 
 def test_unregistered_types_are_refused_naming_the_registered_ones(tiny_demo, tmp_path):
     path = recipe_file(tiny_demo, tmp_path, [{"name": "c", "type": "copy"}])
-    with pytest.raises(RecipeError, match="unknown stage type 'copy'; choose one of distill"):
+    with pytest.raises(
+        RecipeError, match="unknown stage type 'copy'; choose one of calibrate, distill"
+    ):
         load_recipe(path, check_paths=False)

@@ -7,6 +7,7 @@ A new stage type is one module (a ``StageType`` subclass: its ``Config``, ``chec
 from __future__ import annotations
 
 from compression.stages.base import StageContext, StageType
+from compression.stages.calibrate import CalibrateStage
 from compression.stages.distill import DistillStage
 from compression.stages.finetune import FinetuneStage
 from compression.stages.generative import GenerativeDistillStage
@@ -15,6 +16,7 @@ from compression.stages.quantize import QuantizeStage
 from compression.stages.teacher_outputs import TeacherOutputsStage
 
 STAGES: dict[str, StageType] = {
+    "calibrate": CalibrateStage(),
     "distill": DistillStage(),
     "distill-generative": GenerativeDistillStage(),
     "finetune": FinetuneStage(),
