@@ -54,6 +54,7 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--workload-seed", type=int, dest="workload_seed")
     g.add_argument("--invalid-share", type=float, help="share of deliberately invalid requests")
+    g.add_argument("--topic", help="every candidate of this topic (a shifted item population)")
 
 
 def _workload(args: argparse.Namespace, **defaults) -> Workload:
@@ -173,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ch.add_argument("--data", default="artifacts/demo/data", help="demo source: a data folder")
     ch.add_argument("--distinct", type=_positive(int), default=8, help="distinct bodies [8]")
+    ch.add_argument(
+        "--shift-topic",
+        default="finance",
+        help="drift: the topic of every candidate in the shifted phase [finance]",
+    )
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--log-dir", help="server logs [/tmp]")
     ch.add_argument("--json", help="write the report here")
@@ -284,6 +290,7 @@ def _chaos(args: argparse.Namespace) -> int:
         source=args.source,
         data=args.data,
         distinct=args.distinct,
+        shift_topic=args.shift_topic,
     )
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     reports = []

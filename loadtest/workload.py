@@ -5,6 +5,8 @@ A workload is a small, seeded definition (a dataclass, loadable from a JSON or Y
 - ``source``: ``synthetic`` (members and items from ``ranking.synthetic``, query grown to
   ``query_tokens``, items fitted to ``item_tokens``) or ``demo`` (real rows of a demo split:
   a query with its candidates, topped up with other queries' items; text as in the data);
+- ``topic``: every candidate of one topic (another item population than the data's: score
+  drift demonstrations);
 - ``items`` per request, ``endpoint`` (rank / rerank / score), ``distinct`` request bodies
   (cycled, so a long run does not hold thousands of bodies), ``invalid_share`` (a share of
   requests sent with an empty item list on purpose: the server must answer 422 and the report
@@ -47,6 +49,9 @@ class Workload:
     tokenizer: str = DEFAULT_MODEL  # model folder: tokenizer + ranking_task.json
     seed: int = 0
     invalid_share: float = 0.0  # share of requests sent invalid on purpose (422 expected)
+    # every candidate of one topic (ranking.synthetic.TOPICS): another item population than
+    # the data's, for score drift demonstrations; None: the source's own mix
+    topic: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "demo"):
@@ -62,6 +67,11 @@ class Workload:
             raise WorkloadError(f"item_tokens must be >= 4, got {self.item_tokens}")
         if not 0.0 <= self.invalid_share <= 1.0:
             raise WorkloadError(f"invalid_share must be in [0, 1], got {self.invalid_share}")
+        if self.topic is not None:
+            from ranking.synthetic import TOPICS
+
+            if self.topic not in TOPICS:
+                raise WorkloadError(f"topic must be one of {', '.join(TOPICS)}, not {self.topic!r}")
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -170,7 +180,13 @@ class RequestPool:
         out = []
         for k in range(w.distinct):
             query, items = standard_workload(
-                BenchmarkConfig(), tok, task, w.query_tokens, w.items, seed=w.seed * 100003 + k
+                BenchmarkConfig(),
+                tok,
+                task,
+                w.query_tokens,
+                w.items,
+                seed=w.seed * 100003 + k,
+                topic=w.topic,
             )
             if w.item_tokens is not None:
                 items = [_fit_item(it, w.item_tokens, tok, task, filler) for it in items]
@@ -190,11 +206,15 @@ class RequestPool:
         if not groups:
             raise WorkloadError(f"the {w.split} split of {w.data} has no rows")
         pool = [r["item"] for r in rows]
+        if w.topic is not None:  # the split's items of that topic (its name is in the text)
+            pool = [it for it in pool if f" {w.topic} " in f" {it} "]
+            if not pool:
+                raise WorkloadError(f"no item of the {w.split} split mentions topic {w.topic!r}")
         rng = np.random.default_rng(w.seed)
         out = []
         for k in range(w.distinct):
             _, group = groups[(w.seed + k) % len(groups)]
-            items = [r["item"] for r in group][: w.items]
+            items = [] if w.topic is not None else [r["item"] for r in group][: w.items]
             while len(items) < w.items:  # top up with other queries' candidates
                 items.append(pool[int(rng.integers(len(pool)))])
             out.append((group[0]["query"], items))

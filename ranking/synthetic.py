@@ -334,9 +334,12 @@ def standard_workload(
     query_tokens: int = 250,
     n_items: int = 50,
     seed: int = 12345,
+    topic: str | None = None,
 ) -> tuple[str, list[str]]:
     """One benchmark request: a member whose history is grown until the query is at least
-    ``query_tokens`` tokens, and ``n_items`` candidates (~30 tokens each with the question)."""
+    ``query_tokens`` tokens, and ``n_items`` candidates (~30 tokens each with the question).
+    With ``topic`` every candidate is of that topic: another item population than the data's
+    (score drift demonstrations)."""
     world = World(cfg)
     rng = np.random.default_rng(seed)
     base = world.member(rng, history_len=0)
@@ -349,6 +352,10 @@ def standard_workload(
         history.append(world.item(rng, topic=str(rng.choice(base.interests))).title)
     items = [
         render_item(it, tags=tuple(rng.choice(TOPIC_WORDS[it.topic], size=12, replace=True)))
-        for it in world.candidates(rng, base, n_items)
+        for it in (
+            world.candidates(rng, base, n_items)
+            if topic is None
+            else [world.item(rng, topic=topic) for _ in range(n_items)]
+        )
     ]
     return query, items

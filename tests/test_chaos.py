@@ -55,7 +55,9 @@ def test_cli_lists_the_scenarios():
 
     args = _parser().parse_args(["chaos", "drain", "--short", "--json", "x.json"])
     assert args.scenario == "drain" and args.short
-    assert set(SCENARIOS) == {"overload", "drain", "engine-fault", "slow-clients", "swap", "shadow"}
+    assert set(SCENARIOS) == {
+        "overload", "drain", "engine-fault", "slow-clients", "swap", "shadow", "drift"
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +159,32 @@ def test_shadow(short_cfg, tiny_quantized):
     assert rep["recorded"]["copies"]["scored"] > 0
     assert _check(rep, "copies scored")["ok"], rep["reason"]
     assert _check(rep, "recorded agreement matches offline")["ok"], rep["reason"]
+
+
+@pytest.mark.slow
+def test_drift(short_cfg, tiny_demo, tmp_path):
+    """A checkpoint with the score reference of its test split: the test split's traffic keeps
+    the PSI below the page threshold, candidates of one topic push it over; the cost figures
+    come from two servers measured side by side."""
+    import shutil
+    from dataclasses import replace
+
+    from ranking.evaluation import evaluate_checkpoint
+    from ranking.score_drift import save_reference
+
+    model = tmp_path / "teacher"
+    shutil.copytree(tiny_demo / "teacher", model)
+    _, scores, _ = evaluate_checkpoint(model, tiny_demo / "data", "test", bootstrap=0)
+    save_reference(model, scores, "test")
+    cfg = replace(
+        short_cfg, model=str(model), source="demo", data=str(tiny_demo / "data"), distinct=30
+    )
+    rep = _run("drift", cfg)
+    for phase in ("standard", "shifted"):
+        t = rep["requests"][phase]
+        assert t["sent"] > 0 and t["5xx"] == 0 and t["lost"] == 0, t
+    standard = [p["psi"] for p in rep["phases"]["standard"]["series"] if p["psi"] == p["psi"]]
+    assert standard and max(standard) < 0.25, standard
+    assert _check(rep, "shifted traffic: PSI > 0.25 within the window")["ok"], rep["reason"]
+    assert rep["cost_ms"]["on"]["n"] > 0 and rep["cost_ms"]["off"]["n"] > 0
+    assert rep["cost_in_process"]["observe_us_per_response"] > 0

@@ -1,7 +1,7 @@
 """Fault scenarios against a real server: ``python -m loadtest chaos SCENARIO --json OUT``.
 
 Each scenario (one module here: ``overload``, ``drain``, ``engine_fault``, ``slow_clients``,
-``swap``, ``shadow``)
+``swap``, ``shadow``, ``drift``)
 starts its own server (``ServerProcess``, loopback only), drives it with the open-loop runner of
 ``loadtest.client``, injects its fault, judges the outcome itself (a list of checks, each with
 its reason) and stops by itself: every phase is bounded in time and request count. The report
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loadtest.chaos.drain import CLEAN_EXIT, drain
+from loadtest.chaos.drift import drift
 from loadtest.chaos.engine_fault import engine_fault
 from loadtest.chaos.harness import ChaosConfig, Report, format_chaos, tally
 from loadtest.chaos.overload import overload, recovery_seconds
@@ -37,6 +38,7 @@ RUNNERS: dict[str, Callable[[ChaosConfig], Report]] = {
     "slow-clients": slow_clients,
     "swap": swap,
     "shadow": shadow,
+    "drift": drift,
 }
 SCENARIOS = tuple(RUNNERS)
 

@@ -48,6 +48,7 @@ class ChaosConfig:
     source: str = "synthetic"  # the workload's requests: synthetic, or demo rows of ``data``
     data: str = "artifacts/demo/data"
     distinct: int = 8  # distinct request bodies, cycled
+    shift_topic: str = "finance"  # drift: every candidate of this topic in the shifted phase
     progress: bool = True
 
     def pick(self, full: T, short: T) -> T:
