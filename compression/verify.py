@@ -23,16 +23,18 @@ from server.process import ServerProcess
 TOLERANCE = 0.03  # the documented torch/vLLM score tolerance (probabilities)
 
 
-def rank(url: str, requests: list[tuple[str, list[str]]]) -> np.ndarray:
-    out = []
+def rank(url: str, requests: list[tuple[str, list[str]]]) -> tuple[np.ndarray, np.ndarray]:
+    """(served scores, raw scores) of every item, in request order."""
+    out, raw = [], []
     for query, items in requests:
         r = httpx.post(url + "/v1/rank", json={"query": query, "items": items}, timeout=120)
         r.raise_for_status()
-        s = np.zeros(len(items))
+        s, s_raw = np.zeros(len(items)), np.zeros(len(items))
         for x in r.json()["results"]:
-            s[x["index"]] = x["score"]
+            s[x["index"]], s_raw[x["index"]] = x["score"], x["score_raw"]
         out.append(s)
-    return np.concatenate(out)
+        raw.append(s_raw)
+    return np.concatenate(out), np.concatenate(raw)
 
 
 def vllm_skip_reason(info: CheckpointInfo) -> str | None:
@@ -54,12 +56,17 @@ def verify_serving(
     engines: tuple[str, ...] = ("torch", "vllm"),
 ) -> list[dict]:
     """One row per (checkpoint, engine): max |score - reference|, where the reference is the
-    torch engine on that checkpoint; rows say why an engine was skipped."""
+    torch engine on that checkpoint, and max |score - calibrator(score_raw)| (the checkpoint's
+    calibrator applied as served; the identity without one); rows say why an engine was
+    skipped."""
+    from ranking.score_calibration import load_calibrator
+
     requests = requests_from_split(data_dir, "test", n_queries)
     log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for ckpt in checkpoints:
         info = inspect_checkpoint(ckpt)
+        cal = load_calibrator(ckpt)
         reference = None
         for engine in engines:
             row = {"checkpoint": ckpt.name, "format": info.format, "engine": engine}
@@ -69,16 +76,20 @@ def verify_serving(
                 continue
             t0 = time.time()
             with ServerProcess(ckpt, engine, log_dir) as srv:
-                scores = rank(srv.url, requests)
+                scores, raw = rank(srv.url, requests)
             if reference is None:
                 reference = scores
             diff = float(np.abs(scores - reference).max())
-            ok = diff <= tolerance
+            expected = cal.apply(raw) if cal is not None else raw
+            cal_diff = float(np.abs(scores - expected).max())
+            ok = diff <= tolerance and cal_diff <= 1e-6
             rows.append(
                 {
                     **row,
                     "status": "ok" if ok else "MISMATCH",
                     "max_abs_diff": diff,
+                    "calibrator": cal.method if cal is not None else None,
+                    "calibration_max_abs_diff": cal_diff,
                     "items": int(len(scores)),
                     "seconds": round(time.time() - t0, 1),
                 }

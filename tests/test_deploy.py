@@ -952,7 +952,7 @@ def test_metric_names_are_exported_by_the_server(live_server):
 
 
 class PrometheusProcess:
-    def __init__(self, tmp: Path, target: str):
+    def __init__(self, tmp: Path, target: str, rule_files: list[Path] | None = None):
         key_file = tmp / "api-key"
         key_file.write_text(LIVE_KEY + "\n")
         self.port = free_port()
@@ -963,7 +963,7 @@ class PrometheusProcess:
                 "scrape_timeout": "1s",
                 "evaluation_interval": "1s",
             },
-            "rule_files": [str(f) for f in RULE_FILES],
+            "rule_files": [str(f) for f in rule_files or RULE_FILES],
             "scrape_configs": [
                 {
                     "job_name": "slimrank",
@@ -1122,6 +1122,62 @@ def test_prometheus_scrapes_server_end_to_end(live_server, tmp_path):
         assert prom.query(
             'sum by (status) (rate(slimrank_requests_total{endpoint="/v1/rank"}[30s]))'
         )["result"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_prometheus_fires_the_score_drift_alert(tiny_demo, tmp_path):
+    """The drift path end to end: a checkpoint with the score reference of its test split,
+    traffic whose candidates are all of one topic, the server's PSI scraped by a real
+    Prometheus, the recording rule and the page-level alert firing. The rules are the deployed
+    ones with their ``for:`` set to 0s (the durations are promtool-tested)."""
+    import shutil
+
+    from loadtest.workload import RequestPool, Workload
+    from ranking.evaluation import evaluate_checkpoint
+    from ranking.score_drift import save_reference
+
+    model = tmp_path / "teacher"
+    shutil.copytree(tiny_demo / "teacher", model)
+    _, scores, _ = evaluate_checkpoint(model, tiny_demo / "data", "test", bootstrap=0)
+    save_reference(model, scores, "test")
+    rules = []
+    for f in RULE_FILES:
+        out = tmp_path / f.name
+        out.write_text(re.sub(r"(?m)^(\s+for:) \S+$", r"\1 0s", f.read_text()))
+        rules.append(out)
+    shifted = RequestPool(
+        Workload(
+            source="demo", data=str(tiny_demo / "data"), topic="finance", distinct=12,
+            tokenizer=str(model),
+        )
+    )  # fmt: skip
+    env = {"SLIMRANK_DRIFT_MIN_SCORES": "100"}
+    (tmp_path / "logs").mkdir()
+    with ServerProcess(model, "torch", tmp_path / "logs", env, api_key=LIVE_KEY) as srv:
+        with httpx.Client(base_url=srv.url, headers=LIVE_AUTH, timeout=60) as client:
+            for req in shifted.sequence(12):
+                r = client.post(
+                    "/v1/rank", content=req.body, headers={"content-type": "application/json"}
+                )
+                assert r.status_code == 200, r.text
+        target = srv.url.removeprefix("http://")
+        with PrometheusProcess(tmp_path, target, rules) as prom:
+
+            def paging():
+                alerts = httpx.get(prom.url + "/api/v1/alerts", timeout=5).json()["data"]
+                return [
+                    a
+                    for a in alerts["alerts"]
+                    if a["labels"]["alertname"] == "SlimrankScoreDrift"
+                    and a["labels"]["severity"] == "critical"
+                    and a["state"] == "firing"
+                ]
+
+            (alert,) = prom.wait_for(paging, 60, "SlimrankScoreDrift (critical) firing")
+            assert alert["labels"]["model"] == "teacher"
+            assert float(alert["value"]) > 0.25
+            assert prom.scalar("slimrank:score_psi:max") > 0.25
 
 
 def test_k8s_distributed_compression_job_is_consistent(rendered):
