@@ -298,6 +298,11 @@ def _chaos(args: argparse.Namespace) -> int:
         rep = run_scenario(name, cfg)
         print("\n" + format_chaos(rep), flush=True)
         reports.append(rep)
+        if name == "drift" and args.json and "phases" in rep:
+            from loadtest.chaos.drift import plot_psi
+
+            out = Path(args.json).with_suffix(".png" if len(names) == 1 else ".drift.png")
+            print(f"wrote {plot_psi(rep, out)}")
     _write(reports[0] if len(reports) == 1 else {"scenarios": reports}, args.json)
     return 0 if all(r["passed"] for r in reports) else 1
 

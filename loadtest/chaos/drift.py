@@ -22,6 +22,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -206,3 +207,39 @@ def drift(cfg: ChaosConfig) -> Report:
         f"without; observe {inproc['observe_us_per_response']:.1f} us per response",
     )
     return rep
+
+
+def _finite(x: float | None) -> bool:
+    """A PSI reading with a value (JSON writes NaN as null)."""
+    return x is not None and bool(np.isfinite(x))
+
+
+def plot_psi(rep: dict, path: str | Path) -> Path:
+    """The PSI read during the two phases, one after the other, with the 0.1 / 0.25 lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    offset = 0.0
+    for name, color in (("standard", "tab:blue"), ("shifted", "tab:orange")):
+        pts = [p for p in rep["phases"][name]["series"] if _finite(p["psi"])]
+        ax.plot([offset + p["t"] for p in pts], [p["psi"] for p in pts], "o-", ms=3,
+                color=color, label=f"{name} traffic")  # fmt: skip
+        offset += rep["window_s"]
+    ax.axhline(PSI_WARN, color="goldenrod", ls="--", label="warn 0.1")
+    ax.axhline(PSI_PAGE, color="red", ls="--", label="page 0.25")
+    ax.axvline(rep["window_s"], color="gray", ls=":")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("seconds (the traffic shifts at the dotted line)")
+    ax.set_ylabel("slimrank_score_psi")
+    ax.set_title(f"score drift, {rep['window_s']:g} s window (shift: topic {rep['shift_topic']})")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
