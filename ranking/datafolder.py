@@ -237,15 +237,16 @@ def _type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def check_row(row: dict, path: str | Path, pos: int) -> None:
-    """Raises ``DataError`` if one row breaks the contract (``pos`` as in ``row_location``)."""
+def check_row(row: dict, path: str | Path, pos: int, labelled: bool = True) -> None:
+    """Raises ``DataError`` if one row breaks the contract (``pos`` as in ``row_location``).
+    ``labelled=False``: rows to be scored, whose ``label`` may be absent (checked if present)."""
     path = Path(path)
 
     def fail(name: str, problem: str) -> None:
         raise DataError(f"{row_location(path, pos)}: field {name!r}: {problem}")
 
     for name in REQUIRED:
-        if row.get(name) is None:
+        if row.get(name) is None and (labelled or name != "label"):
             fail(name, "missing")
     qid = row["query_id"]
     if not (isinstance(qid, str | int) and not isinstance(qid, bool)):
@@ -260,12 +261,14 @@ def check_row(row: dict, path: str | Path, pos: int) -> None:
             fail(name, f"must be text, got {_type_name(v)}")
         if not v.strip():
             fail(name, "empty text")
-    label = row["label"]
-    if not _is_number(label):
+    label = row.get("label")
+    if label is None:  # only where labelled=False
+        pass
+    elif not _is_number(label):
         fail("label", f"must be a number (0/1 or a soft label in [0, 1]), got {_type_name(label)}")
-    if not 0.0 <= label <= 1.0:
+    elif not 0.0 <= label <= 1.0:
         fail("label", f"{label!r} is out of range (0/1 or a soft label in [0, 1])")
-    if isinstance(label, int) and label not in (0, 1):
+    elif isinstance(label, int) and label not in (0, 1):
         fail("label", f"integer labels must be 0 or 1, got {label}")
     item_id = row.get("item_id")
     if item_id is not None and not (

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import typing
 
 from pydantic import ValidationError
 
+from server.cli import add_settings_flags, settings_from
 from server.request_ids import RequestIdFilter
 from server.settings import ServerSettings
 
 log = logging.getLogger("slimrank.server")
-LIST_FLAGS = {"api_keys": "--api-key", "fault_batches": "--fault-batch"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,25 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, field in ServerSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        ann = field.annotation
-        default = field.default if field.default_factory is None else field.default_factory()
-        help_ = f"{field.description or ''} [env SLIMRANK_{name.upper()}; default {default}]"
-        if name in LIST_FLAGS:  # repeatable: --api-key A --api-key B
-            kind = int if typing.get_args(ann) == (int,) else str
-            p.add_argument(
-                LIST_FLAGS[name], dest=name, type=kind, action="append", default=None, help=help_
-            )
-            continue
-        if ann is bool:  # --metrics-public / --no-verify-checkpoint
-            p.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
-            )
-            continue
-        choices = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None
-        kind = {int: int, float: float}.get(ann, str)
-        p.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_)
+    add_settings_flags(p)
     return p
 
 
@@ -82,7 +63,7 @@ def preflight(settings: ServerSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = ServerSettings(**{k: v for k, v in vars(args).items() if v is not None})
+        settings = settings_from(args)
     except ValidationError as exc:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2

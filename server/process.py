@@ -59,6 +59,7 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True, timeout: float = 300) -> ServerProcess:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT

@@ -1153,7 +1153,6 @@ def test_prometheus_fires_the_score_drift_alert(tiny_demo, tmp_path):
         )
     )  # fmt: skip
     env = {"SLIMRANK_DRIFT_MIN_SCORES": "100"}
-    (tmp_path / "logs").mkdir()
     with ServerProcess(model, "torch", tmp_path / "logs", env, api_key=LIVE_KEY) as srv:
         with httpx.Client(base_url=srv.url, headers=LIVE_AUTH, timeout=60) as client:
             for req in shifted.sequence(12):
