@@ -169,3 +169,33 @@ def test_bad_rows_are_named_and_long_ones_kept_with_an_error(calibrated, tmp_pat
     r = batch("--model", str(calibrated), "--input", str(path), "--output", str(tmp_path / "p"),
               check=False)  # fmt: skip
     assert r.returncode == 2 and "pairs.jsonl line 1: field 'item': missing" in r.stderr
+
+
+def test_vllm_batch_format_answers_every_line_in_order(calibrated, tmp_path):
+    """vLLM's run-batch shape: each line answered through the server's own app, in order; a
+    bad line gets its own error or 4xx and the run goes on."""
+    lines = [
+        {"custom_id": "rank", "method": "POST", "url": "/v1/rank",
+         "body": {"query": "member profile: nurse.", "items": ["jazz video.", "stocks article."]}},
+        {"custom_id": "rerank", "method": "POST", "url": "/v1/rerank",
+         "body": {"query": "member profile: nurse.", "documents": ["jazz video."]}},
+        {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions", "body": {}},
+        {"custom_id": "empty", "method": "POST", "url": "/v1/rank",
+         "body": {"query": "q", "items": []}},
+    ]  # fmt: skip
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "{not json\n")
+    out = tmp_path / "results.jsonl"
+    r = batch("--model", str(calibrated), "--input", str(path), "--output", str(out))
+    assert json.loads(r.stdout)["lines"] == 5
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["custom_id"] for g in got] == ["rank", "rerank", "chat", "empty", None]
+    rank = got[0]["response"]
+    assert rank["status_code"] == 200 and rank["request_id"] == "batch-1"
+    cal = load_calibrator(calibrated)
+    for x in rank["body"]["results"]:
+        assert x["score"] == pytest.approx(float(cal.apply(np.array([x["score_raw"]]))[0]))
+    assert got[1]["response"]["body"]["results"][0]["relevance_score"] > 0
+    assert got[2]["response"] is None and "/v1/chat/completions" in got[2]["error"]["message"]
+    assert got[3]["response"]["status_code"] == 422 and got[3]["error"] is None
+    assert "not a batch request" in got[4]["error"]["message"]

@@ -57,7 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="a JSONL or Parquet file of pairs")
     src.add_argument("--data", help="a data folder (with --split)")
     src.add_argument("--split", default="test", help="the data folder's split [test]")
-    p.add_argument("--output", required=True, help="folder of Parquet parts and the manifest")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder of Parquet parts and the manifest (vLLM batch format: the results file)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "pairs", "openai"],
+        default="auto",
+        help="input format: pairs in the data contract's shape, or vLLM's / OpenAI's batch "
+        "JSONL ({custom_id, method, url, body} per line); auto: from the first line [auto]",
+    )
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: the I-th of N [0/1]")
     p.add_argument("--rows-per-part", type=int, default=50_000, help="pairs per part [50000]")
     p.add_argument("--restart", action="store_true", help="discard another run's output there")
@@ -123,6 +134,35 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024  # KiB on Linux
 
 
+async def run_openai(args: argparse.Namespace, path: Path) -> dict:
+    """vLLM's batch format through the server's own app, in this process."""
+    from tqdm import tqdm
+
+    from server.batch import source
+    from server.batch.openai_batch import run_openai_batch
+
+    settings = settings_from(args, SCORING_SETTINGS).model_copy(
+        update={
+            "api_keys": [],
+            "api_key_file": None,
+            "admin_api_key": None,
+            # a file, not live traffic: nothing is refused for load or timed out
+            "max_expected_latency_ms": 1e12,
+            "request_timeout_s": 1e9,
+            "max_queue_items": 10**9,
+        }  # fmt: skip
+    )
+    t0 = time.perf_counter()
+    with tqdm(total=source.count_rows(path), unit="line", disable=args.no_progress) as bar:
+        counts = await run_openai_batch(settings, path, Path(args.output), bar)
+    return {
+        "output": args.output,
+        **counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
@@ -133,6 +173,10 @@ async def run(args: argparse.Namespace) -> dict:
 
     settings = settings_from(args, SCORING_SETTINGS)
     path = source.resolve(args.input, args.data, args.split)
+    from server.batch.openai_batch import is_openai_batch
+
+    if args.format == "openai" or (args.format == "auto" and is_openai_batch(path)):
+        return await run_openai(args, path)
     if settings.verify_checkpoint:
         try:
             verify_manifest(settings.model)
@@ -223,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = check(args) if args.command == "check" else asyncio.run(run(args))
     except (DataError, BatchError, CheckpointError, EngineUnavailable, ValidationError,
-            OSError) as exc:  # fmt: skip
+            OSError, RuntimeError) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
-    if args.command == "score":
+    if args.command == "score" and "parts" in result:
         print(
             f"[batch] {result['rows']:,} pairs in {result['parts']} parts, {result['errors']} "
             f"with an error; {result['pairs_per_s'] or 0:,.0f} pairs/s this run; peak memory "
