@@ -1212,3 +1212,211 @@ def test_k8s_distributed_compression_job_is_consistent(rendered):
     claim = {v["name"]: v for v in pod["volumes"]}["models"]["persistentVolumeClaim"]["claimName"]
     pvc = one(rendered["gpu"], "PersistentVolumeClaim", claim)
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+# ---- Kubernetes: sharded batch scoring (k8s/batch/) ---------------------------------------------
+
+BATCH = K8S / "batch"
+BATCH_CMD = ["python", "-m", "server.batch"]
+
+
+@pytest.fixture(scope="module")
+def batch_rendered() -> dict[str, list[dict]]:
+    kubectl = need("kubectl")
+    out = {}
+    for overlay in OVERLAYS:
+        text = run(kubectl, "kustomize", str(BATCH / "overlays" / overlay), timeout=60).stdout
+        out[overlay] = [d for d in yaml.safe_load_all(text) if d]
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch_help() -> str:
+    """`python -m server.batch --help`, whitespace collapsed (argparse wraps its lines)."""
+    assert (REPO / "server" / "batch" / "__main__.py").is_file()
+    return " ".join(run(sys.executable, "-m", "server.batch", "--help", timeout=120).stdout.split())
+
+
+def flag_values(args: list[str]) -> dict[str, str | None]:
+    """``--flag value`` pairs of a command line; a flag without a value maps to None."""
+    out = {}
+    for k, arg in enumerate(args):
+        if arg.startswith("--"):
+            nxt = args[k + 1] if k + 1 < len(args) else None
+            out[arg] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a container's command or args, as the kubelet expands it."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], text)
+
+
+def on_claim(container: dict, volumes: dict, path: str) -> tuple[str, bool, str]:
+    """(PVC name, mounted read-only, path inside the claim) of ``path`` in ``container``."""
+    (mount,) = [
+        m for m in container["volumeMounts"]
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]  # fmt: skip
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]
+    read_only = mount.get("readOnly", False)
+    assert claim.get("readOnly", False) == read_only, f"{path}: mount and claim disagree"
+    return claim["claimName"], read_only, path.removeprefix(mount["mountPath"]).strip("/")
+
+
+def assert_flags_exist(args: list[str], help_text: str) -> None:
+    for flag in (a for a in args if a.startswith("--")):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), flag
+
+
+def assert_restricted_pod(spec: dict, where: str) -> None:
+    """The ranker's security conventions: non-root, RuntimeDefault seccomp, read-only root with
+    an emptyDir on /tmp, no privilege escalation, all capabilities dropped, requests and limits."""
+    psc = spec["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, where
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for c in spec["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
+        assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
+        tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: no emptyDir at /tmp"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_batch_renders_valid_objects(batch_rendered, rendered, overlay):
+    import kubernetes_validate
+
+    docs = batch_rendered[overlay]
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{overlay}: {d['kind']}/{d['metadata']['name']} invalid at {path}: {exc}")
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Job", "slimrank-batch-score"), ("Job", "slimrank-batch-check")} <= names
+    # into the namespace that the ranker's overlay creates, labelled as its objects are
+    namespace = one(rendered[overlay], "Namespace")["metadata"]["name"]
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "slimrank" for d in docs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_batch_score_job_is_indexed_and_sharded(batch_rendered, rendered, batch_help, overlay):
+    """An Indexed Job whose pod I scores shard I/N, N = completions; per-index retries (a retry
+    resumes); model and input read-only, output on a shared (RWX) claim; the ranker's image and
+    security conventions; one GPU per shard in the GPU overlay."""
+    from server.batch.__main__ import parse_shard
+    from server.settings import ServerSettings
+
+    docs = batch_rendered[overlay]
+    job = one(docs, "Job", "slimrank-batch-score")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    n = spec["completions"]
+    assert n >= 1 and 1 <= spec["parallelism"] <= n
+    assert spec["backoffLimitPerIndex"] >= 1  # a failed shard is retried, alone
+    assert spec["podReplacementPolicy"] == "Failed"  # never two pods writing one shard folder
+    assert not spec.get("suspend")
+    assert_restricted_pod(pod, f"{overlay}: score Job")
+
+    (c,) = pod["containers"]
+    assert c["command"] == BATCH_CMD and c["args"][0].startswith("--")  # the default: score
+    assert_flags_exist(c["args"], batch_help)
+    flags = flag_values(c["args"])
+    assert "--restart" not in flags  # a retry resumes, it does not start over
+
+    # the shard: the index from the Job controller, N = completions
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert "JOB_COMPLETION_INDEX" not in env  # the Job controller sets it
+    shard = flags["--shard"]
+    assert shard.startswith("$(JOB_COMPLETION_INDEX)/"), shard
+    assert env["SHARDS"] == str(n)
+    for i in range(n):
+        assert parse_shard(kubelet_expand(shard, {**env, "JOB_COMPLETION_INDEX": str(i)})) == (i, n)
+
+    # volumes: model and input read-only, output read-write on a ReadWriteMany claim
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    models_claim, ro, model = on_claim(c, volumes, flags["--model"])
+    assert ro and model
+    models_pvc = one(rendered[overlay], "PersistentVolumeClaim", models_claim)  # the ranker's
+    assert "ReadWriteMany" in models_pvc["spec"]["accessModes"]
+    input_claim, ro, path = on_claim(c, volumes, flags["--input"])
+    assert ro and path.endswith((".jsonl", ".parquet")) and input_claim in claims
+    output_claim, ro, out = on_claim(c, volumes, flags["--output"])
+    assert not ro and out and output_claim in claims
+    assert "ReadWriteMany" in claims[output_claim]["spec"]["accessModes"]  # every shard writes
+
+    # the ranker's image; settings that the batch scorer reads, valid together
+    (ranker,) = one(rendered[overlay], "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == ranker["image"]
+    assert pod["securityContext"]["runAsUser"] == ranker_uid(rendered[overlay])
+    (ref,) = [e["configMapRef"]["name"] for e in c["envFrom"]]
+    config = one(docs, "ConfigMap", ref)["data"]
+    for key in config:
+        assert f"[env {key};" in batch_help, f"{key}: not a setting of python -m server.batch"
+    settings = ServerSettings(
+        model=flags["--model"],
+        **{k.removeprefix("SLIMRANK_").lower(): v for k, v in config.items()},
+    )
+
+    gpus = c["resources"]["limits"].get("nvidia.com/gpu")
+    if overlay == "gpu":  # one shard per GPU
+        assert gpus == "1" and c["resources"]["requests"].get("nvidia.com/gpu") == "1"
+        assert settings.engine == "vllm" and c["image"].endswith(":gpu")
+        assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    else:
+        assert gpus is None and "nodeSelector" not in pod
+        assert settings.engine != "vllm" and c["image"].endswith(":cpu")
+
+
+def ranker_uid(docs: list[dict]) -> int:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_batch_check_job_checks_the_score_jobs_output(batch_rendered, batch_help, overlay):
+    """The union check: created suspended (resumed after the score Job completes), it runs
+    `server.batch check` on the score Job's output folder and input file, on the same claims;
+    its "not covered" answer (exit 2) is final."""
+    docs = batch_rendered[overlay]
+    score, check = (
+        one(docs, "Job", "slimrank-batch-score"),
+        one(docs, "Job", "slimrank-batch-check"),
+    )
+    assert check["spec"]["suspend"] is True
+    pod = check["spec"]["template"]["spec"]
+    assert_restricted_pod(pod, f"{overlay}: check Job")
+    (c,) = pod["containers"]
+    cmd = c["command"] + c.get("args", [])
+    assert cmd[: len(BATCH_CMD) + 1] == [*BATCH_CMD, "check"]
+    assert "{score,check}" in batch_help
+    assert_flags_exist(cmd, batch_help)
+    flags = flag_values(cmd)
+    assert set(flags) == {"--output", "--input"}
+
+    (s,) = score["spec"]["template"]["spec"]["containers"]
+    score_flags = flag_values(s["args"])
+    score_volumes = {v["name"]: v for v in score["spec"]["template"]["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for flag in ("--output", "--input"):
+        claim, _, path = on_claim(c, volumes, flags[flag])
+        score_claim, _, score_path = on_claim(s, score_volumes, score_flags[flag])
+        assert (claim, path) == (score_claim, score_path), flag
+    assert on_claim(c, volumes, flags["--input"])[1]  # read-only
+
+    rules = check["spec"]["podFailurePolicy"]["rules"]
+    final = [r for r in rules if r["action"] == "FailJob"]
+    assert any(
+        r["onExitCodes"]["operator"] == "In" and 2 in r["onExitCodes"]["values"]
+        and r["onExitCodes"].get("containerName") == c["name"]
+        for r in final
+    )  # fmt: skip
+    assert c["image"] == s["image"]
