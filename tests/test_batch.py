@@ -26,6 +26,8 @@ from ranking.score_calibration import fit, load_calibrator, save_calibrator
 from server.batch.parts import MANIFEST
 from tests.serving import REPO, ServerProcess
 
+pytestmark = pytest.mark.slow  # a server and batch subprocesses per test
+
 TOL = 1e-4  # the same engine and kernel, other batch compositions (fp32 on this CPU)
 
 

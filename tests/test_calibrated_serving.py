@@ -22,6 +22,8 @@ from ranking.score_drift import REFERENCE_FILE, load_reference
 from tests.serving import ServerProcess, metric_value
 from tests.test_server import ITEMS, QUERY
 
+pytestmark = pytest.mark.slow  # servers, subprocesses, the tiny recipe
+
 ADMIN = "calibration-admin-key"
 
 
