@@ -1288,6 +1288,10 @@ def assert_restricted_pod(spec: dict, where: str) -> None:
         assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: no emptyDir at /tmp"
 
 
+def ranker_uid(docs: list[dict]) -> int:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_k8s_batch_renders_valid_objects(batch_rendered, rendered, overlay):
     import kubernetes_validate
@@ -1321,8 +1325,8 @@ def test_k8s_batch_score_job_is_indexed_and_sharded(batch_rendered, rendered, ba
     assert spec["completionMode"] == "Indexed"
     n = spec["completions"]
     assert n >= 1 and 1 <= spec["parallelism"] <= n
-    assert spec["backoffLimitPerIndex"] >= 1  # a failed shard is retried, alone
-    assert spec["podReplacementPolicy"] == "Failed"  # never two pods writing one shard folder
+    assert spec.get("backoffLimitPerIndex", 0) >= 1  # a failed shard is retried, alone
+    assert spec.get("podReplacementPolicy") == "Failed"  # never two pods writing one shard folder
     assert not spec.get("suspend")
     assert_restricted_pod(pod, f"{overlay}: score Job")
 
@@ -1377,10 +1381,6 @@ def test_k8s_batch_score_job_is_indexed_and_sharded(batch_rendered, rendered, ba
         assert settings.engine != "vllm" and c["image"].endswith(":cpu")
 
 
-def ranker_uid(docs: list[dict]) -> int:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_k8s_batch_check_job_checks_the_score_jobs_output(batch_rendered, batch_help, overlay):
     """The union check: created suspended (resumed after the score Job completes), it runs
@@ -1391,7 +1391,7 @@ def test_k8s_batch_check_job_checks_the_score_jobs_output(batch_rendered, batch_
         one(docs, "Job", "slimrank-batch-score"),
         one(docs, "Job", "slimrank-batch-check"),
     )
-    assert check["spec"]["suspend"] is True
+    assert check["spec"].get("suspend") is True, "resumed by hand after the score Job"
     pod = check["spec"]["template"]["spec"]
     assert_restricted_pod(pod, f"{overlay}: check Job")
     (c,) = pod["containers"]
