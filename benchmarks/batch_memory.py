@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtest.stats import write_json  # noqa: E402
 from ranking.datafolder import read_split  # noqa: E402
 from ranking.precision import machine  # noqa: E402
 
@@ -73,9 +74,7 @@ def main() -> None:
         print(f"{x['pairs']:>10,}{x['parts']:>7}{x['seconds']:>9.0f}{x['pairs_per_s']:>9.0f}"
               f"{x['peak_rss_mb']:>9.0f}  {x['engine']} {x['kernel']}")  # fmt: skip
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(result, args.json)}")
 
 
 if __name__ == "__main__":

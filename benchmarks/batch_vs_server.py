@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtest.stats import write_json  # noqa: E402
 from ranking.datafolder import read_split  # noqa: E402
 from ranking.dataset import group_by_query  # noqa: E402
 from ranking.precision import machine  # noqa: E402
@@ -140,9 +141,7 @@ def main() -> None:
               f"{r['server_best_items_per_s']:>13.0f}{r['ratio']:>7.2f}{r['max_abs_diff']:>11.2e}"
               f"{r['batch_peak_rss_mb']:>9.0f}")  # fmt: skip
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(result, args.json)}")
 
 
 if __name__ == "__main__":
