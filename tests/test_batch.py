@@ -5,6 +5,8 @@ covers the input exactly once, and bad input named or written as a row error."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,14 +34,21 @@ pytestmark = pytest.mark.slow  # a server and batch subprocesses per test
 TOL = 1e-4  # the same engine and kernel, other batch compositions (fp32 on this CPU)
 
 
-def batch(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        [sys.executable, "-m", "server.batch", *args, "--no-progress"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def batch(*args: str, check: bool = True) -> Ran:
+    """``python -m server.batch ARGS`` in this process (the SIGKILL test runs a real process)."""
+    from server.batch.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--no-progress"])
+    r = Ran(code, out.getvalue(), err.getvalue())
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
