@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtest.chaos.shadow import kernel_option  # noqa: E402
 from loadtest.stats import write_json  # noqa: E402
 from ranking.datafolder import read_split  # noqa: E402
 from ranking.dataset import group_by_query  # noqa: E402
@@ -38,14 +39,16 @@ def batch_run(model: str, engine: str, data: str, split: str, out: Path) -> tupl
     """The batch scorer's totals and its scores in input order."""
     import pyarrow.dataset as ds
 
+    summary = out.parent / "summary.json"
     r = subprocess.run(
         [sys.executable, "-m", "server.batch", "--model", model, "--engine", engine, "--data",
-         data, "--split", split, "--output", str(out), "--restart", "--no-progress"],
+         data, "--split", split, "--output", str(out), "--restart", "--no-progress",
+         "--json", str(summary)],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if r.returncode != 0:
         raise RuntimeError(f"batch run failed:\n{r.stderr[-3000:]}")
-    totals = json.loads(r.stdout)
+    totals = json.loads(summary.read_text())
     t = ds.dataset(out, format="parquet").to_table().sort_by("row")
     return totals, t["score"].to_numpy(zero_copy_only=False)
 
@@ -81,8 +84,11 @@ def measure(model: str, engine: str, data: str, split: str, conc: list[int], log
     with tempfile.TemporaryDirectory() as tmp:
         totals, batch_scores = batch_run(model, engine, data, split, Path(tmp) / "out")
     rates = {}
+    # the kernel the batch run chose at load: a torch load picks its INT8 kernel by a timing,
+    # and two loads can pick differently (fbgemm's 7-bit activations vs dequantized weights)
+    kernel = kernel_option(totals["kernel"]) if engine == "torch" else "auto"
     with ServerProcess(Path(model), engine, logs, max_expected_latency_ms=600_000,
-                       request_timeout_s=600) as srv:  # fmt: skip
+                       request_timeout_s=600, torch_kernel=kernel) as srv:  # fmt: skip
         asyncio.run(server_pass(srv.url, groups[:8], 2))  # warm-up
         for c in conc:
             rate, served = asyncio.run(server_pass(srv.url, groups, c))
@@ -94,7 +100,7 @@ def measure(model: str, engine: str, data: str, split: str, conc: list[int], log
         "pairs": len(rows),
         "batch_pairs_per_s": totals["pairs_per_s"],
         "batch_peak_rss_mb": totals["peak_rss_mb"],
-        "batch_kernel": totals["kernel"],
+        "kernel": totals["kernel"],
         "server_items_per_s": rates,
         "server_best_items_per_s": max(rates.values()),
         "ratio": totals["pairs_per_s"] / max(rates.values()),

@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-part", type=int, default=50_000, help="pairs per part [50000]")
     p.add_argument("--restart", action="store_true", help="discard another run's output there")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", help="also write the summary here (stdout may hold engine logs)")
     add_settings_flags(p, SCORING_SETTINGS)
     return p
 
@@ -271,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
+    if args.json:
+        from ranking.atomic import atomic_write_text
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.command == "score" and "parts" in result:
         print(
             f"[batch] {result['rows']:,} pairs in {result['parts']} parts, {result['errors']} "
