@@ -9,6 +9,7 @@ and the raw scores calibrated by the checkpoint's calibrator.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,11 @@ from ranking.score_calibration import Calibrator, load_calibrator
 from server.batch.source import Group
 from server.engines import Engine, LoadedModel, create_engine
 from server.settings import ServerSettings
+
+# engine batches submitted at once: the next is queued while one runs (the torch engine runs
+# them one after another; vLLM's scheduler takes them together), so the engine does not wait on
+# this loop between batches
+IN_FLIGHT = 3
 
 
 @dataclass
@@ -79,7 +85,7 @@ class BatchScorer:
         todo = [(i, enc) for i, (enc, _) in enumerate(encoded) if enc is not None]
         raw_by_group: dict[int, np.ndarray] = {}
         budget = self.settings.max_batch_tokens
-        start = 0
+        batches, start = [], 0
         while start < len(todo):
             end, tokens = start, 0
             while end < len(todo) and (
@@ -87,11 +93,17 @@ class BatchScorer:
             ):
                 tokens += todo[end][1].prompt_tokens
                 end += 1
-            batch = todo[start:end]
-            results = await self.engine.score([enc for _, enc in batch])
+            batches.append(todo[start:end])
+            start = end
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def run(batch: list) -> None:
+            async with gate:
+                results = await self.engine.score([enc for _, enc in batch])
             for (i, _), r in zip(batch, results, strict=True):
                 raw_by_group[i] = np.asarray(r, dtype=np.float64)
-            start = end
+
+        await asyncio.gather(*(run(b) for b in batches))
         out = []
         for i, (g, (_, errors)) in enumerate(zip(groups, encoded, strict=True)):
             raw = np.full(len(g.rows), np.nan)
