@@ -2,8 +2,9 @@
 
 For each model and engine: ``python -m server.batch`` over a data split (pairs/s while scoring,
 model load excluded, and its peak memory), then the server (``python -m server``, same engine)
-sent the same split's queries as ``/v1/rank`` requests, closed loop at several concurrencies
-(its best items/s is the peer figure). Every pair's batch score is compared with the server's
+sent the same split's queries as ``/v1/rank`` requests, closed loop at several concurrencies,
+each on its own share of the queries (no pair is sent twice: vLLM's prefix cache would flatter
+a repeat), after a warm-up on validation queries; its best items/s is the peer figure. Every pair's batch score is compared with the server's
 (max |difference|). Prints a table with the machine's CPU flags and matrix-product peak, and
 writes JSON.
 
@@ -87,12 +88,18 @@ def measure(model: str, engine: str, data: str, split: str, conc: list[int], log
     # the kernel the batch run chose at load: a torch load picks its INT8 kernel by a timing,
     # and two loads can pick differently (fbgemm's 7-bit activations vs dequantized weights)
     kernel = kernel_option(totals["kernel"]) if engine == "torch" else "auto"
+    # each concurrency gets its own queries (every k-th): a pair sent twice would find its
+    # prompt in vLLM's prefix cache and flatter the server
+    subsets = [list(range(k, len(groups), len(conc))) for k in range(len(conc))]
+    served: list = [None] * len(groups)
+    warmup = [g for _, g in group_by_query(read_split(data, "validation"))][:8]
     with ServerProcess(Path(model), engine, logs, max_expected_latency_ms=600_000,
                        request_timeout_s=600, torch_kernel=kernel) as srv:  # fmt: skip
-        asyncio.run(server_pass(srv.url, groups[:8], 2))  # warm-up
-        for c in conc:
-            rate, served = asyncio.run(server_pass(srv.url, groups, c))
-            rates[c] = rate
+        asyncio.run(server_pass(srv.url, warmup, 2))
+        for c, idx in zip(conc, subsets, strict=True):
+            rates[c], got = asyncio.run(server_pass(srv.url, [groups[i] for i in idx], c))
+            for i, s in zip(idx, got, strict=True):
+                served[i] = s
     server_scores = np.concatenate(served)
     return {
         "model": model,
