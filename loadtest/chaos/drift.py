@@ -132,7 +132,7 @@ def alternating_latency(urls: dict[str, str], pool: RequestPool, n: int) -> dict
 def drift(cfg: ChaosConfig) -> Report:
     rep = Report("drift", asdict(cfg))
     window = cfg.pick(120.0, 20.0)
-    min_scores = int(cfg.pick(1000, 200))
+    min_scores = int(cfg.pick(1000, 100))
     env = {"SLIMRANK_DRIFT_WINDOW_S": str(window), "SLIMRANK_DRIFT_MIN_SCORES": str(min_scores)}
     standard = request_pool(cfg)
     shifted = RequestPool(dataclasses.replace(standard.workload, topic=cfg.shift_topic))
@@ -147,8 +147,9 @@ def drift(cfg: ChaosConfig) -> Report:
             )
             return rep
         base = unloaded_latency(srv.url, standard, cfg.pick(10, 4))
-        # a light load: a third of what one request at a time reaches
-        rate = max(0.2, 0.33 * 1000.0 / base["p50"])
+        # a light load: a third of what one request at a time reaches, and at least enough for
+        # the window to hold twice the scores a PSI needs
+        rate = max(2 * min_scores / (cfg.items * window), 0.33 * 1000.0 / base["p50"])
         say(cfg, f"drift: {rate:.1f} req/s, two phases of one {window:g}s window each")
         for i, (name, pool) in enumerate((("standard", standard), ("shifted", shifted))):
             rc = run_config(cfg, srv.url, rate, window, seed=cfg.seed + i, arrivals="constant")
