@@ -196,11 +196,10 @@ async def run(args: argparse.Namespace) -> dict:
     calibrated = scorer.calibrator is not None
     bar = tqdm(total=expected, unit="pair", desc=f"scoring {path.name}", disable=args.no_progress,
                smoothing=0.1)  # fmt: skip
-    k, buffer, n_rows, scored_rows, errors, skipped = 0, [], 0, 0, 0, 0
+    k, buffer, in_buffer, n_rows, scored_rows, skipped = 0, [], 0, 0, 0, 0
 
-    async def flush(groups: list) -> None:
-        nonlocal scored_rows, errors, skipped
-        rows = sum(len(g.rows) for g in groups)
+    async def flush(groups: list, rows: int) -> None:
+        nonlocal scored_rows, skipped
         if out.done(k):
             skipped += rows
         else:
@@ -208,18 +207,18 @@ async def run(args: argparse.Namespace) -> dict:
             bad = sum(e is not None for s in scored for e in s.errors)
             out.write(k, _table(scored, calibrated), bad)
             scored_rows += rows
-            errors += bad
         bar.update(rows)
 
     try:
         for g in source.groups(path, args.shard):
             buffer.append(g)
+            in_buffer += len(g.rows)
             n_rows += len(g.rows)
-            if sum(len(x.rows) for x in buffer) >= args.rows_per_part:
-                await flush(buffer)
-                buffer, k = [], k + 1
+            if in_buffer >= args.rows_per_part:
+                await flush(buffer, in_buffer)
+                buffer, in_buffer, k = [], 0, k + 1
         if buffer or k == 0:
-            await flush(buffer)
+            await flush(buffer, in_buffer)
             k += 1
     finally:
         bar.close()
