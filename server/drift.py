@@ -66,10 +66,11 @@ class ScoreDrift:
                 out += c
             return out
 
-    def psi(self) -> float:
-        """PSI of the window against the reference; NaN without a reference or while the window
-        holds fewer than ``min_scores`` scores (too few to tell drift from noise)."""
-        live = self.window()
+    def psi(self, live: np.ndarray | None = None) -> float:
+        """PSI of the window (``live``: its counts, if already taken) against the reference;
+        NaN without a reference or while the window holds fewer than ``min_scores`` scores
+        (too few to tell drift from noise)."""
+        live = self.window() if live is None else live
         if self.reference is None or live.sum() < self.min_scores:
             return float("nan")
         return psi(self.reference, live)
@@ -110,7 +111,8 @@ class ScoreCollector:
             cumulative = np.cumsum(total).tolist()
             buckets = [*zip(self.edges, cumulative, strict=True), ("+Inf", cumulative[-1])]
             hist.add_metric([model, version], buckets, total_sum)
-            size.add_metric([model, version], float(d.window().sum()))
+            live = d.window()
+            size.add_metric([model, version], float(live.sum()))
             if d.reference is not None:
-                index.add_metric([model, version], d.psi())
+                index.add_metric([model, version], d.psi(live))
         return [hist, size, index]
