@@ -19,7 +19,8 @@ Which one runs is measured, not assumed (machines of one kind differ several-fol
 each candidate runs the model's largest quantized layer at ``PROBE_TOKENS`` tokens; one whose
 product differs from the exact product of its quantized operands by more than ``MAX_REL_ERR``
 (saturation) is rejected; the fastest of the rest serves, an integer kernel only if it beats
-the float layer by ``MIN_GAIN``. ``KernelChoice`` carries the measurement, for the server's
+the float layer as loaded (its emulated activation quantization included) by ``MIN_GAIN``.
+``KernelChoice`` carries the measurement, for the server's
 log and ``/v1/models``.
 """
 
@@ -213,18 +214,36 @@ def median_seconds(run: Callable[[], object], repeats: int = PROBE_REPEATS) -> f
 
 
 def measure(
-    q: torch.Tensor, scale: torch.Tensor, bits: int, candidates: tuple[str, ...], dtype
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    bits: int,
+    candidates: tuple[str, ...],
+    dtype,
+    layer: nn.Module | None = None,
 ) -> dict[str, dict]:
-    """GFLOP/s and error of each candidate (and of the dequantized float product) on one
-    layer's integers at ``PROBE_TOKENS`` Gaussian tokens."""
+    """GFLOP/s and error of each candidate and of the fallback on one layer's integers at
+    ``PROBE_TOKENS`` Gaussian tokens. The fallback is ``layer`` itself when given (the float
+    layer as loaded, with the activation quantization it emulates: what would really run),
+    else the bare float product of the dequantized weight."""
     n, k = q.shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_TOKENS, k, generator=gen).to(dtype)
     exact = _exact(x.float(), q, scale, bits)
     mean = exact.abs().mean()
-    w = (q.float().view(n, scale.shape[1], -1) * scale[:, :, None]).view(n, k).to(dtype)
     flops = 2.0 * PROBE_TOKENS * k * n
-    runs: dict[str, Callable[[], torch.Tensor]] = {FALLBACK: lambda: nn.functional.linear(x, w)}
+    if layer is not None:
+        x3 = x[None]  # (batch, tokens, features), as the model calls it: per-token scales
+
+        def fallback() -> torch.Tensor:
+            y = layer(x3)[0]
+            return y if layer.bias is None else y - layer.bias  # the kernels run without it
+    else:
+        w = (q.float().view(n, scale.shape[1], -1) * scale[:, :, None]).view(n, k).to(dtype)
+
+        def fallback() -> torch.Tensor:
+            return nn.functional.linear(x, w)
+
+    runs: dict[str, Callable[[], torch.Tensor]] = {FALLBACK: fallback}
     out: dict[str, dict] = {}
     for name in candidates:
         try:
@@ -290,7 +309,7 @@ def convert_quantized(model: nn.Module, fmt: str, kernel: str = "auto") -> Kerne
     _, _, largest, _ = max(targets, key=lambda t: t[2].weight.numel())
     q, scale = _integers(largest, bits)
     probe = f"{PROBE_TOKENS}x{largest.in_features}x{largest.out_features}"
-    measured = measure(q, scale, bits, candidates, largest.weight.dtype)
+    measured = measure(q, scale, bits, candidates, largest.weight.dtype, largest)
     if kernel == "auto":
         chosen, why = choose(measured)
     else:

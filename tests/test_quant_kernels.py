@@ -13,6 +13,7 @@ from ranking.quant_kernels import (
     FALLBACK,
     KERNELS,
     MAX_REL_ERR,
+    PROBE_TOKENS,
     _exact,
     choose,
     convert_quantized,
@@ -79,6 +80,22 @@ def test_measure_reports_every_candidate_with_its_error():
     assert set(rows) == {FALLBACK, "fbgemm", "onednn"}
     assert rows[FALLBACK]["gflops"] > 0 and rows[FALLBACK]["max_rel_err"] < MAX_REL_ERR
     assert rows["fbgemm"]["max_rel_err"] < MAX_REL_ERR
+
+
+def test_the_fallback_is_timed_as_loaded():
+    """What would serve is the loaded float layer with the activation quantization it emulates
+    (about 1.7x slower than the bare float product on the demo INT8 student): that layer is
+    what the fallback's timing and error run, with its bias left out as the kernels run."""
+    q, scale = _int_weights(64, 128, 8)
+    layer = torch.nn.Linear(128, 64)
+    with torch.no_grad():
+        layer.weight.copy_(q.float() * scale)
+    calls = []
+    layer.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    rows = measure(q, scale, 8, (), torch.float32, layer)
+    assert calls and all(s == (1, PROBE_TOKENS, 128) for s in calls)  # batch, tokens, features
+    bare = measure(q, scale, 8, (), torch.float32)
+    assert rows[FALLBACK]["max_rel_err"] == bare[FALLBACK]["max_rel_err"]  # bias removed
 
 
 def test_a_float_model_has_nothing_to_convert(tiny_teacher):
