@@ -161,9 +161,9 @@ class MovieLensFeatures:
         self.categorical = ["occupation"]
 
     def _history(self, user: str, cutoff: int) -> dict:
-        from compression.data.movielens import user_history
+        from compression.data.render import history_before
 
-        hist = user_history(self.raw.ratings[user], cutoff)
+        hist = history_before(self.raw.ratings[user], cutoff)
         ratings = np.array([h.rating for h in hist]) if hist else np.zeros(0)
         recent = hist[-self.n_recent :]
         by_genre: dict[str, list[float]] = defaultdict(list)

@@ -14,20 +14,41 @@ import pytest
 from compression.data.movielens import (
     MovieLensConfig,
     MovieLensError,
+    as_tables,
     build_movielens,
-    build_queries,
     load_raw,
     recbole_ml100k_dir,
-    render_movie,
-    render_query,
-    user_history,
+    render_config,
 )
+from compression.data.render import Templating, build_queries, interactions
+from compression.data.render import history_before as user_history
 from ranking.data_audit import check_folder
 from ranking.datafolder import read_split
 from tests.ml_mini import write_mini_movielens
 
 HAS_RECBOLE = importlib.util.find_spec("recbole") is not None
 MINI = MovieLensConfig(history=4, items_per_query=3, min_history=2, vocab_size=300)
+
+
+def render_movie(m) -> str:
+    """The item text the builder writes (its templates must give exactly this)."""
+    return f"{m.title} ({m.year}), {', '.join(m.genres)}"
+
+
+def render_query(u, history, movies) -> str:
+    rated = "; ".join(f"{render_movie(movies[r.item])}: {r.rating:g}" for r in history)
+    return (
+        f"User: {u.age}-year-old {u.gender}, {u.occupation}. "
+        f"Recent ratings (1-5, oldest first): {rated}."
+    )
+
+
+def movielens_queries(raw, cfg: MovieLensConfig) -> dict:
+    rc = render_config(cfg)
+    per_member, _ = interactions(
+        rc, as_tables(raw), Templating(rc.templates, rc.interactions.label)
+    )
+    return build_queries(per_member, rc)[0]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +99,7 @@ def test_mini_folder_time_split_labels_and_contract(mini_source, tmp_path):
 
 def test_history_is_strictly_before_the_cutoff(mini_source):
     raw = load_raw(mini_source)
-    queries, _ = build_queries(raw, MINI)
+    queries = movielens_queries(raw, MINI)
     n_tied = 0
     for qs in queries.values():
         for q in qs:
@@ -87,9 +108,10 @@ def test_history_is_strictly_before_the_cutoff(mini_source):
             assert len(q.history) <= MINI.history
             assert len(q.items) <= MINI.items_per_query
             # the shown history is the most recent: nothing between it and the cutoff
-            later = [r for r in raw.ratings[q.user] if q.history[-1].ts < r.ts < q.cutoff]
+            later = [r for r in raw.ratings[q.member] if q.history[-1].ts < r.ts < q.cutoff]
             assert not later
-            n_tied += any(r.ts == q.cutoff for r in raw.ratings[q.user] if r not in q.items)
+            shown = {x.item for x in q.items}
+            n_tied += any(r.ts == q.cutoff for r in raw.ratings[q.member] if r.item not in shown)
     assert n_tied  # the fixture does exercise same-second ratings at a cutoff
 
 

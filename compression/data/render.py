@@ -1,0 +1,564 @@
+"""Tables to a data folder: a team's interactions (and member and item attribute tables)
+rendered into query and item text by Jinja templates, split by time, checked, with a tokenizer.
+
+One query is a member at a moment (its cutoff): the template sees the member's attributes and
+their most recent interactions strictly before the cutoff. Its items are interactions of the same
+member from the cutoff on, several per query (they share the query's prefix, as in real
+traffic). Templates are Jinja, as chat templates are, in the same sandbox; a field a template
+names that a row lacks is an error, never an empty string.
+
+Splits (``split.by``):
+
+- ``time``: global cutoffs ``T1 < T2`` at quantiles of all interaction times; train items are
+  before ``T1``, validation items in ``[T1, T2)``, test items from ``T2`` on. A history may reach
+  back across the cutoffs but is strictly earlier than its query's cutoff, so train sees nothing
+  at or after ``T1``. ``leave_last_out`` also writes ``test_llo``: each member's last
+  interactions (it overlaps train; not comparable with the time split).
+- ``leave_last``: per member, the last ``n`` eligible interactions are test, the ``n`` before
+  them validation, the rest train (each member's future is held out, not the world's).
+
+An interaction is eligible as an item once its member has ``min_history`` earlier ones. An item
+a member met more than once keeps its first interaction (counted in ``meta.json``).
+
+The MovieLens builder (``compression.data.movielens``) is one configuration of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from compression.data.tables import Table, key_text, read_table, unix_seconds
+from ranking.atomic import atomic_file
+from ranking.datafolder import DataError
+from ranking.task import RankingTask
+
+GENERATOR = "compression.data.render"
+
+
+# ---- configuration -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interactions:
+    path: str
+    member: str  # the column holding the member (query) key
+    item: str  # the column holding the item key
+    time: str  # seconds since the epoch, or a date / datetime
+    label: str  # a 0/1 (or [0, 1]) column, or a Jinja expression over the row: rating >= 4
+
+
+@dataclass(frozen=True)
+class Attributes:
+    path: str
+    key: str  # the column matching the interactions' member / item column
+
+
+@dataclass(frozen=True)
+class Templates:
+    query: str  # sees member, history (oldest first), cutoff
+    item: str  # sees item
+
+
+@dataclass(frozen=True)
+class Split:
+    by: Literal["time", "leave_last"] = "time"
+    validation: float = 0.05  # by time: share of all interactions in [T1, T2)
+    test: float = 0.10  # by time: share of all interactions from T2 on
+    n: int = 1  # by leave_last: interactions per member in test (and as many in validation)
+    leave_last_out: bool = False  # by time: also write test_llo
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    interactions: Interactions
+    templates: Templates
+    members: Attributes | None = None
+    items: Attributes | None = None
+    history: int = 10  # interactions shown per query, the most recent first dropped last
+    min_history: int = 5  # earlier interactions a member needs before one becomes an item
+    items_per_query: int = 10  # at most; a member's window is cut into near-equal chunks
+    split: Split = field(default_factory=Split)
+    vocab_size: int = 2048
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path | None = None) -> RenderConfig:
+        """From a parsed YAML config; table paths relative to ``base`` (the config's folder)."""
+        d = dict(d)
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise DataError(f"render config: unknown keys {sorted(unknown)} (known: "
+                            f"{', '.join(cls.__dataclass_fields__)})")  # fmt: skip
+        sections = {"interactions": Interactions, "templates": Templates, "members": Attributes,
+                    "items": Attributes, "split": Split}  # fmt: skip
+        for name, kind in sections.items():
+            if d.get(name) is None:
+                if name in ("interactions", "templates"):
+                    raise DataError(f"render config: no {name!r} section")
+                continue
+            if not isinstance(d[name], dict):
+                raise DataError(f"render config: {name!r} must be a mapping")
+            try:
+                d[name] = kind(**d[name])
+            except TypeError as exc:
+                raise DataError(f"render config: {name}: {exc}") from None
+            if base is not None and hasattr(d[name], "path"):
+                path = Path(d[name].path)
+                d[name] = _replace(d[name], path=str(path if path.is_absolute() else base / path))
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        s = self.split
+        if s.by not in ("time", "leave_last"):
+            raise DataError(f"render config: split.by must be time or leave_last, got {s.by!r}")
+        if s.by == "time" and not (0 < s.validation and 0 < s.test and s.validation + s.test < 1):
+            raise DataError(f"render config: split needs 0 < validation, test and a sum < 1, got "
+                            f"{s.validation}, {s.test}")  # fmt: skip
+        if s.by == "leave_last" and s.n < 1:
+            raise DataError(f"render config: split.n must be >= 1, got {s.n}")
+        for name in ("history", "items_per_query"):
+            if getattr(self, name) < 1:
+                raise DataError(f"render config: {name} must be >= 1")
+        if self.min_history < 0:
+            raise DataError("render config: min_history must be >= 0")
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def load_config(path: str | Path) -> RenderConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"render config {path}: {exc}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"render config {path}: expected a mapping at the top")
+    return RenderConfig.from_dict(d, base=path.parent)
+
+
+# ---- templates ---------------------------------------------------------------------------------
+class Templating:
+    """The config's two templates and label expression, compiled in the chat-template sandbox
+    with strict undefined fields."""
+
+    def __init__(self, templates: Templates, label: str | None):
+        from jinja2 import StrictUndefined, TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(
+            undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        )
+        self.sources = {"query": templates.query, "item": templates.item}
+        self.compiled = {}
+        for name, src in self.sources.items():
+            try:
+                self.compiled[name] = env.from_string(src)
+            except TemplateSyntaxError as exc:
+                raise DataError(f"templates.{name} line {exc.lineno}: {exc.message}") from None
+        self.label = None
+        if label is not None:
+            try:
+                self.label = env.compile_expression(label, undefined_to_none=False)
+            except TemplateSyntaxError as exc:
+                raise DataError(f"interactions.label {label!r}: {exc.message}") from None
+
+    def render(self, name: str, context: dict, where: Callable[[], str]) -> str:
+        from jinja2 import UndefinedError
+
+        try:
+            text = self.compiled[name].render(**context).strip()
+        except UndefinedError as exc:
+            raise DataError(
+                f"templates.{name}: {_undefined(exc)} ({where()}); it can use {_fields(context)}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a filter or comparison on this row's values
+            raise DataError(f"templates.{name}: {type(exc).__name__}: {exc} ({where()})") from None
+        if not text:
+            raise DataError(f"templates.{name} rendered empty text ({where()})")
+        return text
+
+
+def _undefined(exc: Exception) -> str:
+    """Jinja's "'dict object' has no attribute 'x'" as "unknown field 'x'"."""
+    m = re.search(r"has no attribute '([^']+)'|'([^']+)' is undefined", str(exc))
+    return f"unknown field {next(g for g in m.groups() if g)!r}" if m else str(exc)
+
+
+def _fields(context: dict) -> str:
+    out = []
+    for name, value in context.items():
+        if isinstance(value, dict):
+            out.append(", ".join(f"{name}.{k}" for k in value))
+        elif isinstance(value, list):
+            keys = list(value[0]) if value and isinstance(value[0], dict) else []
+            out.append(f"{name} (a list of {', '.join(keys) or 'entries'})")
+        else:
+            out.append(name)
+    return "; ".join(out)
+
+
+# ---- interactions ------------------------------------------------------------------------------
+@dataclass
+class Interaction:
+    member: str
+    item: str
+    ts: int
+    label: float | int
+    row: dict  # the interaction's own columns (history entries show them: a rating, a dwell)
+
+
+def natural(key: str) -> tuple:
+    """Sort order of keys: numbers by value before other text."""
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+@dataclass
+class Tables:
+    """The three tables, keyed and checked against each other."""
+
+    interactions: Table
+    members: dict[str, dict]
+    items: dict[str, dict]
+    member_table: Table | None = None
+    item_table: Table | None = None
+
+
+def _keyed(table: Table, key: str, what: str) -> dict[str, dict]:
+    table.require(key, f"the {what} table's key")
+    out: dict[str, dict] = {}
+    for i, row in enumerate(table.rows):
+        k = row.get(key)
+        if k is None:
+            raise DataError(f"{table.where(i)}: field {key!r}: missing key")
+        k = key_text(k)
+        if k in out:
+            raise DataError(f"{table.where(i)}: field {key!r}: key {k!r} appears twice")
+        out[k] = {c: v for c, v in row.items() if c != key}
+    return out
+
+
+def read_tables(cfg: RenderConfig) -> Tables:
+    inter = read_table(cfg.interactions.path)
+    c = cfg.interactions
+    for col, role in ((c.member, "interactions.member"), (c.item, "interactions.item"),
+                      (c.time, "interactions.time")):  # fmt: skip
+        inter.require(col, role)
+    if c.label.isidentifier():  # a column name (anything else is an expression)
+        inter.require(c.label, "interactions.label")
+    members = items = None
+    mt = it = None
+    if cfg.members:
+        mt = read_table(cfg.members.path)
+        members = _keyed(mt, cfg.members.key, "members")
+    if cfg.items:
+        it = read_table(cfg.items.path)
+        items = _keyed(it, cfg.items.key, "items")
+    return Tables(inter, members or {}, items or {}, mt, it)
+
+
+def interactions(cfg: RenderConfig, t: Tables, tpl: Templating) -> tuple[dict, dict]:
+    """Per member, their interactions sorted by (time, item), an item's repeats dropped; and
+    counts for meta.json."""
+    c, table = cfg.interactions, t.interactions
+    label_column = c.label if c.label.isidentifier() else None
+    per_member: dict[str, dict[str, Interaction]] = {}
+    repeats = 0
+    for i, row in enumerate(table.rows):
+        for col in (c.member, c.item):
+            if row.get(col) is None:
+                raise DataError(f"{table.where(i)}: field {col!r}: missing key")
+        member, item = key_text(row[c.member]), key_text(row[c.item])
+        if t.member_table is not None and member not in t.members:
+            raise DataError(f"{table.where(i)}: field {c.member!r}: {member!r} is not in "
+                            f"{t.member_table.path} (key {cfg.members.key!r})")  # fmt: skip
+        if t.item_table is not None and item not in t.items:
+            raise DataError(f"{table.where(i)}: field {c.item!r}: {item!r} is not in "
+                            f"{t.item_table.path} (key {cfg.items.key!r})")  # fmt: skip
+        ts = unix_seconds(row.get(c.time), table, i, c.time)
+        label = _label(row, label_column, tpl, table, i, c.label)
+        own = {k: v for k, v in row.items() if k not in (c.member, c.item)}
+        x = Interaction(member, item, ts, label, own)
+        seen = per_member.setdefault(member, {})
+        if item in seen:
+            repeats += 1
+            if ts >= seen[item].ts:
+                continue
+        seen[item] = x
+    sorted_by_member = {
+        m: sorted(xs.values(), key=lambda x: (x.ts, natural(x.item)))
+        for m, xs in per_member.items()
+    }
+    return sorted_by_member, {"repeated_interactions_dropped": repeats}
+
+
+def _label(row: dict, column: str | None, tpl: Templating, table: Table, i: int, spec: str):
+    from jinja2 import UndefinedError
+
+    if column is not None:
+        value = row.get(column)
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise DataError(f"{table.where(i)}: field {column!r}: label {value!r} is not 0/1 or "
+                            "in [0, 1]")  # fmt: skip
+        return value
+    try:
+        value = tpl.label(**row)
+    except UndefinedError as exc:
+        raise DataError(f"{table.where(i)}: interactions.label {spec!r}: {_undefined(exc)}; "
+                        f"columns: {', '.join(table.columns)}") from None  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - e.g. comparing text with a number
+        raise DataError(f"{table.where(i)}: interactions.label {spec!r}: {type(exc).__name__}: "
+                        f"{exc}") from None  # fmt: skip
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and 0 <= value <= 1:
+        return value
+    raise DataError(f"{table.where(i)}: interactions.label {spec!r} gave {value!r}, not a "
+                    "truth value or a number in [0, 1]")  # fmt: skip
+
+
+# ---- queries -----------------------------------------------------------------------------------
+@dataclass
+class Query:
+    query_id: str
+    member: str
+    cutoff: int  # the first item's time; history is strictly earlier
+    history: list[Interaction]  # oldest first
+    items: list[Interaction]
+
+
+def history_before(xs: list[Interaction], cutoff: int) -> list[Interaction]:
+    """A member's interactions strictly before ``cutoff``, oldest first (``xs`` sorted)."""
+    return xs[: bisect_left([x.ts for x in xs], cutoff)]
+
+
+def time_cutoffs(timestamps: np.ndarray, validation: float, test: float) -> tuple[int, int]:
+    """(T1, T2): the validation window starts at T1, the test window at T2."""
+    t1 = int(np.quantile(timestamps, 1 - validation - test, method="lower"))
+    t2 = int(np.quantile(timestamps, 1 - test, method="lower"))
+    if not t1 < t2:
+        raise DataError(f"time cutoffs T1={t1}, T2={t2} coincide: the split's shares are too "
+                        "small for this data")  # fmt: skip
+    return t1, t2
+
+
+def _eligible(xs: list[Interaction], min_history: int) -> list[Interaction]:
+    times = [x.ts for x in xs]
+    return [x for x in xs if bisect_left(times, x.ts) >= min_history]
+
+
+def _chunks(split: str, member: str, xs: list, window: list, cfg: RenderConfig) -> list[Query]:
+    if not window:
+        return []
+    n_chunks = -(-len(window) // cfg.items_per_query)
+    out = []
+    for k, idx in enumerate(np.array_split(np.arange(len(window)), n_chunks)):
+        items = [window[i] for i in idx]
+        cutoff = min(x.ts for x in items)
+        hist = history_before(xs, cutoff)[-cfg.history :]
+        out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items))
+    return out
+
+
+def build_queries(
+    per_member: dict[str, list[Interaction]], cfg: RenderConfig
+) -> tuple[dict[str, list[Query]], dict]:
+    """Queries per split and the split's cutoffs (``{"T1", "T2"}`` for a time split)."""
+    s = cfg.split
+    out: dict[str, list[Query]] = {"train": [], "validation": [], "test": []}
+    cutoffs: dict = {}
+    if s.by == "time":
+        ts = np.array([x.ts for xs in per_member.values() for x in xs], dtype=np.int64)
+        if not len(ts):
+            raise DataError(f"{cfg.interactions.path}: no interactions")
+        t1, t2 = time_cutoffs(ts, s.validation, s.test)
+        cutoffs = {"T1": t1, "T2": t2}
+        if s.leave_last_out:
+            out["test_llo"] = []
+    for member in sorted(per_member, key=natural):
+        xs = per_member[member]
+        eligible = _eligible(xs, cfg.min_history)
+        if s.by == "time":
+            windows = {
+                "train": [x for x in eligible if x.ts < t1],
+                "validation": [x for x in eligible if t1 <= x.ts < t2],
+                "test": [x for x in eligible if x.ts >= t2],
+            }
+        else:
+            n = s.n
+            windows = {
+                "train": eligible[: -2 * n] if len(eligible) > 2 * n else [],
+                "validation": eligible[-2 * n : -n] if len(eligible) > n else [],
+                "test": eligible[-n:],
+            }
+        for split, window in windows.items():
+            out[split].extend(_chunks(split, member, xs, window, cfg))
+        if s.by == "time" and s.leave_last_out and eligible:
+            last = eligible[-cfg.items_per_query :]
+            out["test_llo"].extend(_chunks("test_llo", member, xs, last, cfg))
+    return out, cutoffs
+
+
+# ---- text --------------------------------------------------------------------------------------
+class Renderer:
+    """Query and item text of the configured tables, each item rendered once."""
+
+    def __init__(self, cfg: RenderConfig, tables: Tables, tpl: Templating):
+        self.cfg, self.t, self.tpl = cfg, tables, tpl
+        self._items: dict[str, str] = {}
+
+    def item_context(self, item: str) -> dict:
+        return {"item": {"id": item, **self.t.items.get(item, {})}}
+
+    def item(self, item: str) -> str:
+        if item not in self._items:
+            where = (
+                (lambda: f"item {item!r}, {self.t.item_table.where(self._item_row(item))}")
+                if self.t.item_table is not None
+                else (lambda: f"item {item!r}")
+            )
+            self._items[item] = self.tpl.render("item", self.item_context(item), where)
+        return self._items[item]
+
+    def _item_row(self, item: str) -> int:
+        key = self.cfg.items.key
+        return next(i for i, r in enumerate(self.t.item_table.rows) if key_text(r[key]) == item)
+
+    def query(self, q: Query) -> str:
+        history = [
+            {
+                **x.row,
+                "item": self.item_context(x.item)["item"],
+                "text": self.item(x.item),
+                "label": x.label,
+            }  # fmt: skip
+            for x in q.history
+        ]
+        context = {
+            "member": {"id": q.member, **self.t.members.get(q.member, {})},
+            "history": history,
+            "cutoff": q.cutoff,
+        }
+        return self.tpl.render("query", context, lambda: f"query {q.query_id}")
+
+
+def query_rows(q: Query, r: Renderer, member_column: str) -> list[dict]:
+    """Contract rows of one query, with the member key (under the interactions' column name)
+    and the cutoff as extra columns a non-LLM baseline joins on."""
+    text = r.query(q)
+    return [
+        {
+            "query_id": q.query_id,
+            "query": text,
+            "item": r.item(x.item),
+            "label": x.label,
+            "item_id": x.item,
+            "ts": x.ts,
+            member_column: q.member,
+            "cutoff": q.cutoff,
+        }
+        for x in q.items
+    ]
+
+
+# ---- the folder --------------------------------------------------------------------------------
+def render_folder(
+    cfg: RenderConfig,
+    out_dir: str | Path,
+    task: RankingTask | None = None,
+    tables: Tables | None = None,
+    progress: bool = False,
+) -> dict:
+    """Writes ``{split}.jsonl``, ``tokenizer/`` (trained on train, the task's label words as
+    single tokens) and ``meta.json`` into ``out_dir`` and checks the folder against the
+    contract; returns the meta. ``tables``: already read (a builder that makes its tables in
+    memory); default: read from the config's paths."""
+    from tqdm import tqdm
+
+    from compression.data.cli import train_folder_tokenizer
+    from ranking.data_audit import check_folder
+
+    t0 = time.time()
+    task = task or RankingTask()
+    tpl = Templating(cfg.templates, None if cfg.interactions.label.isidentifier() else
+                     cfg.interactions.label)  # fmt: skip
+    tables = tables or read_tables(cfg)
+    per_member, counts = interactions(cfg, tables, tpl)
+    queries, cutoffs = build_queries(per_member, cfg)
+    renderer = Renderer(cfg, tables, tpl)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    total = sum(len(qs) for qs in queries.values())
+    with tqdm(total=total, unit="query", desc="rendering", disable=not progress) as bar:
+        for split, qs in queries.items():
+            rows = []
+            for q in qs:
+                rows.extend(query_rows(q, renderer, cfg.interactions.member))
+                bar.update(1)
+            if not rows and split != "test_llo":
+                raise DataError(f"the {split} split is empty: {_empty_hint(cfg)}")
+            with atomic_file(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            splits[split] = {
+                "rows": len(rows),
+                "queries": len(qs),
+                "members": len({q.member for q in qs}),
+                "positive_rate": round(float(np.mean([r["label"] for r in rows])), 4)
+                if rows
+                else None,
+            }
+    train_folder_tokenizer(out, cfg.vocab_size, task)  # checks the folder first
+    summary = check_folder(out)
+    meta = {
+        "generator": GENERATOR,
+        "config": asdict(cfg),
+        "sources": {
+            name: str(t.path)
+            for name, t in (
+                ("interactions", tables.interactions),
+                ("members", tables.member_table),
+                ("items", tables.item_table),
+            )  # fmt: skip
+            if t is not None
+        },
+        "cutoffs": cutoffs,
+        "label": cfg.interactions.label,
+        "splits": splits,
+        **counts,
+        "shared_item_text": {k: v.get("shared_item_text") for k, v in summary["splits"].items()},
+        "extra_columns": {
+            cfg.interactions.member: "the member key (interactions)",
+            "cutoff": "the query's cutoff (unix s)",
+        },
+        "task": asdict(task),
+        "tokenizer": {"vocab_size": cfg.vocab_size, "trained_on": "train"},
+        "build_seconds": round(time.time() - t0, 1),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _empty_hint(cfg: RenderConfig) -> str:
+    s = cfg.split
+    if s.by == "leave_last":
+        return (f"no member has more than min_history={cfg.min_history} + {2 * s.n} "
+                "interactions")  # fmt: skip
+    return (f"no interaction in its time window has min_history={cfg.min_history} earlier ones "
+            "of its member")  # fmt: skip

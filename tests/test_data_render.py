@@ -1,0 +1,222 @@
+"""``data render``: small tables (CSV interactions, Parquet members, JSONL items) to a checked
+data folder; the time and leave-last splits; every bad input named by file, row and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compression.__main__ import main
+from compression.data.render import load_config, render_folder
+from ranking.data_audit import check_folder
+from ranking.datafolder import DataError, read_split
+
+DAY = 86400
+ITEMS = [
+    {"movie_id": i, "title": t, "genres": g}
+    for i, (t, g) in enumerate(
+        [
+            ("Alpha", ["Drama"]),
+            ("Beta", ["Comedy"]),
+            ("Gamma", ["Drama", "War"]),
+            ("Delta", ["Horror"]),
+            ("Twin", ["Comedy"]),
+            ("Twin", ["Comedy"]),
+            ("Epsilon", ["Sci-Fi"]),
+            ("Zeta", ["Drama"]),
+        ],  # fmt: skip
+        start=1,
+    )
+]
+QUERY = (
+    "Member {{ member.id }}, {{ member.age }}, {{ member.city }}. Recent: "
+    "{% for h in history %}{{ h.text }} rated {{ h.rating }}"
+    "{% if not loop.last %}; {% endif %}{% endfor %}."
+)
+ITEM = "{{ item.title }}: {{ item.genres | join(', ') }}"
+
+
+def _ratings(members: int = 6, per_member: int = 12) -> list[dict]:
+    rows = []
+    for m in range(1, members + 1):
+        for k in range(per_member):
+            item = (m + k) % len(ITEMS) + 1
+            rows.append({"user_id": m, "movie_id": item, "rating": (m * 7 + k * 3) % 5 + 1,
+                         "ts": 1_600_000_000 + (k * members + m) * DAY})  # fmt: skip
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    cols = list(rows[0])
+    lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _tables(tmp: Path, ratings: list[dict] | None = None, **config) -> Path:
+    """Writes the three tables and a config beside them; returns the config's path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # each member rates every item once at most: a member's 12 ratings cycle over 8 items,
+    # so keep each (member, item)'s first (render would too, and count the rest)
+    _write_csv(tmp / "ratings.csv", ratings or _ratings())
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"user_id": m, "age": 20 + m, "city": f"C{m % 3}"} for m in range(1, 7)]
+        ),
+        tmp / "members.parquet",
+    )
+    (tmp / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ITEMS))
+    cfg = {
+        "interactions": {
+            "path": "ratings.csv",
+            "member": "user_id",
+            "item": "movie_id",
+            "time": "ts",
+            "label": "rating >= 4",
+        },  # fmt: skip
+        "members": {"path": "members.parquet", "key": "user_id"},
+        "items": {"path": "items.jsonl", "key": "movie_id"},
+        "templates": {"query": QUERY, "item": ITEM},
+        "history": 3,
+        "min_history": 2,
+        "items_per_query": 3,
+        "split": {"by": "time", "validation": 0.2, "test": 0.2},
+        "vocab_size": 300,
+    }
+    for k, v in config.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    path = tmp / "render.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("render")
+    meta = render_folder(load_config(_tables(tmp)), tmp / "data")
+    return tmp / "data", meta
+
+
+def test_tables_render_to_a_checked_folder_split_by_time(rendered):
+    out, meta = rendered
+    t1, t2 = meta["cutoffs"]["T1"], meta["cutoffs"]["T2"]
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    check_folder(out)
+    ratings = {(r["user_id"], r["movie_id"]): r for r in reversed(_ratings())}  # first kept
+    window = {"train": (float("-inf"), t1), "validation": (t1, t2), "test": (t2, float("inf"))}
+    for split, (lo, hi) in window.items():
+        rows = read_split(out, split)
+        assert rows and meta["splits"][split]["rows"] == len(rows)
+        for row in rows:
+            r = ratings[(int(row["user_id"]), int(row["item_id"]))]
+            assert lo <= row["ts"] < hi and row["ts"] == r["ts"]
+            assert row["label"] == int(r["rating"] >= 4)
+            title = ITEMS[r["movie_id"] - 1]["title"]
+            assert row["item"] == f"{title}: {', '.join(ITEMS[r['movie_id'] - 1]['genres'])}"
+            m = int(row["user_id"])
+            assert row["query"].startswith(f"Member {m}, {20 + m}, C{m % 3}. Recent: ")
+            # the history shown is the member's 3 latest ratings strictly before the cutoff
+            before = sorted((x for x in ratings.values() if x["user_id"] == m
+                             and x["ts"] < row["cutoff"]), key=lambda x: x["ts"])  # fmt: skip
+            assert len(before) >= 2
+            shown = "; ".join(
+                f"{ITEMS[x['movie_id'] - 1]['title']}: "
+                f"{', '.join(ITEMS[x['movie_id'] - 1]['genres'])} rated {x['rating']}"
+                for x in before[-3:]
+            )
+            assert row["query"] == f"Member {m}, {20 + m}, C{m % 3}. Recent: {shown}."
+    # members rate items 5 and 6 ("Twin"), two ids with one text: both kept, and counted
+    assert sum(meta["shared_item_text"].values()) > 0
+    assert meta["repeated_interactions_dropped"] == 6 * (12 - len(ITEMS))
+
+
+def test_leave_last_puts_each_members_last_interactions_in_test(tmp_path):
+    cfg = load_config(_tables(tmp_path, split={"by": "leave_last", "n": 2}))
+    meta = render_folder(cfg, tmp_path / "data")
+    assert meta["cutoffs"] == {}
+    test = read_split(tmp_path / "data", "test")
+    val = read_split(tmp_path / "data", "validation")
+    train = read_split(tmp_path / "data", "train")
+    for m in range(1, 7):
+        ts = sorted(r["ts"] for r in train + val + test if r["user_id"] == m)
+        assert sorted(r["ts"] for r in test if r["user_id"] == m) == ts[-2:]
+        assert sorted(r["ts"] for r in val if r["user_id"] == m) == ts[-4:-2]
+
+
+def test_dates_are_times_and_a_label_column_is_taken_as_is(tmp_path):
+    import datetime as dt
+
+    rows = [
+        {
+            **r,
+            "ts": dt.datetime.fromtimestamp(r["ts"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            "liked": int(r["rating"] >= 4),
+        }  # fmt: skip
+        for r in _ratings()
+    ]
+    cfg = load_config(_tables(tmp_path, rows, interactions={"label": "liked"}))
+    meta = render_folder(cfg, tmp_path / "data")
+    (tmp_path / "numbers").mkdir()
+    base = render_folder(load_config(_tables(tmp_path / "numbers")), tmp_path / "base")
+    assert meta["cutoffs"] == base["cutoffs"]  # ISO datetimes without a zone are UTC
+    assert read_split(tmp_path / "data", "test") == read_split(tmp_path / "base", "test")
+
+
+# ---- bad input: each message names the file, the row and the field ---------------------------
+def _error(tmp: Path, **config) -> str:
+    ratings = config.pop("ratings", None)
+    with pytest.raises(DataError) as exc:
+        render_folder(load_config(_tables(tmp, ratings, **config)), tmp / "data")
+    return str(exc.value)
+
+
+def test_a_missing_column_is_named_with_its_role(tmp_path):
+    msg = _error(tmp_path, interactions={"time": "when"})
+    assert "ratings.csv: no column 'when' (interactions.time)" in msg and "its columns" in msg
+    msg = _error(tmp_path, items={"key": "id"})
+    assert "items.jsonl: no column 'id' (the items table's key)" in msg
+
+
+def test_a_template_field_that_does_not_exist_is_named(tmp_path):
+    msg = _error(tmp_path, templates={"query": QUERY, "item": "{{ item.titel }}"})
+    assert "templates.item: unknown field 'titel'" in msg
+    assert "items.jsonl line" in msg and "item.title" in msg  # where, and what it can use
+    msg = _error(tmp_path, templates={"query": "{{ member.name }}", "item": ITEM})
+    assert "templates.query: unknown field 'name'" in msg and "member.age" in msg
+    msg = _error(tmp_path, templates={"query": "{% for h in history %}", "item": ITEM})
+    assert "templates.query line 1:" in msg
+
+
+def test_a_key_missing_from_an_attribute_table_is_named(tmp_path):
+    rows = _ratings()
+    rows[4]["movie_id"] = 99
+    msg = _error(tmp_path, ratings=rows)
+    assert "ratings.csv line 6: field 'movie_id': '99' is not in" in msg and "items.jsonl" in msg
+
+
+def test_a_time_that_is_neither_a_number_nor_a_date_is_named(tmp_path):
+    rows = _ratings()
+    rows[2]["ts"] = "yesterday"
+    msg = _error(tmp_path, ratings=rows)
+    assert "ratings.csv line 4: field 'ts': 'yesterday' is not a time" in msg
+
+
+def test_a_label_expression_over_an_unknown_column_is_named(tmp_path):
+    msg = _error(tmp_path, interactions={"label": "stars >= 4"})
+    assert "ratings.csv line 2: interactions.label 'stars >= 4': unknown field 'stars'" in msg
+
+
+def test_the_cli_renders_and_refuses_to_overwrite(tmp_path, capsys):
+    config = _tables(tmp_path)
+    assert main(["data", "render", str(config), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert "[render]   test" in capsys.readouterr().out
+    assert main(["data", "render", str(config), "--out", str(tmp_path / "d")]) == 2
+    assert "--force replaces it" in capsys.readouterr().err
+    bad = _tables(tmp_path, interactions={"member": "uid"})
+    assert main(["data", "render", str(bad), "--out", str(tmp_path / "e")]) == 2
+    assert "no column 'uid' (interactions.member)" in capsys.readouterr().err
