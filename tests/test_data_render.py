@@ -220,3 +220,12 @@ def test_the_cli_renders_and_refuses_to_overwrite(tmp_path, capsys):
     bad = _tables(tmp_path, interactions={"member": "uid"})
     assert main(["data", "render", str(bad), "--out", str(tmp_path / "e")]) == 2
     assert "no column 'uid' (interactions.member)" in capsys.readouterr().err
+
+
+def test_the_shipped_example_renders(tmp_path):
+    """docs/data.md's example, as a new user runs it."""
+    config = Path(__file__).resolve().parents[1] / "examples" / "render" / "render.yaml"
+    meta = render_folder(load_config(config), tmp_path / "shop")
+    assert all(meta["splits"][s]["rows"] > 100 for s in ("train", "validation", "test"))
+    row = read_split(tmp_path / "shop", "test")[0]
+    assert row["query"].startswith("Member: ") and " EUR (" in row["query"]
