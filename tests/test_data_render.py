@@ -229,3 +229,19 @@ def test_the_shipped_example_renders(tmp_path):
     assert all(meta["splits"][s]["rows"] > 100 for s in ("train", "validation", "test"))
     row = read_split(tmp_path / "shop", "test")[0]
     assert row["query"].startswith("Member: ") and " EUR (" in row["query"]
+
+
+def test_item_stats_count_train_rows_before_the_cutoff_only(tmp_path):
+    """A popularity hint from the train split, as of the query's cutoff: a train row's own
+    label never reaches its text; validation and test see every train row."""
+    item = "{{ item.title }} n={{ item.stats.count }} p={{ item.stats.positive_rate }}"
+    render_folder(load_config(_tables(tmp_path, templates={"query": QUERY, "item": item})),
+                  tmp_path / "data")  # fmt: skip
+    train = read_split(tmp_path / "data", "train")
+    for split in ("train", "validation", "test"):
+        for row in read_split(tmp_path / "data", split):
+            past = [r for r in train if r["item_id"] == row["item_id"] and r["ts"] < row["cutoff"]]
+            rate = sum(r["label"] for r in past) / len(past) if past else None
+            assert row["item"].endswith(f" n={len(past)} p={rate}"), (split, row)
+            if split != "train":
+                assert len(past) == sum(r["item_id"] == row["item_id"] for r in train)

@@ -112,6 +112,7 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
         val_share=args.val_share,
         test_share=args.test_share,
         leave_last_out=args.leave_last_out,
+        popularity=args.popularity,
         vocab_size=args.vocab_size,
         max_users=args.max_users,
     )
@@ -236,6 +237,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--vocab-size", type=int, default=d.vocab_size, help="tokenizer vocabulary")
     m.add_argument("--leave-last-out", action="store_true",
                    help="also write test_llo (each user's last ratings; overlaps train)")  # fmt: skip
+    m.add_argument("--popularity", action="store_true",
+                   help="items say how their train-split ratings went ('liked by 70%% of 212')")  # fmt: skip
     m.add_argument("--max-users", type=int, help="the first N users only (a quick slice)")
     m.add_argument("--source", help="folder of ml-100k.{user,item,inter} (default: recbole's)")
     m.add_argument("--force", action="store_true", help="rebuild even if the folder matches")

@@ -70,6 +70,7 @@ class MovieLensConfig:
     val_share: float = 0.05  # share of all ratings at or after T1 and before T2
     test_share: float = 0.10  # share of all ratings at or after T2
     leave_last_out: bool = False  # also write test_llo: each user's last ratings (overlaps train)
+    popularity: bool = False  # items say how their train-split ratings went (POPULARITY_HINT)
     vocab_size: int = 2048
     max_users: int | None = None  # the first N users only (tests)
 
@@ -175,11 +176,17 @@ def load_raw(folder: str | Path | None = None, max_users: int | None = None) -> 
 
 # ---- as tables and templates ------------------------------------------------------------------
 ITEM_TEMPLATE = "{{ item.title }} ({{ item.year }}), {{ item.genres | join(', ') }}"
+# the popularity hint (``MovieLensConfig.popularity``): the share of the movie's train-split
+# ratings that are >= 4, to the nearest 10%, and how many there are
+POPULARITY_HINT = (
+    "{% if item.stats.count %}; liked by {{ (item.stats.positive_rate * 10) | round | int * 10 }}%"
+    " of {{ item.stats.count }}{% else %}; no ratings yet{% endif %}"
+)
 QUERY_TEMPLATE = (
     "User: {{ member.age }}-year-old {{ member.gender }}, {{ member.occupation }}. "
     "Recent ratings (1-5, oldest first): "
-    "{% for h in history %}{{ h.text }}: {{ '%g' | format(h.rating) }}"
-    "{% if not loop.last %}; {% endif %}{% endfor %}."
+    "{% for h in history %}{{ h.item.title }} ({{ h.item.year }}), {{ h.item.genres | join(', ') }}"
+    ": {{ '%g' | format(h.rating) }}{% if not loop.last %}; {% endif %}{% endfor %}."
 )
 
 
@@ -191,7 +198,9 @@ def render_config(cfg: MovieLensConfig) -> RenderConfig:
         ),  # fmt: skip
         members=Attributes("ml-100k.user", "user_id"),
         items=Attributes("ml-100k.item", "item_id"),
-        templates=Templates(QUERY_TEMPLATE, ITEM_TEMPLATE),
+        templates=Templates(
+            QUERY_TEMPLATE, ITEM_TEMPLATE + (POPULARITY_HINT if cfg.popularity else "")
+        ),
         history=cfg.history,
         min_history=cfg.min_history,
         items_per_query=cfg.items_per_query,

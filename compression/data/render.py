@@ -415,25 +415,52 @@ def build_queries(
 
 
 # ---- text --------------------------------------------------------------------------------------
+class ItemStats:
+    """Per item, how its interactions among the train split's rows went before a moment: what a
+    popularity hint may say. Counted strictly before the query's cutoff, so a train row's own
+    label never reaches its text, and validation and test see train only."""
+
+    def __init__(self, train: list[Query]):
+        seen: dict[str, list] = {}
+        for q in train:
+            for x in q.items:
+                seen.setdefault(x.item, []).append((x.ts, x.label))
+        self.times: dict[str, list[int]] = {}
+        self.positives: dict[str, np.ndarray] = {}
+        for item, xs in seen.items():
+            xs.sort()
+            self.times[item] = [t for t, _ in xs]
+            self.positives[item] = np.cumsum([0.0] + [lab for _, lab in xs])
+
+    def before(self, item: str, cutoff: int) -> dict:
+        n = bisect_left(self.times.get(item, []), cutoff)
+        rate = float(self.positives[item][n] / n) if n else None
+        return {"count": n, "positive_rate": rate}
+
+
 class Renderer:
-    """Query and item text of the configured tables, each item rendered once."""
+    """Query and item text of the configured tables; an item's text is rendered once per
+    distinct context (its attributes, and its train-split stats before the query's cutoff)."""
 
-    def __init__(self, cfg: RenderConfig, tables: Tables, tpl: Templating):
-        self.cfg, self.t, self.tpl = cfg, tables, tpl
-        self._items: dict[str, str] = {}
+    def __init__(self, cfg: RenderConfig, tables: Tables, tpl: Templating, stats: ItemStats):
+        self.cfg, self.t, self.tpl, self.stats = cfg, tables, tpl, stats
+        self._items: dict[tuple, str] = {}
 
-    def item_context(self, item: str) -> dict:
-        return {"item": {"id": item, **self.t.items.get(item, {})}}
+    def item_context(self, item: str, cutoff: int) -> dict:
+        attrs = self.t.items.get(item, {})
+        return {"item": {"id": item, **attrs, "stats": self.stats.before(item, cutoff)}}
 
-    def item(self, item: str) -> str:
-        if item not in self._items:
+    def item(self, item: str, cutoff: int) -> str:
+        context = self.item_context(item, cutoff)
+        key = (item, context["item"]["stats"]["count"])
+        if key not in self._items:
             where = (
                 (lambda: f"item {item!r}, {self.t.item_table.where(self._item_row(item))}")
                 if self.t.item_table is not None
                 else (lambda: f"item {item!r}")
             )
-            self._items[item] = self.tpl.render("item", self.item_context(item), where)
-        return self._items[item]
+            self._items[key] = self.tpl.render("item", context, where)
+        return self._items[key]
 
     def _item_row(self, item: str) -> int:
         key = self.cfg.items.key
@@ -443,8 +470,8 @@ class Renderer:
         history = [
             {
                 **x.row,
-                "item": self.item_context(x.item)["item"],
-                "text": self.item(x.item),
+                "item": self.item_context(x.item, q.cutoff)["item"],
+                "text": self.item(x.item, q.cutoff),
                 "label": x.label,
             }  # fmt: skip
             for x in q.history
@@ -465,7 +492,7 @@ def query_rows(q: Query, r: Renderer, member_column: str) -> list[dict]:
         {
             "query_id": q.query_id,
             "query": text,
-            "item": r.item(x.item),
+            "item": r.item(x.item, q.cutoff),
             "label": x.label,
             "item_id": x.item,
             "ts": x.ts,
@@ -500,7 +527,7 @@ def render_folder(
     tables = tables or read_tables(cfg)
     per_member, counts = interactions(cfg, tables, tpl)
     queries, cutoffs = build_queries(per_member, cfg)
-    renderer = Renderer(cfg, tables, tpl)
+    renderer = Renderer(cfg, tables, tpl, ItemStats(queries["train"]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}

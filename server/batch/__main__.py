@@ -128,11 +128,25 @@ def _table(scored: list, calibrated: bool):
     return pa.table(arrays)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children (vLLM's workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024  # KiB on Linux
+def peak_rss_mb(engine_mb: float = 0.0) -> float:
+    """Peak resident memory of this process (KiB on Linux) plus ``engine_mb``, what the
+    engine's own processes (vLLM's engine core) held, measured by ``engine_rss_mb`` while
+    they ran: a finished child's peak is counted only once it is reaped, which vLLM's
+    shutdown does not wait for."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + engine_mb
+
+
+def engine_rss_mb() -> float:
+    """Resident memory of this process's live child processes, now."""
+    import psutil
+
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # exited meanwhile
+            pass
+    return total / 2**20
 
 
 async def run_openai(args: argparse.Namespace, path: Path) -> dict:
@@ -221,6 +235,7 @@ async def run(args: argparse.Namespace) -> dict:
             await flush(buffer, in_buffer)
             k += 1
         scoring_s = time.perf_counter() - t0 - t_load  # engine start and stop excluded
+        engine_mb = engine_rss_mb()
     finally:
         bar.close()
         await scorer.stop()
@@ -236,7 +251,8 @@ async def run(args: argparse.Namespace) -> dict:
         "load_seconds": round(t_load, 1),
         "scoring_seconds": round(scoring_s, 1),
         "pairs_per_s": round(scored_rows / scoring_s, 1) if scored_rows else None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(engine_mb), 1),
+        "engine_process_mb": round(engine_mb, 1),
         "engine": scorer.spec.engine,
         "kernel": scorer.model.kernel if scorer.model else "",
         "calibrator": scorer.calibrator.method if calibrated else None,
