@@ -40,13 +40,30 @@ ITEM = "{{ item.title }}: {{ item.genres | join(', ') }}"
 
 
 def _ratings(members: int = 6, per_member: int = 12) -> list[dict]:
+    """Each member's ratings a few days apart, except member 2's 6th to 8th: one second (a
+    burst, as real logs have: "earlier" must be strict)."""
     rows = []
     for m in range(1, members + 1):
         for k in range(per_member):
             item = (m + k) % len(ITEMS) + 1
+            day = min(k, 5) if m == 2 and k in (6, 7) else k
             rows.append({"user_id": m, "movie_id": item, "rating": (m * 7 + k * 3) % 5 + 1,
-                         "ts": 1_600_000_000 + (k * members + m) * DAY})  # fmt: skip
+                         "ts": 1_600_000_000 + (day * members + m) * DAY})  # fmt: skip
     return rows
+
+
+def _eligible(min_history: int = 2) -> dict[str, list[dict]]:
+    """The oracle: per member, the first rating of each item, in time order, that has
+    ``min_history`` strictly earlier ones."""
+    first: dict[tuple, dict] = {}
+    for r in _ratings():
+        first.setdefault((r["user_id"], r["movie_id"]), r)
+    out: dict[str, list[dict]] = {}
+    for m in {r["user_id"] for r in first.values()}:
+        rs = sorted((r for r in first.values() if r["user_id"] == m),
+                    key=lambda r: (r["ts"], r["movie_id"]))  # fmt: skip
+        out[str(m)] = [r for r in rs if sum(x["ts"] < r["ts"] for x in rs) >= min_history]
+    return out
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -113,6 +130,7 @@ def test_tables_render_to_a_checked_folder_split_by_time(rendered):
         rows = read_split(out, split)
         assert rows and meta["splits"][split]["rows"] == len(rows)
         for row in rows:
+            assert isinstance(row["user_id"], str)  # keys are text
             r = ratings[(int(row["user_id"]), int(row["item_id"]))]
             assert lo <= row["ts"] < hi and row["ts"] == r["ts"]
             assert row["label"] == int(r["rating"] >= 4)
@@ -130,6 +148,12 @@ def test_tables_render_to_a_checked_folder_split_by_time(rendered):
                 for x in before[-3:]
             )
             assert row["query"] == f"Member {m}, {20 + m}, C{m % 3}. Recent: {shown}."
+    # every eligible rating is written exactly once, in the split its time says
+    written = sorted((r["user_id"], r["item_id"], r["ts"]) for s in window
+                     for r in read_split(out, s))  # fmt: skip
+    expected = sorted((m, str(r["movie_id"]), r["ts"]) for m, rs in _eligible().items()
+                      for r in rs)  # fmt: skip
+    assert written == expected
     # members rate items 5 and 6 ("Twin"), two ids with one text: both kept, and counted
     assert sum(meta["shared_item_text"].values()) > 0
     assert meta["repeated_interactions_dropped"] == 6 * (12 - len(ITEMS))
@@ -139,13 +163,12 @@ def test_leave_last_puts_each_members_last_interactions_in_test(tmp_path):
     cfg = load_config(_tables(tmp_path, split={"by": "leave_last", "n": 2}))
     meta = render_folder(cfg, tmp_path / "data")
     assert meta["cutoffs"] == {}
-    test = read_split(tmp_path / "data", "test")
-    val = read_split(tmp_path / "data", "validation")
-    train = read_split(tmp_path / "data", "train")
-    for m in range(1, 7):
-        ts = sorted(r["ts"] for r in train + val + test if r["user_id"] == m)
-        assert sorted(r["ts"] for r in test if r["user_id"] == m) == ts[-2:]
-        assert sorted(r["ts"] for r in val if r["user_id"] == m) == ts[-4:-2]
+    got = {s: read_split(tmp_path / "data", s) for s in ("train", "validation", "test")}
+    for m, rs in _eligible().items():
+        want = {"train": rs[:-4], "validation": rs[-4:-2], "test": rs[-2:]}
+        for split, expected in want.items():
+            mine = [(r["item_id"], r["ts"]) for r in got[split] if r["user_id"] == m]
+            assert sorted(mine) == sorted((str(r["movie_id"]), r["ts"]) for r in expected)
 
 
 def test_dates_are_times_and_a_label_column_is_taken_as_is(tmp_path):
@@ -184,10 +207,10 @@ def test_a_missing_column_is_named_with_its_role(tmp_path):
 
 def test_a_template_field_that_does_not_exist_is_named(tmp_path):
     msg = _error(tmp_path, templates={"query": QUERY, "item": "{{ item.titel }}"})
-    assert "templates.item: unknown field 'titel'" in msg
+    assert "templates.item: no field 'titel' (or it is empty)" in msg
     assert "items.jsonl line" in msg and "item.title" in msg  # where, and what it can use
     msg = _error(tmp_path, templates={"query": "{{ member.name }}", "item": ITEM})
-    assert "templates.query: unknown field 'name'" in msg and "member.age" in msg
+    assert "templates.query: no field 'name' (or it is empty)" in msg and "member.age" in msg
     msg = _error(tmp_path, templates={"query": "{% for h in history %}", "item": ITEM})
     assert "templates.query line 1:" in msg
 
@@ -208,7 +231,10 @@ def test_a_time_that_is_neither_a_number_nor_a_date_is_named(tmp_path):
 
 def test_a_label_expression_over_an_unknown_column_is_named(tmp_path):
     msg = _error(tmp_path, interactions={"label": "stars >= 4"})
-    assert "ratings.csv line 2: interactions.label 'stars >= 4': unknown field 'stars'" in msg
+    assert (
+        "ratings.csv line 2: interactions.label 'stars >= 4': no field 'stars' (or it is empty)"
+        in msg
+    )
 
 
 def test_the_cli_renders_and_refuses_to_overwrite(tmp_path, capsys):
@@ -245,3 +271,86 @@ def test_item_stats_count_train_rows_before_the_cutoff_only(tmp_path):
             assert row["item"].endswith(f" n={len(past)} p={rate}"), (split, row)
             if split != "train":
                 assert len(past) == sum(r["item_id"] == row["item_id"] for r in train)
+
+
+def test_naive_times_are_utc_and_offsets_are_kept(tmp_path, monkeypatch):
+    """ISO text read by the JSONL path (no pyarrow parsing), on a machine in another zone."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        from compression.data.tables import Table, unix_seconds
+
+        t = Table(tmp_path / "x.jsonl", [], [1], [])
+        assert unix_seconds("2024-03-01T00:00:00", t, 0, "ts") == 1709251200
+        assert unix_seconds("2024-03-01", t, 0, "ts") == 1709251200
+        assert unix_seconds("2024-03-01T01:00:00+01:00", t, 0, "ts") == 1709251200
+        assert unix_seconds("2024-03-01T00:00:00Z", t, 0, "ts") == 1709251200
+        assert unix_seconds("1709251200", t, 0, "ts") == 1709251200
+        with pytest.raises(DataError, match="x.jsonl line 1: field 'ts': 1709251200000 seconds"):
+            unix_seconds(1709251200000, t, 0, "ts")  # milliseconds
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_keys_are_text_as_written(tmp_path):
+    """``00123`` and ``123`` are two products, in a CSV as in JSONL."""
+    items = [{"sku": "00123", "name": "Lamp"}, {"sku": "123", "name": "Desk"}]
+    rows = [{"m": m, "sku": ("00123", "123")[k % 2], "liked": k % 2, "ts": 1000 * (10 * m + k)}
+            for m in range(1, 9) for k in range(2)]  # fmt: skip
+    rows += [{"m": m, "sku": f"x{k}", "liked": (m + k) % 2, "ts": 1000 * (10 * m + k + 2)}
+             for m in range(1, 9) for k in range(6)]  # fmt: skip
+    items += [{"sku": f"x{k}", "name": f"Thing {k}"} for k in range(6)]
+    _write_csv(tmp_path / "i.csv", rows)
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    cfg = {"interactions": {"path": "i.csv", "member": "m", "item": "sku", "time": "ts",
+                            "label": "liked"},
+           "items": {"path": "items.jsonl", "key": "sku"},
+           "templates": {"query": "member {{ member.id }}", "item": "{{ item.name }}"},
+           "min_history": 0, "split": {"by": "leave_last", "n": 1}, "vocab_size": 300}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    meta = render_folder(load_config(tmp_path / "r.yaml"), tmp_path / "d")
+    assert meta["repeated_interactions_dropped"] == 0
+    rows = [r for s in ("train", "validation", "test") for r in read_split(tmp_path / "d", s)]
+    assert {r["item"] for r in rows if r["item_id"] == "00123"} == {"Lamp"}
+    assert {r["item"] for r in rows if r["item_id"] == "123"} == {"Desk"}
+
+
+def test_a_null_attribute_stops_the_template_that_uses_it(tmp_path):
+    _tables(tmp_path)
+    items = [dict(r) for r in ITEMS]
+    items[2]["title"] = None
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    with pytest.raises(DataError) as exc:
+        render_folder(load_config(tmp_path / "render.yaml"), tmp_path / "data")
+    assert "templates.item: no field 'title' (or it is empty) (item '3', " in str(exc.value)
+    assert "items.jsonl line 3" in str(exc.value)
+
+
+def test_a_member_column_named_like_a_contract_field_is_refused(tmp_path):
+    rows = [{**r, "query": r.pop("user_id")} for r in _ratings()]
+    msg = _error(tmp_path, ratings=rows, interactions={"member": "query"},
+                 members={"path": "members.parquet", "key": "user_id"})  # fmt: skip
+    assert "interactions.member 'query' is a column the data folder writes itself" in msg
+
+
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path):
+    assert "history must be int, got '10'" in _error(tmp_path, history="10")
+    assert "interactions.label must be str, got True" in _error(
+        tmp_path, interactions={"label": True}
+    )
+
+
+def test_a_rerender_replaces_the_whole_folder_and_a_failed_one_keeps_it(tmp_path):
+    render_folder(load_config(_tables(tmp_path, split={"leave_last_out": True})), tmp_path / "d")
+    assert (tmp_path / "d" / "test_llo.jsonl").is_file()
+    render_folder(load_config(_tables(tmp_path)), tmp_path / "d")
+    assert not (tmp_path / "d" / "test_llo.jsonl").exists()  # nothing stale stays
+    before = (tmp_path / "d" / "test.jsonl").read_bytes()
+    bad = load_config(_tables(tmp_path, templates={"query": QUERY, "item": "{{ item.nope }}"}))
+    with pytest.raises(DataError):
+        render_folder(bad, tmp_path / "d")
+    assert (tmp_path / "d" / "test.jsonl").read_bytes() == before
+    check_folder(tmp_path / "d")

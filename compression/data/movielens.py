@@ -24,7 +24,6 @@ user), hence strictly earlier: a rating in the same second as the cutoff is not 
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from compression.data.render import (
     Table,
     Tables,
     Templates,
+    keyed,
     render_folder,
 )
 from ranking.datafolder import read_meta
@@ -228,10 +228,8 @@ def as_tables(raw: RawMovieLens) -> Tables:
     movies = [{"item_id": k, **asdict(m)} for k, m in raw.movies.items()]
     return Tables(
         table("ml-100k.inter", ratings),
-        {r["user_id"]: {k: v for k, v in r.items() if k != "user_id"} for r in users},
-        {r["item_id"]: {k: v for k, v in r.items() if k != "item_id"} for r in movies},
-        table("ml-100k.user", users),
-        table("ml-100k.item", movies),
+        keyed(table("ml-100k.user", users), "user_id", "members"),
+        keyed(table("ml-100k.item", movies), "item_id", "items"),
     )
 
 
@@ -260,44 +258,52 @@ def build_movielens(
         and old.get("config") == asdict(cfg)
         and old.get("source_hash") == source_hash
         and old.get("task") == asdict(task)
+        and old.get("templates") == asdict(render_config(cfg).templates)
         and all((out / f"{s}.jsonl").is_file() for s in old.get("splits", {}))
         and (out / "tokenizer").is_dir()
     ):
         return {**old, "reused": True}
     raw = load_raw(source, cfg.max_users)
-    built = render_folder(render_config(cfg), out, task, tables=as_tables(raw))
-    meta = {
-        "source": SOURCE,
-        "source_folder": str(raw.folder),
-        "source_hash": source_hash,
-        "terms": TERMS,
-        "generator": "compression.data.movielens",
-        "rendered_by": built["generator"],
-        "templates": built["config"]["templates"],
-        "baseline_features": ["movielens"],  # compression.baseline joins the raw files
-        "generator_version": GENERATOR_VERSION,
-        "config": asdict(cfg),
-        "cutoffs": built["cutoffs"],
-        "label": "rating >= 4",
-        "merged_duplicate_movies": raw.merged_movies,
-        "splits": built["splits"],
-        "shared_item_text": built["shared_item_text"],
-        "extra_columns": {"user_id": "MovieLens user id", "cutoff": "the query's cutoff (unix s)"},
-        "notes": {
-            "time_split": "train items < T1 <= validation items < T2 <= test items; history is "
-            "strictly earlier than its query's cutoff",
-            **(
-                {
-                    "test_llo": "leave-last-out extra: each user's last ratings; overlaps the "
-                    "train period, not comparable with the time split"
-                }
-                if cfg.leave_last_out
-                else {}
-            ),
-        },  # fmt: skip
-        "task": asdict(task),
-        "tokenizer": built["tokenizer"],
-        "build_seconds": round(time.time() - t0, 1),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def movielens_meta(built: dict) -> dict:
+        return {
+            "source": SOURCE,
+            "source_folder": str(raw.folder),
+            "source_hash": source_hash,
+            "terms": TERMS,
+            "generator": "compression.data.movielens",
+            "rendered_by": built["generator"],
+            "templates": built["config"]["templates"],
+            "baseline_features": ["movielens"],  # compression.baseline joins the raw files
+            "generator_version": GENERATOR_VERSION,
+            "config": asdict(cfg),
+            "cutoffs": built["cutoffs"],
+            "label": "rating >= 4",
+            "merged_duplicate_movies": raw.merged_movies,
+            "splits": built["splits"],
+            "shared_item_text": built["shared_item_text"],
+            "extra_columns": {
+                "user_id": "MovieLens user id",
+                "cutoff": "the query's cutoff (unix s)",
+            },  # fmt: skip
+            "notes": {
+                "time_split": "train items < T1 <= validation items < T2 <= test items; history "
+                "is strictly earlier than its query's cutoff",
+                **(
+                    {
+                        "test_llo": "leave-last-out extra: each user's last ratings; overlaps "
+                        "the train period, not comparable with the time split"
+                    }
+                    if cfg.leave_last_out
+                    else {}
+                ),
+            },  # fmt: skip
+            "task": asdict(task),
+            "tokenizer": built["tokenizer"],
+            "build_seconds": round(time.time() - t0, 1),
+        }
+
+    meta = render_folder(
+        render_config(cfg), out, task, tables=as_tables(raw), finish_meta=movielens_meta
+    )
     return {**meta, "reused": False}

@@ -36,12 +36,13 @@ from typing import Literal
 
 import numpy as np
 
-from compression.data.tables import Table, key_text, read_table, unix_seconds
-from ranking.atomic import atomic_file
-from ranking.datafolder import DataError
+from compression.data.tables import Table, key_text, missing, read_table, unix_seconds
+from ranking.datafolder import OPTIONAL, REQUIRED, DataError
 from ranking.task import RankingTask
 
 GENERATOR = "compression.data.render"
+# columns every rendered row has: a member key column may not take one of these names
+RESERVED = (*REQUIRED, *OPTIONAL, "cutoff")
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -116,7 +117,19 @@ class RenderConfig:
         return cfg
 
     def validate(self) -> None:
+        for name, obj in (("", self), ("interactions.", self.interactions),
+                          ("templates.", self.templates), ("members.", self.members),
+                          ("items.", self.items), ("split.", self.split)):  # fmt: skip
+            _check_types(obj, name)
         s = self.split
+        if self.interactions.member in RESERVED:
+            raise DataError(
+                f"render config: interactions.member {self.interactions.member!r} is a column "
+                "the data folder writes itself (the member key is written under its own column "
+                f"name); rename that column in the table (reserved: {', '.join(RESERVED)})"
+            )
+        if s.leave_last_out and s.by != "time":
+            raise DataError("render config: split.leave_last_out goes with split.by: time")
         if s.by not in ("time", "leave_last"):
             raise DataError(f"render config: split.by must be time or leave_last, got {s.by!r}")
         if s.by == "time" and not (0 < s.validation and 0 < s.test and s.validation + s.test < 1):
@@ -129,6 +142,20 @@ class RenderConfig:
                 raise DataError(f"render config: {name} must be >= 1")
         if self.min_history < 0:
             raise DataError("render config: min_history must be >= 0")
+
+
+TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _check_types(obj, prefix: str) -> None:
+    """Each config field of a plain type (str, int, float, bool) holds one."""
+    if obj is None:
+        return
+    for f in obj.__dataclass_fields__.values():
+        want = TYPES.get(str(f.type))
+        value = getattr(obj, f.name)
+        if want and (not isinstance(value, want) or (bool not in want and isinstance(value, bool))):
+            raise DataError(f"render config: {prefix}{f.name} must be {f.type}, got {value!r}")
 
 
 def _replace(obj, **changes):
@@ -195,7 +222,8 @@ class Templating:
 def _undefined(exc: Exception) -> str:
     """Jinja's "'dict object' has no attribute 'x'" as "unknown field 'x'"."""
     m = re.search(r"has no attribute '([^']+)'|'([^']+)' is undefined", str(exc))
-    return f"unknown field {next(g for g in m.groups() if g)!r}" if m else str(exc)
+    name = next(g for g in m.groups() if g) if m else None
+    return f"no field {name!r} (or it is empty)" if name else str(exc)
 
 
 def _fields(context: dict) -> str:
@@ -223,74 +251,93 @@ class Interaction:
 
 def natural(key: str) -> tuple:
     """Sort order of keys: numbers by value before other text."""
-    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+    return (0, int(key), "") if key.isdecimal() else (1, 0, key)
+
+
+@dataclass
+class Keyed:
+    """An attribute table by key: each key's present values (a null or NaN is left out, so a
+    template that uses it is stopped, not given "None") and its row, for messages."""
+
+    table: Table
+    values: dict[str, dict]
+    rows: dict[str, int]
+
+    def where(self, key: str) -> str:
+        return self.table.where(self.rows[key])
 
 
 @dataclass
 class Tables:
-    """The three tables, keyed and checked against each other."""
+    """The interactions and the attribute tables, keyed."""
 
     interactions: Table
-    members: dict[str, dict]
-    items: dict[str, dict]
-    member_table: Table | None = None
-    item_table: Table | None = None
+    members: Keyed | None = None
+    items: Keyed | None = None
 
 
-def _keyed(table: Table, key: str, what: str) -> dict[str, dict]:
+def present(row: dict, drop: tuple[str, ...] = ()) -> dict:
+    return {c: v for c, v in row.items() if c not in drop and not missing(v)}
+
+
+def keyed(table: Table, key: str, what: str) -> Keyed:
     table.require(key, f"the {what} table's key")
-    out: dict[str, dict] = {}
+    values: dict[str, dict] = {}
+    rows: dict[str, int] = {}
     for i, row in enumerate(table.rows):
         k = row.get(key)
-        if k is None:
+        if missing(k):
             raise DataError(f"{table.where(i)}: field {key!r}: missing key")
         k = key_text(k)
-        if k in out:
-            raise DataError(f"{table.where(i)}: field {key!r}: key {k!r} appears twice")
-        out[k] = {c: v for c, v in row.items() if c != key}
-    return out
+        if k in rows:
+            raise DataError(f"{table.where(i)}: field {key!r}: key {k!r} appears twice "
+                            f"(first at {table.where(rows[k])})")  # fmt: skip
+        values[k], rows[k] = present(row, (key,)), i
+    return Keyed(table, values, rows)
+
+
+def label_is_column(c: Interactions, table: Table) -> bool:
+    """The label names a column when the table has one of that name or it is a bare name (then
+    a missing column is named as such); anything else is an expression."""
+    return c.label in table.columns or c.label.isidentifier()
 
 
 def read_tables(cfg: RenderConfig) -> Tables:
-    inter = read_table(cfg.interactions.path)
     c = cfg.interactions
+    inter = read_table(c.path, key_columns=(c.member, c.item))
     for col, role in ((c.member, "interactions.member"), (c.item, "interactions.item"),
                       (c.time, "interactions.time")):  # fmt: skip
         inter.require(col, role)
-    if c.label.isidentifier():  # a column name (anything else is an expression)
+    if label_is_column(c, inter):
         inter.require(c.label, "interactions.label")
     members = items = None
-    mt = it = None
     if cfg.members:
-        mt = read_table(cfg.members.path)
-        members = _keyed(mt, cfg.members.key, "members")
+        members = keyed(read_table(cfg.members.path, (cfg.members.key,)), cfg.members.key,
+                        "members")  # fmt: skip
     if cfg.items:
-        it = read_table(cfg.items.path)
-        items = _keyed(it, cfg.items.key, "items")
-    return Tables(inter, members or {}, items or {}, mt, it)
+        items = keyed(read_table(cfg.items.path, (cfg.items.key,)), cfg.items.key, "items")
+    return Tables(inter, members, items)
 
 
 def interactions(cfg: RenderConfig, t: Tables, tpl: Templating) -> tuple[dict, dict]:
     """Per member, their interactions sorted by (time, item), an item's repeats dropped; and
     counts for meta.json."""
     c, table = cfg.interactions, t.interactions
-    label_column = c.label if c.label.isidentifier() else None
+    label_column = c.label if label_is_column(c, table) else None
     per_member: dict[str, dict[str, Interaction]] = {}
     repeats = 0
     for i, row in enumerate(table.rows):
         for col in (c.member, c.item):
-            if row.get(col) is None:
+            if missing(row.get(col)):
                 raise DataError(f"{table.where(i)}: field {col!r}: missing key")
         member, item = key_text(row[c.member]), key_text(row[c.item])
-        if t.member_table is not None and member not in t.members:
-            raise DataError(f"{table.where(i)}: field {c.member!r}: {member!r} is not in "
-                            f"{t.member_table.path} (key {cfg.members.key!r})")  # fmt: skip
-        if t.item_table is not None and item not in t.items:
-            raise DataError(f"{table.where(i)}: field {c.item!r}: {item!r} is not in "
-                            f"{t.item_table.path} (key {cfg.items.key!r})")  # fmt: skip
+        for key, col, attrs in ((member, c.member, t.members), (item, c.item, t.items)):
+            if attrs is not None and key not in attrs.values:
+                raise DataError(f"{table.where(i)}: field {col!r}: {key!r} is not in "
+                                f"{attrs.table.path}")  # fmt: skip
         ts = unix_seconds(row.get(c.time), table, i, c.time)
         label = _label(row, label_column, tpl, table, i, c.label)
-        own = {k: v for k, v in row.items() if k not in (c.member, c.item)}
+        own = present(row, (c.member, c.item))
         x = Interaction(member, item, ts, label, own)
         seen = per_member.setdefault(member, {})
         if item in seen:
@@ -362,7 +409,9 @@ def _eligible(xs: list[Interaction], min_history: int) -> list[Interaction]:
     return [x for x in xs if bisect_left(times, x.ts) >= min_history]
 
 
-def _chunks(split: str, member: str, xs: list, window: list, cfg: RenderConfig) -> list[Query]:
+def _chunks(
+    split: str, member: str, xs: list, times: list[int], window: list, cfg: RenderConfig
+) -> list[Query]:
     if not window:
         return []
     n_chunks = -(-len(window) // cfg.items_per_query)
@@ -370,7 +419,7 @@ def _chunks(split: str, member: str, xs: list, window: list, cfg: RenderConfig) 
     for k, idx in enumerate(np.array_split(np.arange(len(window)), n_chunks)):
         items = [window[i] for i in idx]
         cutoff = min(x.ts for x in items)
-        hist = history_before(xs, cutoff)[-cfg.history :]
+        hist = xs[max(0, bisect_left(times, cutoff) - cfg.history) : bisect_left(times, cutoff)]
         out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items))
     return out
 
@@ -392,6 +441,7 @@ def build_queries(
             out["test_llo"] = []
     for member in sorted(per_member, key=natural):
         xs = per_member[member]
+        times = [x.ts for x in xs]
         eligible = _eligible(xs, cfg.min_history)
         if s.by == "time":
             windows = {
@@ -407,10 +457,10 @@ def build_queries(
                 "test": eligible[-n:],
             }
         for split, window in windows.items():
-            out[split].extend(_chunks(split, member, xs, window, cfg))
+            out[split].extend(_chunks(split, member, xs, times, window, cfg))
         if s.by == "time" and s.leave_last_out and eligible:
             last = eligible[-cfg.items_per_query :]
-            out["test_llo"].extend(_chunks("test_llo", member, xs, last, cfg))
+            out["test_llo"].extend(_chunks("test_llo", member, xs, times, last, cfg))
     return out, cutoffs
 
 
@@ -447,24 +497,20 @@ class Renderer:
         self._items: dict[tuple, str] = {}
 
     def item_context(self, item: str, cutoff: int) -> dict:
-        attrs = self.t.items.get(item, {})
-        return {"item": {"id": item, **attrs, "stats": self.stats.before(item, cutoff)}}
+        attrs = self.t.items.values.get(item, {}) if self.t.items else {}
+        return {"item": {**attrs, "id": item, "stats": self.stats.before(item, cutoff)}}
 
     def item(self, item: str, cutoff: int) -> str:
         context = self.item_context(item, cutoff)
         key = (item, context["item"]["stats"]["count"])
         if key not in self._items:
-            where = (
-                (lambda: f"item {item!r}, {self.t.item_table.where(self._item_row(item))}")
-                if self.t.item_table is not None
-                else (lambda: f"item {item!r}")
-            )
+            items = self.t.items
+
+            def where() -> str:
+                return f"item {item!r}" + (f", {items.where(item)}" if items else "")
+
             self._items[key] = self.tpl.render("item", context, where)
         return self._items[key]
-
-    def _item_row(self, item: str) -> int:
-        key = self.cfg.items.key
-        return next(i for i, r in enumerate(self.t.item_table.rows) if key_text(r[key]) == item)
 
     def query(self, q: Query) -> str:
         history = [
@@ -476,12 +522,15 @@ class Renderer:
             }  # fmt: skip
             for x in q.history
         ]
-        context = {
-            "member": {"id": q.member, **self.t.members.get(q.member, {})},
-            "history": history,
-            "cutoff": q.cutoff,
-        }
-        return self.tpl.render("query", context, lambda: f"query {q.query_id}")
+        members = self.t.members
+        attrs = members.values.get(q.member, {}) if members else {}
+        context = {"member": {**attrs, "id": q.member}, "history": history, "cutoff": q.cutoff}
+
+        def where() -> str:
+            return f"query {q.query_id}" + (f", member at {members.where(q.member)}" if members
+                                            else "")  # fmt: skip
+
+        return self.tpl.render("query", context, where)
 
 
 def query_rows(q: Query, r: Renderer, member_column: str) -> list[dict]:
@@ -510,37 +559,43 @@ def render_folder(
     task: RankingTask | None = None,
     tables: Tables | None = None,
     progress: bool = False,
+    finish_meta: Callable[[dict], dict] | None = None,
 ) -> dict:
     """Writes ``{split}.jsonl``, ``tokenizer/`` (trained on train, the task's label words as
-    single tokens) and ``meta.json`` into ``out_dir`` and checks the folder against the
-    contract; returns the meta. ``tables``: already read (a builder that makes its tables in
-    memory); default: read from the config's paths."""
+    single tokens) and ``meta.json`` as the folder ``out_dir``, checked against the contract,
+    and returns the meta. The folder is built aside and swapped in whole: one already there is
+    replaced (nothing of it stays), and a failed render leaves it as it was. ``tables``:
+    already read (a builder that makes its tables in memory); default: read from the config's
+    paths. ``finish_meta``: a builder's own meta, from render's."""
     from tqdm import tqdm
 
     from compression.data.cli import train_folder_tokenizer
+    from ranking.atomic import atomic_dir
     from ranking.data_audit import check_folder
 
     t0 = time.time()
     task = task or RankingTask()
-    tpl = Templating(cfg.templates, None if cfg.interactions.label.isidentifier() else
-                     cfg.interactions.label)  # fmt: skip
     tables = tables or read_tables(cfg)
+    c = cfg.interactions
+    tpl = Templating(cfg.templates, None if label_is_column(c, tables.interactions) else c.label)
     per_member, counts = interactions(cfg, tables, tpl)
     queries, cutoffs = build_queries(per_member, cfg)
+    for split in ("train", "validation", "test"):
+        if not queries[split]:
+            raise DataError(f"the {split} split is empty: {_empty_hint(cfg, split)}")
     renderer = Renderer(cfg, tables, tpl, ItemStats(queries["train"]))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     splits = {}
     total = sum(len(qs) for qs in queries.values())
-    with tqdm(total=total, unit="query", desc="rendering", disable=not progress) as bar:
+    with (
+        atomic_dir(out_dir) as out,
+        tqdm(total=total, unit="query", desc="rendering", disable=not progress) as bar,
+    ):
         for split, qs in queries.items():
             rows = []
             for q in qs:
-                rows.extend(query_rows(q, renderer, cfg.interactions.member))
+                rows.extend(query_rows(q, renderer, c.member))
                 bar.update(1)
-            if not rows and split != "test_llo":
-                raise DataError(f"the {split} split is empty: {_empty_hint(cfg)}")
-            with atomic_file(out / f"{split}.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
+            with (out / f"{split}.jsonl").open("w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
             splits[split] = {
@@ -551,41 +606,40 @@ def render_folder(
                 if rows
                 else None,
             }
-    train_folder_tokenizer(out, cfg.vocab_size, task)  # checks the folder first
-    summary = check_folder(out)
-    meta = {
-        "generator": GENERATOR,
-        "config": asdict(cfg),
-        "sources": {
-            name: str(t.path)
-            for name, t in (
-                ("interactions", tables.interactions),
-                ("members", tables.member_table),
-                ("items", tables.item_table),
-            )  # fmt: skip
-            if t is not None
-        },
-        "cutoffs": cutoffs,
-        "label": cfg.interactions.label,
-        "splits": splits,
-        **counts,
-        "shared_item_text": {k: v.get("shared_item_text") for k, v in summary["splits"].items()},
-        "extra_columns": {
-            cfg.interactions.member: "the member key (interactions)",
-            "cutoff": "the query's cutoff (unix s)",
-        },
-        "task": asdict(task),
-        "tokenizer": {"vocab_size": cfg.vocab_size, "trained_on": "train"},
-        "build_seconds": round(time.time() - t0, 1),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        train_folder_tokenizer(out, cfg.vocab_size, task)  # checks the folder first
+        summary = check_folder(out)
+        sources = {"interactions": tables.interactions, "members": tables.members,
+                   "items": tables.items}  # fmt: skip
+        meta = {
+            "generator": GENERATOR,
+            "config": asdict(cfg),
+            "sources": {name: str(getattr(t, "table", t).path) for name, t in sources.items() if t},
+            "cutoffs": cutoffs,
+            "label": c.label,
+            "splits": splits,
+            **counts,
+            "shared_item_text": {
+                k: v.get("shared_item_text") for k, v in summary["splits"].items()
+            },
+            "extra_columns": {
+                c.member: "the member key (interactions)",
+                "cutoff": "the query's cutoff (unix s)",
+            },
+            "task": asdict(task),
+            "tokenizer": {"vocab_size": cfg.vocab_size, "trained_on": "train"},
+            "build_seconds": round(time.time() - t0, 1),
+        }
+        if finish_meta is not None:
+            meta = finish_meta(meta)
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _empty_hint(cfg: RenderConfig) -> str:
-    s = cfg.split
+def _empty_hint(cfg: RenderConfig, split: str) -> str:
+    s, need = cfg.split, cfg.min_history
     if s.by == "leave_last":
-        return (f"no member has more than min_history={cfg.min_history} + {2 * s.n} "
-                "interactions")  # fmt: skip
-    return (f"no interaction in its time window has min_history={cfg.min_history} earlier ones "
-            "of its member")  # fmt: skip
+        more = {"test": 0, "validation": s.n, "train": 2 * s.n}[split]
+        return (f"no member has more than min_history={need} + {more} interactions (each "
+                f"member's last {s.n} go to test, the {s.n} before to validation)")  # fmt: skip
+    return (f"no interaction in its time window has min_history={need} earlier ones of its "
+            "member")  # fmt: skip

@@ -41,9 +41,11 @@ class Table:
             )
 
 
-def read_table(path: str | Path) -> Table:
+def read_table(path: str | Path, key_columns: tuple[str, ...] = ()) -> Table:
     """The whole table (attribute and interaction tables are read into memory: a query needs
-    every earlier interaction of its member)."""
+    every earlier interaction of its member). A CSV's ``key_columns`` are read as text, as
+    written: type inference would make ``00123`` and ``123`` one key, and round 20-digit ids
+    to one float. An empty CSV cell is a missing value, as in the other formats."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no table at {path}")
@@ -53,8 +55,12 @@ def read_table(path: str | Path) -> Table:
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
+        types = {c: pa.string() for c in key_columns}  # a column not in the file is ignored
         try:
-            t = pcsv.read_csv(path)
+            t = pcsv.read_csv(
+                path,
+                convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            )
         except pa.ArrowException as exc:
             raise DataError(f"{path}: unreadable CSV: {exc}") from None
         rows = t.to_pylist()
@@ -70,6 +76,11 @@ def read_table(path: str | Path) -> Table:
 
         columns = dict.fromkeys(pq.ParquetFile(path).schema_arrow.names)
     return Table(path, rows, positions, list(columns))
+
+
+def missing(value: object) -> bool:
+    """A null (None) or a float NaN (how pandas writes a gap)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def key_text(value: object) -> str:
@@ -88,14 +99,16 @@ def unix_seconds(value: object, table: Table, i: int, column: str) -> int:
         pass
     elif isinstance(value, int | float):
         if math.isfinite(value):
-            return int(value)
+            return _seconds(int(value), value, table, i, column)
     elif isinstance(value, dt.datetime | dt.date | str):
         when = value
         if isinstance(value, str):  # a number as text (a CSV column with one bad value) or ISO
             try:
-                return int(float(value))
-            except (ValueError, OverflowError):
-                pass
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number):
+                return _seconds(int(number), value, table, i, column)
             try:
                 when = dt.datetime.fromisoformat(value.strip())
             except ValueError:
@@ -110,3 +123,13 @@ def unix_seconds(value: object, table: Table, i: int, column: str) -> int:
         f"{table.where(i)}: field {column!r}: {value!r} is not a time (a number of seconds, or a "
         "date / datetime such as 2024-03-01 or 2024-03-01T12:30:00)"
     )
+
+
+MAX_SECONDS = 10**11  # the year 5138: a larger number is milliseconds or microseconds
+
+
+def _seconds(seconds: int, value: object, table: Table, i: int, column: str) -> int:
+    if abs(seconds) >= MAX_SECONDS:
+        raise DataError(f"{table.where(i)}: field {column!r}: {value!r} seconds is after the "
+                        "year 5000: milliseconds? (times are seconds since the epoch)")  # fmt: skip
+    return seconds
