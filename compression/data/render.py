@@ -569,7 +569,7 @@ def render_folder(
     paths. ``finish_meta``: a builder's own meta, from render's."""
     from tqdm import tqdm
 
-    from compression.data.cli import train_folder_tokenizer
+    from compression.data.tokenizer import train_folder_tokenizer
     from ranking.atomic import atomic_dir
     from ranking.data_audit import check_folder
 
