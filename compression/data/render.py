@@ -30,7 +30,7 @@ import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -111,7 +111,7 @@ class RenderConfig:
                 raise DataError(f"render config: {name}: {exc}") from None
             if base is not None and hasattr(d[name], "path"):
                 path = Path(d[name].path)
-                d[name] = _replace(d[name], path=str(path if path.is_absolute() else base / path))
+                d[name] = replace(d[name], path=str(path if path.is_absolute() else base / path))
         cfg = cls(**d)
         cfg.validate()
         return cfg
@@ -156,12 +156,6 @@ def _check_types(obj, prefix: str) -> None:
         value = getattr(obj, f.name)
         if want and (not isinstance(value, want) or (bool not in want and isinstance(value, bool))):
             raise DataError(f"render config: {prefix}{f.name} must be {f.type}, got {value!r}")
-
-
-def _replace(obj, **changes):
-    from dataclasses import replace
-
-    return replace(obj, **changes)
 
 
 def load_config(path: str | Path) -> RenderConfig:
