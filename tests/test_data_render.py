@@ -273,6 +273,38 @@ def test_item_stats_count_train_rows_before_the_cutoff_only(tmp_path):
                 assert len(past) == sum(r["item_id"] == row["item_id"] for r in train)
 
 
+def test_a_profile_tallies_every_earlier_interaction(tmp_path):
+    """``past`` holds all of a member's interactions strictly before the cutoff (``history``
+    only the last 3), and ``tally`` groups them by a list attribute: count and liked share per
+    genre, most first, then by name."""
+    query = ("n={{ past | length }}{% for g in past | tally('item.genres') %} "
+             "{{ g.value }}:{{ g.count }}:{{ '%.3f' | format(g.positive_rate) }}{% endfor %}")  # fmt: skip
+    render_folder(load_config(_tables(tmp_path, templates={"query": query, "item": ITEM})),
+                  tmp_path / "data")  # fmt: skip
+    ratings = {(r["user_id"], r["movie_id"]): r for r in reversed(_ratings())}  # first kept
+    rows = [r for s in ("train", "validation", "test") for r in read_split(tmp_path / "data", s)]
+    assert max(int(r["query"].split()[0][2:]) for r in rows) > 3  # past reaches beyond history
+    for row in rows:
+        before = [x for x in ratings.values()
+                  if x["user_id"] == int(row["user_id"]) and x["ts"] < row["cutoff"]]  # fmt: skip
+        tally: dict[str, list[int]] = {}
+        for x in before:
+            for g in ITEMS[x["movie_id"] - 1]["genres"]:
+                tally.setdefault(g, []).append(int(x["rating"] >= 4))
+        order = sorted(tally, key=lambda g: (-len(tally[g]), g))
+        expected = f"n={len(before)}" + "".join(
+            f" {g}:{len(tally[g])}:{sum(tally[g]) / len(tally[g]):.3f}" for g in order
+        )
+        assert row["query"] == expected, row
+
+
+def test_tally_names_a_missing_attribute(tmp_path):
+    query = "{% for g in past | tally('item.colour') %}{{ g.value }}{% endfor %}x"
+    with pytest.raises(DataError, match=r"templates.query: .*tally\('item.colour'\).*'colour'"):
+        render_folder(load_config(_tables(tmp_path, templates={"query": query, "item": ITEM})),
+                      tmp_path / "data")  # fmt: skip
+
+
 def test_naive_times_are_utc_and_offsets_are_kept(tmp_path, monkeypatch):
     """ISO text read by the JSONL path (no pyarrow parsing), on a machine in another zone."""
     import time

@@ -115,6 +115,38 @@ def test_history_is_strictly_before_the_cutoff(mini_source):
     assert n_tied  # the fixture does exercise same-second ratings at a cutoff
 
 
+def test_profile_and_popularity_say_what_the_ratings_before_the_cutoff_say(mini_source, tmp_path):
+    """``--profile``: the user's liked share over every earlier rating, overall and per genre;
+    ``--popularity``: the movie's liked share among train rows before the cutoff."""
+    cfg = MovieLensConfig(**{**MINI.__dict__, "profile": True, "popularity": True})
+    build_movielens(tmp_path, cfg, source=mini_source)
+    raw = load_raw(mini_source)
+    train = read_split(tmp_path, "train")
+
+    def share(labels: list[int]) -> str:
+        return f"{round(sum(labels) / len(labels) * 10) * 10}% of {len(labels)}"
+
+    rows = [r for s in ("train", "validation", "test") for r in read_split(tmp_path, s)]
+    for row in rows:
+        history = user_history(raw.ratings[row["user_id"]], row["cutoff"])
+        liked = [int(h.rating >= 4) for h in history]
+        genres: dict[str, list[int]] = {}
+        for h in history:
+            for g in raw.movies[h.item].genres:
+                genres.setdefault(g, []).append(int(h.rating >= 4))
+        order = sorted(genres, key=lambda g: (-len(genres[g]), g))
+        profile = ", ".join(f"{g} {share(genres[g])}" for g in order)
+        u = raw.users[row["user_id"]]
+        assert row["query"].startswith(
+            f"User: {u.age}-year-old {u.gender}, {u.occupation}. Liked {share(liked)} ratings; "
+            f"by genre: {profile}. Recent ratings (1-5, oldest first): "
+        ), row
+        seen = [r["label"] for r in train
+                if r["item_id"] == row["item_id"] and r["ts"] < row["cutoff"]]  # fmt: skip
+        hint = f"; liked by {share(seen)}" if seen else "; no ratings yet"
+        assert row["item"] == render_movie(raw.movies[row["item_id"]]) + hint, row
+
+
 def test_leave_last_out_is_an_extra_labelled_split(mini_source, tmp_path):
     cfg = MovieLensConfig(**{**MINI.__dict__, "leave_last_out": True})
     meta = build_movielens(tmp_path, cfg, source=mini_source)

@@ -67,6 +67,7 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
         test_share=args.test_share,
         leave_last_out=args.leave_last_out,
         popularity=args.popularity,
+        profile=args.profile,
         vocab_size=args.vocab_size,
         max_users=args.max_users,
     )
@@ -193,6 +194,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="also write test_llo (each user's last ratings; overlaps train)")  # fmt: skip
     m.add_argument("--popularity", action="store_true",
                    help="items say how their train-split ratings went ('liked by 70%% of 212')")  # fmt: skip
+    m.add_argument("--profile", action="store_true",
+                   help="queries say how the user's earlier ratings went, overall and per genre")  # fmt: skip
     m.add_argument("--max-users", type=int, help="the first N users only (a quick slice)")
     m.add_argument("--source", help="folder of ml-100k.{user,item,inter} (default: recbole's)")
     m.add_argument("--force", action="store_true", help="rebuild even if the folder matches")

@@ -71,6 +71,7 @@ class MovieLensConfig:
     test_share: float = 0.10  # share of all ratings at or after T2
     leave_last_out: bool = False  # also write test_llo: each user's last ratings (overlaps train)
     popularity: bool = False  # items say how their train-split ratings went (POPULARITY_HINT)
+    profile: bool = False  # the query says how the user's earlier ratings went (PROFILE)
     vocab_size: int = 2048
     max_users: int | None = None  # the first N users only (tests)
 
@@ -182,12 +183,21 @@ POPULARITY_HINT = (
     "{% if item.stats.count %}; liked by {{ (item.stats.positive_rate * 10) | round | int * 10 }}%"
     " of {{ item.stats.count }}{% else %}; no ratings yet{% endif %}"
 )
-QUERY_TEMPLATE = (
-    "User: {{ member.age }}-year-old {{ member.gender }}, {{ member.occupation }}. "
+# the user's profile (``MovieLensConfig.profile``): the share of all their earlier ratings that
+# are >= 4, overall and per genre (most rated first), to the nearest 10%, and how many
+PROFILE = (
+    "{% if past %}Liked {{ (past | sum(attribute='label') / past | length * 10) | round | int * 10 }}% of "
+    "{{ past | length }} ratings; by genre: {% for g in past | tally('item.genres') %}"
+    "{{ g.value }} {{ (g.positive_rate * 10) | round | int * 10 }}% of {{ g.count }}"
+    "{% if not loop.last %}, {% endif %}{% endfor %}. {% endif %}"
+)
+USER = "User: {{ member.age }}-year-old {{ member.gender }}, {{ member.occupation }}. "
+RECENT = (
     "Recent ratings (1-5, oldest first): "
     "{% for h in history %}{{ h.item.title }} ({{ h.item.year }}), {{ h.item.genres | join(', ') }}"
     ": {{ '%g' | format(h.rating) }}{% if not loop.last %}; {% endif %}{% endfor %}."
 )
+QUERY_TEMPLATE = USER + RECENT
 
 
 def render_config(cfg: MovieLensConfig) -> RenderConfig:
@@ -199,7 +209,8 @@ def render_config(cfg: MovieLensConfig) -> RenderConfig:
         members=Attributes("ml-100k.user", "user_id"),
         items=Attributes("ml-100k.item", "item_id"),
         templates=Templates(
-            QUERY_TEMPLATE, ITEM_TEMPLATE + (POPULARITY_HINT if cfg.popularity else "")
+            USER + PROFILE + RECENT if cfg.profile else QUERY_TEMPLATE,
+            ITEM_TEMPLATE + (POPULARITY_HINT if cfg.popularity else ""),
         ),
         history=cfg.history,
         min_history=cfg.min_history,

@@ -1,10 +1,11 @@
 """Tables to a data folder: a team's interactions (and member and item attribute tables)
 rendered into query and item text by Jinja templates, split by time, checked, with a tokenizer.
 
-One query is a member at a moment (its cutoff): the template sees the member's attributes and
-their most recent interactions strictly before the cutoff. Its items are interactions of the same
-member from the cutoff on, several per query (they share the query's prefix, as in real
-traffic). Templates are Jinja, as chat templates are, in the same sandbox; a field a template
+One query is a member at a moment (its cutoff): the template sees the member's attributes,
+their most recent interactions strictly before the cutoff (``history``) and all of them
+(``past``, for profiles a template aggregates with the ``tally`` filter). Its items are
+interactions of the same member from the cutoff on, several per query (they share the query's
+prefix, as in real traffic). Templates are Jinja, as chat templates are, in the same sandbox; a field a template
 names that a row lacks is an error, never an empty string.
 
 Splits (``split.by``):
@@ -63,7 +64,7 @@ class Attributes:
 
 @dataclass(frozen=True)
 class Templates:
-    query: str  # sees member, history (oldest first), cutoff
+    query: str  # sees member, history (oldest first), past, cutoff; the tally filter
     item: str  # sees item
 
 
@@ -180,14 +181,19 @@ class Templating:
         from jinja2 import StrictUndefined, TemplateSyntaxError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        from jinja2 import meta
+
         env = ImmutableSandboxedEnvironment(
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
         )
+        env.filters["tally"] = tally
         self.sources = {"query": templates.query, "item": templates.item}
         self.compiled = {}
+        self.names: dict[str, set[str]] = {}
         for name, src in self.sources.items():
             try:
                 self.compiled[name] = env.from_string(src)
+                self.names[name] = meta.find_undeclared_variables(env.parse(src))
             except TemplateSyntaxError as exc:
                 raise DataError(f"templates.{name} line {exc.lineno}: {exc.message}") from None
         self.label = None
@@ -373,6 +379,29 @@ def _label(row: dict, column: str | None, tpl: Templating, table: Table, i: int,
                     "truth value or a number in [0, 1]")  # fmt: skip
 
 
+def tally(entries: list[dict], attribute: str) -> list[dict]:
+    """The ``tally`` filter: interactions grouped by an attribute's value (a dotted path such as
+    ``item.genres``; a list value counts once under each element), as ``{value, count,
+    positive_rate}`` by count, largest first, then value: a member's profile from ``past``."""
+    path = attribute.split(".")
+    count: dict = {}
+    positives: dict = {}
+    for entry in entries:
+        value = entry
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                raise DataError(f"tally({attribute!r}): an interaction has no {part!r}")
+            value = value[part]
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if missing(v):
+                continue
+            count[v] = count.get(v, 0) + 1
+            positives[v] = positives.get(v, 0.0) + float(entry["label"])
+    order = sorted(count, key=lambda v: (-count[v], str(v)))
+    return [{"value": v, "count": count[v], "positive_rate": positives[v] / count[v]}
+            for v in order]  # fmt: skip
+
+
 # ---- queries -----------------------------------------------------------------------------------
 @dataclass
 class Query:
@@ -381,6 +410,7 @@ class Query:
     cutoff: int  # the first item's time; history is strictly earlier
     history: list[Interaction]  # oldest first
     items: list[Interaction]
+    past: list[Interaction] = field(default_factory=list)  # every earlier one, oldest first
 
 
 def history_before(xs: list[Interaction], cutoff: int) -> list[Interaction]:
@@ -413,8 +443,9 @@ def _chunks(
     for k, idx in enumerate(np.array_split(np.arange(len(window)), n_chunks)):
         items = [window[i] for i in idx]
         cutoff = min(x.ts for x in items)
-        hist = xs[max(0, bisect_left(times, cutoff) - cfg.history) : bisect_left(times, cutoff)]
-        out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items))
+        past = xs[: bisect_left(times, cutoff)]
+        hist = past[max(0, len(past) - cfg.history) :]
+        out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items, past))
     return out
 
 
@@ -519,6 +550,12 @@ class Renderer:
         members = self.t.members
         attrs = members.values.get(q.member, {}) if members else {}
         context = {"member": {**attrs, "id": q.member}, "history": history, "cutoff": q.cutoff}
+        if "past" in self.tpl.names["query"]:  # built only for a template that reads it
+            items = self.t.items.values if self.t.items else {}
+            context["past"] = [
+                {**x.row, "item": {**items.get(x.item, {}), "id": x.item}, "label": x.label}
+                for x in q.past
+            ]
 
         def where() -> str:
             return f"query {q.query_id}" + (f", member at {members.where(q.member)}" if members
