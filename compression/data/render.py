@@ -178,10 +178,8 @@ class Templating:
     with strict undefined fields."""
 
     def __init__(self, templates: Templates, label: str | None):
-        from jinja2 import StrictUndefined, TemplateSyntaxError
+        from jinja2 import StrictUndefined, TemplateSyntaxError, meta
         from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        from jinja2 import meta
 
         env = ImmutableSandboxedEnvironment(
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
