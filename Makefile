@@ -61,8 +61,10 @@ verify-compressed: $(STAMP)
 # run recipes/movielens.yaml and write $(ML)/compressed/report.{json,md,png}. Each step reuses
 # what is already built for the same inputs.
 ML ?= artifacts/movielens
+# the prompt: items carry the train split's popularity hint (docs/data.md)
+ML_DATA_FLAGS ?= --popularity
 movielens: $(STAMP)
-	$(PY) -m compression data movielens --out $(ML)/data
+	$(PY) -m compression data movielens --out $(ML)/data $(ML_DATA_FLAGS)
 	$(PY) -m compression data check $(ML)/data --tokenizer $(ML)/data/tokenizer
 	$(PY) -m compression teacher --data $(ML)/data --out $(ML)/teacher --preset movielens
 	$(PY) -m compression baseline --data $(ML)/data
