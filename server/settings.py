@@ -56,6 +56,11 @@ class ServerSettings(BaseSettings):
         default=False,
         description="torch engine on CUDA: decoder linear layers as FP8 matmuls (_scaled_mm)",
     )
+    torch_compile: bool = Field(
+        default=False,
+        description="torch engine, float layers: torch.compile each layer's norms and MLP at "
+        "load (fused elementwise work; a few seconds more to start; ranking.compiled)",
+    )
 
     # request limits (over a limit -> 422 naming it; nothing is truncated silently)
     max_items: int = Field(default=256, ge=1, description="items per request")
@@ -225,6 +230,7 @@ class ServerSettings(BaseSettings):
                 fp8=self.torch_fp8,
                 kernel=entry.torch_kernel or self.torch_kernel,
                 chunk_tokens=self.max_batch_tokens,
+                compile=self.torch_compile,
             ),
             vllm=VllmOptions(
                 kv_cache_gb=self.vllm_kv_cache_gb,

@@ -48,6 +48,18 @@ class TorchEngine(Engine):
             convert_to_fp8(model)  # a clear error on a non-CUDA device
             kernel, reason = "fp8 _scaled_mm", "--torch-fp8"
         self.scorer = TorchScorer(model, tok, task, max_chunk_tokens=opts.chunk_tokens)
+        if opts.compile:
+            from ranking.compiled import compile_scoring
+
+            if compile_scoring(model):
+                # compiled now, at load, so that no request pays for it
+                self.scorer.score_ids([self.scorer.encode("warm up", ["a", "b c"])])
+                kernel = f"{kernel} + torch.compile"
+                reason = "; ".join(filter(None, [reason, "--torch-compile"]))
+            else:
+                reason = "; ".join(
+                    filter(None, [reason, "--torch-compile skipped: quantized linear layers"])
+                )
         return LoadedModel(
             info=info,
             tokenizer=tok,
