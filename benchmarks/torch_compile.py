@@ -72,7 +72,9 @@ def main() -> None:
     rows = [measure(m, args.rounds) for m in args.model]
     info = machine()
     print(f"machine: {info}; fp32 peak {peak['wall']:.1f} GFLOP/s at 512x768x3072")
-    print("| model | compiled | eager items/s | compiled items/s | speedup | max |diff| | compile s |")
+    print(
+        "| model | compiled | eager items/s | compiled items/s | speedup | max |diff| | compile s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['compiled']} | {r['eager_items_per_s']} | "
