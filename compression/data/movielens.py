@@ -186,7 +186,8 @@ POPULARITY_HINT = (
 # the user's profile (``MovieLensConfig.profile``): the share of all their earlier ratings that
 # are >= 4, overall and per genre (most rated first), to the nearest 10%, and how many
 PROFILE = (
-    "{% if past %}Liked {{ (past | sum(attribute='label') / past | length * 10) | round | int * 10 }}% of "
+    "{% if past %}Liked "
+    "{{ (past | sum(attribute='label') / past | length * 10) | round | int * 10 }}% of "
     "{{ past | length }} ratings; by genre: {% for g in past | tally('item.genres') %}"
     "{{ g.value }} {{ (g.positive_rate * 10) | round | int * 10 }}% of {{ g.count }}"
     "{% if not loop.last %}, {% endif %}{% endfor %}. {% endif %}"

@@ -5,8 +5,8 @@ One query is a member at a moment (its cutoff): the template sees the member's a
 their most recent interactions strictly before the cutoff (``history``) and all of them
 (``past``, for profiles a template aggregates with the ``tally`` filter). Its items are
 interactions of the same member from the cutoff on, several per query (they share the query's
-prefix, as in real traffic). Templates are Jinja, as chat templates are, in the same sandbox; a field a template
-names that a row lacks is an error, never an empty string.
+prefix, as in real traffic). Templates are Jinja, as chat templates are, in the same sandbox;
+a field a template names that a row lacks is an error, never an empty string.
 
 Splits (``split.by``):
 
@@ -408,7 +408,15 @@ class Query:
     cutoff: int  # the first item's time; history is strictly earlier
     history: list[Interaction]  # oldest first
     items: list[Interaction]
-    past: list[Interaction] = field(default_factory=list)  # every earlier one, oldest first
+    # the member's interactions (shared by its queries, not copied) and how many precede the
+    # cutoff: ``past`` is built only when a template reads it
+    timeline: list[Interaction] = field(default_factory=list, repr=False)
+    n_before: int = 0
+
+    @property
+    def past(self) -> list[Interaction]:
+        """Every interaction of the member strictly before the cutoff, oldest first."""
+        return self.timeline[: self.n_before]
 
 
 def history_before(xs: list[Interaction], cutoff: int) -> list[Interaction]:
@@ -441,9 +449,9 @@ def _chunks(
     for k, idx in enumerate(np.array_split(np.arange(len(window)), n_chunks)):
         items = [window[i] for i in idx]
         cutoff = min(x.ts for x in items)
-        past = xs[: bisect_left(times, cutoff)]
-        hist = past[max(0, len(past) - cfg.history) :]
-        out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items, past))
+        n = bisect_left(times, cutoff)
+        hist = xs[max(0, n - cfg.history) : n]
+        out.append(Query(f"{split}:{member}:{k}", member, cutoff, hist, items, xs, n))
     return out
 
 
