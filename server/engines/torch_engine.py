@@ -52,8 +52,10 @@ class TorchEngine(Engine):
             from ranking.compiled import compile_scoring
 
             if compile_scoring(model):
-                # compiled now, at load, so that no request pays for it
-                self.scorer.score_ids([self.scorer.encode("warm up", ["a", "b c"])])
+                # compiled now, at load, so that no request pays for it: dynamic shapes still
+                # specialize a size of 1, so one request with a single item and one with two
+                for items in (["a"], ["a", "b c"]):
+                    self.scorer.score_ids([self.scorer.encode("warm up", items)])
                 kernel = f"{kernel} + torch.compile"
                 reason = "; ".join(filter(None, [reason, "--torch-compile"]))
             else:
