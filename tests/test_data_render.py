@@ -260,15 +260,22 @@ def test_the_shipped_example_renders(tmp_path):
 def test_item_stats_count_train_rows_before_the_cutoff_only(tmp_path):
     """A popularity hint from the train split, as of the query's cutoff: a train row's own
     label never reaches its text; validation and test see every train row."""
-    item = "{{ item.title }} n={{ item.stats.count }} p={{ item.stats.positive_rate }}"
+    item = ("{{ item.title }} n={{ item.stats.count }} p={{ item.stats.positive_rate }} "
+            "{{ item.stats.mean | sort | join(',') }}{% if item.stats.count %} "
+            "m={{ '%.4f' | format(item.stats.mean.rating) }}{% endif %}")  # fmt: skip
     render_folder(load_config(_tables(tmp_path, templates={"query": QUERY, "item": item})),
                   tmp_path / "data")  # fmt: skip
     train = read_split(tmp_path / "data", "train")
+    rating = {(r["user_id"], r["movie_id"]): r["rating"] for r in reversed(_ratings())}
     for split in ("train", "validation", "test"):
         for row in read_split(tmp_path / "data", split):
             past = [r for r in train if r["item_id"] == row["item_id"] and r["ts"] < row["cutoff"]]
             rate = sum(r["label"] for r in past) / len(past) if past else None
-            assert row["item"].endswith(f" n={len(past)} p={rate}"), (split, row)
+            # the mean of each numeric column but the time: here the rating
+            mean = sum(rating[(int(r["user_id"]), int(r["item_id"]))] for r in past) / len(
+                past) if past else None  # fmt: skip
+            tail = f" n={len(past)} p={rate}" + (f" rating m={mean:.4f}" if past else "")
+            assert row["item"].endswith(tail), (split, row)
             if split != "train":
                 assert len(past) == sum(r["item_id"] == row["item_id"] for r in train)
 
@@ -296,6 +303,35 @@ def test_a_profile_tallies_every_earlier_interaction(tmp_path):
             f" {g}:{len(tally[g])}:{sum(tally[g]) / len(tally[g]):.3f}" for g in order
         )
         assert row["query"] == expected, row
+
+
+def test_an_item_template_may_read_the_member_and_their_past(tmp_path):
+    """An item's text per query: ``sharing`` keeps the member's earlier interactions with an
+    item of one of the candidate's genres (the member x item cross a tabular model has)."""
+    item = ("{{ item.title }} for {{ member.city }}{% set mine = past | sharing('item.genres', "
+            "item.genres) %}: {{ mine | length }} {{ mine | sum(attribute='rating') }}")  # fmt: skip
+    render_folder(load_config(_tables(tmp_path, templates={"query": QUERY, "item": item})),
+                  tmp_path / "data")  # fmt: skip
+    ratings = {(r["user_id"], r["movie_id"]): r for r in reversed(_ratings())}  # first kept
+    counts = set()
+    for split in ("train", "validation", "test"):
+        for row in read_split(tmp_path / "data", split):
+            genres = set(ITEMS[int(row["item_id"]) - 1]["genres"])
+            mine = [x for x in ratings.values() if x["user_id"] == int(row["user_id"])
+                    and x["ts"] < row["cutoff"]
+                    and genres & set(ITEMS[x["movie_id"] - 1]["genres"])]  # fmt: skip
+            counts.add(len(mine))
+            title, city = ITEMS[int(row["item_id"]) - 1]["title"], f"C{int(row['user_id']) % 3}"
+            total = sum(x["rating"] for x in mine)
+            assert row["item"] == f"{title} for {city}: {len(mine)} {total}", (split, row)
+    assert 0 in counts and max(counts) > 1  # both an unseen genre and several sharing
+
+
+def test_sharing_names_a_missing_attribute(tmp_path):
+    item = "{{ item.title }} {{ past | sharing('item.colour', 'red') | length }}"
+    with pytest.raises(DataError, match=r"templates.item: .*sharing\('item.colour'\).*'colour'"):
+        render_folder(load_config(_tables(tmp_path, templates={"query": QUERY, "item": item})),
+                      tmp_path / "data")  # fmt: skip
 
 
 def test_tally_names_a_missing_attribute(tmp_path):

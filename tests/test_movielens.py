@@ -115,10 +115,13 @@ def test_history_is_strictly_before_the_cutoff(mini_source):
     assert n_tied  # the fixture does exercise same-second ratings at a cutoff
 
 
-def test_profile_and_popularity_say_what_the_ratings_before_the_cutoff_say(mini_source, tmp_path):
+def test_profile_popularity_and_affinity_as_liked_shares(mini_source, tmp_path):
     """``--profile``: the user's liked share over every earlier rating, overall and per genre;
-    ``--popularity``: the movie's liked share among train rows before the cutoff."""
-    cfg = MovieLensConfig(**{**MINI.__dict__, "profile": True, "popularity": True})
+    ``--popularity``: the movie's liked share among train rows before the cutoff;
+    ``--affinity``: the user's liked share of earlier movies sharing a genre with it."""
+    cfg = MovieLensConfig(
+        **{**MINI.__dict__, "profile": True, "popularity": True, "affinity": True}
+    )
     build_movielens(tmp_path, cfg, source=mini_source)
     raw = load_raw(mini_source)
     train = read_split(tmp_path, "train")
@@ -144,7 +147,50 @@ def test_profile_and_popularity_say_what_the_ratings_before_the_cutoff_say(mini_
         seen = [r["label"] for r in train
                 if r["item_id"] == row["item_id"] and r["ts"] < row["cutoff"]]  # fmt: skip
         hint = f"; liked by {share(seen)}" if seen else "; no ratings yet"
+        mine = [int(h.rating >= 4) for h in history
+                if set(raw.movies[row["item_id"]].genres) & set(raw.movies[h.item].genres)]  # fmt: skip
+        hint += f"; you liked {share(mine)} in its genres" if mine else "; its genres new to you"
         assert row["item"] == render_movie(raw.movies[row["item_id"]]) + hint, row
+
+
+def test_profile_popularity_and_affinity_as_mean_ratings(mini_source, tmp_path):
+    """``--stats means``: the user's mean rating over every earlier rating and over the recent
+    ones shown; the movie's mean rating among train rows before the cutoff; the user's mean
+    rating of earlier movies sharing a genre with it."""
+    cfg = MovieLensConfig(
+        **{**MINI.__dict__, "profile": True, "popularity": True, "affinity": True,
+           "stats": "means"}
+    )  # fmt: skip
+    build_movielens(tmp_path, cfg, source=mini_source)
+    raw = load_raw(mini_source)
+    rating = {(u, r.item): r.rating for u, rs in raw.ratings.items() for r in rs}
+    train = read_split(tmp_path, "train")
+
+    def mean(xs: list[float]) -> str:
+        return f"{sum(xs) / len(xs):.1f}"
+
+    rows = [r for s in ("train", "validation", "test") for r in read_split(tmp_path, s)]
+    n_new_genres = 0
+    for row in rows:
+        past = [h.rating for h in user_history(raw.ratings[row["user_id"]], row["cutoff"])]
+        recent = past[-cfg.history :]
+        u = raw.users[row["user_id"]]
+        assert row["query"].startswith(
+            f"User: {u.age}-year-old {u.gender}, {u.occupation}. {len(past)} earlier ratings, "
+            f"average {mean(past)}; the last {len(recent)} average {mean(recent)}. Recent "
+            "ratings (1-5, oldest first): "
+        ), row
+        seen = [rating[(r["user_id"], r["item_id"])] for r in train
+                if r["item_id"] == row["item_id"] and r["ts"] < row["cutoff"]]  # fmt: skip
+        hint = f"; rated {mean(seen)} on average by {len(seen)}" if seen else "; no ratings yet"
+        genres = set(raw.movies[row["item_id"]].genres)
+        mine = [h.rating for h in user_history(raw.ratings[row["user_id"]], row["cutoff"])
+                if genres & set(raw.movies[h.item].genres)]  # fmt: skip
+        n_new_genres += not mine
+        hint += (f"; you rated its genres {mean(mine)} on average over {len(mine)}" if mine
+                 else "; its genres new to you")  # fmt: skip
+        assert row["item"] == render_movie(raw.movies[row["item_id"]]) + hint, row
+    assert 0 < n_new_genres < len(rows)  # both affinity texts occur
 
 
 def test_leave_last_out_is_an_extra_labelled_split(mini_source, tmp_path):

@@ -68,6 +68,8 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
         leave_last_out=args.leave_last_out,
         popularity=args.popularity,
         profile=args.profile,
+        affinity=args.affinity,
+        stats=args.stats,
         vocab_size=args.vocab_size,
         max_users=args.max_users,
     )
@@ -174,7 +176,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(fn=_cmd_render)
 
-    from compression.data.movielens import MovieLensConfig
+    from compression.data.movielens import STATS, MovieLensConfig
 
     d = MovieLensConfig()
     m = data_sub.add_parser(
@@ -195,7 +197,14 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--popularity", action="store_true",
                    help="items say how their train-split ratings went ('liked by 70%% of 212')")  # fmt: skip
     m.add_argument("--profile", action="store_true",
-                   help="queries say how the user's earlier ratings went, overall and per genre")  # fmt: skip
+                   help="queries say how the user's earlier ratings went, overall and per genre "
+                        "(--stats means: overall and over the recent ones)")  # fmt: skip
+    m.add_argument("--affinity", action="store_true",
+                   help="items say how the user rated the movie's genres before ('you liked "
+                        "80%% of 12 in its genres')")  # fmt: skip
+    m.add_argument("--stats", choices=STATS, default=d.stats,
+                   help="the hints' wording: liked shares to 10%% ('liked by 70%% of 212') or "
+                        "mean ratings ('rated 3.8 on average by 212')")  # fmt: skip
     m.add_argument("--max-users", type=int, help="the first N users only (a quick slice)")
     m.add_argument("--source", help="folder of ml-100k.{user,item,inter} (default: recbole's)")
     m.add_argument("--force", action="store_true", help="rebuild even if the folder matches")

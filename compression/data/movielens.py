@@ -72,8 +72,14 @@ class MovieLensConfig:
     leave_last_out: bool = False  # also write test_llo: each user's last ratings (overlaps train)
     popularity: bool = False  # items say how their train-split ratings went (POPULARITY_HINT)
     profile: bool = False  # the query says how the user's earlier ratings went (PROFILE)
+    affinity: bool = False  # items say how the user rated their genres before (AFFINITY)
+    stats: str = "shares"  # the hints' wording: "shares" (liked 70%) or "means" (rated 3.8)
     vocab_size: int = 2048
     max_users: int | None = None  # the first N users only (tests)
+
+    def __post_init__(self) -> None:
+        if self.stats not in STATS:
+            raise ValueError(f"stats={self.stats!r}: one of {', '.join(STATS)}")
 
 
 @dataclass(frozen=True)
@@ -177,21 +183,45 @@ def load_raw(folder: str | Path | None = None, max_users: int | None = None) -> 
 
 # ---- as tables and templates ------------------------------------------------------------------
 ITEM_TEMPLATE = "{{ item.title }} ({{ item.year }}), {{ item.genres | join(', ') }}"
-# the popularity hint (``MovieLensConfig.popularity``): the share of the movie's train-split
-# ratings that are >= 4, to the nearest 10%, and how many there are
-POPULARITY_HINT = (
-    "{% if item.stats.count %}; liked by {{ (item.stats.positive_rate * 10) | round | int * 10 }}%"
-    " of {{ item.stats.count }}{% else %}; no ratings yet{% endif %}"
-)
-# the user's profile (``MovieLensConfig.profile``): the share of all their earlier ratings that
-# are >= 4, overall and per genre (most rated first), to the nearest 10%, and how many
-PROFILE = (
-    "{% if past %}Liked "
+# The hints, each in two wordings (``MovieLensConfig.stats``): "shares" says a set of ratings
+# as the share at 4 or more, to the nearest 10%, and how many; "means" as their mean rating
+# and how many.
+#
+# the popularity hint (``MovieLensConfig.popularity``): the movie's train-split ratings before
+# the query's cutoff
+POPULARITY_HINT = {
+    "shares": "{% if item.stats.count %}; liked by "
+    "{{ (item.stats.positive_rate * 10) | round | int * 10 }}% of {{ item.stats.count }}"
+    "{% else %}; no ratings yet{% endif %}",
+    "means": "{% if item.stats.count %}; rated {{ '%.1f' | format(item.stats.mean.rating) }} "
+    "on average by {{ item.stats.count }}{% else %}; no ratings yet{% endif %}",
+}
+# the user's profile (``MovieLensConfig.profile``), from all their ratings before the cutoff:
+# overall and per genre (most rated first), or overall and over the recent ones shown
+PROFILE = {
+    "shares": "{% if past %}Liked "
     "{{ (past | sum(attribute='label') / past | length * 10) | round | int * 10 }}% of "
     "{{ past | length }} ratings; by genre: {% for g in past | tally('item.genres') %}"
     "{{ g.value }} {{ (g.positive_rate * 10) | round | int * 10 }}% of {{ g.count }}"
-    "{% if not loop.last %}, {% endif %}{% endfor %}. {% endif %}"
-)
+    "{% if not loop.last %}, {% endif %}{% endfor %}. {% endif %}",
+    "means": "{% if past %}{{ past | length }} earlier ratings, average "
+    "{{ '%.1f' | format(past | sum(attribute='rating') / past | length) }}; the last "
+    "{{ history | length }} average "
+    "{{ '%.1f' | format(history | sum(attribute='rating') / history | length) }}. {% endif %}",
+}
+# the user's affinity (``MovieLensConfig.affinity``): their earlier ratings of movies that
+# share a genre with this one: the cross of member and item that a tabular model gets as a
+# feature, said in the item's text
+_MINE = "{% set mine = past | sharing('item.genres', item.genres) %}"
+AFFINITY = {
+    "shares": _MINE + "{% if mine %}; you liked "
+    "{{ (mine | sum(attribute='label') / mine | length * 10) | round | int * 10 }}% of "
+    "{{ mine | length }} in its genres{% else %}; its genres new to you{% endif %}",
+    "means": _MINE + "{% if mine %}; you rated its genres "
+    "{{ '%.1f' | format(mine | sum(attribute='rating') / mine | length) }} on average over "
+    "{{ mine | length }}{% else %}; its genres new to you{% endif %}",
+}
+STATS = tuple(POPULARITY_HINT)
 USER = "User: {{ member.age }}-year-old {{ member.gender }}, {{ member.occupation }}. "
 RECENT = (
     "Recent ratings (1-5, oldest first): "
@@ -210,8 +240,10 @@ def render_config(cfg: MovieLensConfig) -> RenderConfig:
         members=Attributes("ml-100k.user", "user_id"),
         items=Attributes("ml-100k.item", "item_id"),
         templates=Templates(
-            USER + PROFILE + RECENT if cfg.profile else QUERY_TEMPLATE,
-            ITEM_TEMPLATE + (POPULARITY_HINT if cfg.popularity else ""),
+            USER + PROFILE[cfg.stats] + RECENT if cfg.profile else QUERY_TEMPLATE,
+            ITEM_TEMPLATE
+            + (POPULARITY_HINT[cfg.stats] if cfg.popularity else "")
+            + (AFFINITY[cfg.stats] if cfg.affinity else ""),
         ),
         history=cfg.history,
         min_history=cfg.min_history,

@@ -185,6 +185,7 @@ class Templating:
             undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
         )
         env.filters["tally"] = tally
+        env.filters["sharing"] = sharing
         self.sources = {"query": templates.query, "item": templates.item}
         self.compiled = {}
         self.names: dict[str, set[str]] = {}
@@ -381,15 +382,10 @@ def tally(entries: list[dict], attribute: str) -> list[dict]:
     """The ``tally`` filter: interactions grouped by an attribute's value (a dotted path such as
     ``item.genres``; a list value counts once under each element), as ``{value, count,
     positive_rate}`` by count, largest first, then value: a member's profile from ``past``."""
-    path = attribute.split(".")
     count: dict = {}
     positives: dict = {}
     for entry in entries:
-        value = entry
-        for part in path:
-            if not isinstance(value, dict) or part not in value:
-                raise DataError(f"tally({attribute!r}): an interaction has no {part!r}")
-            value = value[part]
+        value = _attribute(entry, attribute, "tally")
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if missing(v):
                 continue
@@ -398,6 +394,29 @@ def tally(entries: list[dict], attribute: str) -> list[dict]:
     order = sorted(count, key=lambda v: (-count[v], str(v)))
     return [{"value": v, "count": count[v], "positive_rate": positives[v] / count[v]}
             for v in order]  # fmt: skip
+
+
+def sharing(entries: list[dict], attribute: str, values) -> list[dict]:
+    """The ``sharing`` filter: the interactions whose attribute (a dotted path; a value or a
+    list) has a value in ``values`` (one value or a list): in an item template, ``past |
+    sharing('item.genres', item.genres)`` is the member's earlier interactions with an item of
+    one of the candidate's genres."""
+    wanted = set(values) if isinstance(values, (list, tuple, set)) else {values}
+    out = []
+    for entry in entries:
+        value = _attribute(entry, attribute, "sharing")
+        if wanted.intersection(value if isinstance(value, (list, tuple)) else (value,)):
+            out.append(entry)
+    return out
+
+
+def _attribute(entry: dict, attribute: str, fn: str):
+    value = entry
+    for part in attribute.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DataError(f"{fn}({attribute!r}): an interaction has no {part!r}")
+        value = value[part]
+    return value
 
 
 # ---- queries -----------------------------------------------------------------------------------
@@ -498,48 +517,86 @@ def build_queries(
 # ---- text --------------------------------------------------------------------------------------
 class ItemStats:
     """Per item, how its interactions among the train split's rows went before a moment: what a
-    popularity hint may say. Counted strictly before the query's cutoff, so a train row's own
-    label never reaches its text, and validation and test see train only."""
+    popularity hint may say (how many, the share of positives, the mean of each numeric column
+    of the interactions, such as a rating). Counted strictly before the query's cutoff, so a
+    train row's own label never reaches its text, and validation and test see train only."""
 
-    def __init__(self, train: list[Query]):
+    def __init__(self, train: list[Query], skip: tuple[str, ...] = ()):
         seen: dict[str, list] = {}
         for q in train:
             for x in q.items:
-                seen.setdefault(x.item, []).append((x.ts, x.label))
+                seen.setdefault(x.item, []).append((x.ts, x.label, x.row))
+        numeric = {k for xs in seen.values() for _, _, row in xs for k, v in row.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)} - set(skip)  # fmt: skip
         self.times: dict[str, list[int]] = {}
         self.positives: dict[str, np.ndarray] = {}
+        self.sums: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         for item, xs in seen.items():
-            xs.sort()
-            self.times[item] = [t for t, _ in xs]
-            self.positives[item] = np.cumsum([0.0] + [lab for _, lab in xs])
+            xs.sort(key=lambda x: x[0])
+            self.times[item] = [t for t, _, _ in xs]
+            self.positives[item] = np.cumsum([0.0] + [lab for _, lab, _ in xs])
+            self.sums[item] = {  # a column's sum and how many rows have it
+                k: (np.cumsum([0.0] + [float(row.get(k, 0.0)) for _, _, row in xs]),
+                    np.cumsum([0] + [k in row for _, _, row in xs]))
+                for k in sorted(numeric)
+            }  # fmt: skip
 
     def before(self, item: str, cutoff: int) -> dict:
         n = bisect_left(self.times.get(item, []), cutoff)
         rate = float(self.positives[item][n] / n) if n else None
-        return {"count": n, "positive_rate": rate}
+        sums = self.sums[item].items() if n else ()
+        mean = {k: float(total[n] / have[n]) for k, (total, have) in sums if have[n]}
+        return {"count": n, "positive_rate": rate, "mean": mean}
 
 
 class Renderer:
-    """Query and item text of the configured tables; an item's text is rendered once per
-    distinct context (its attributes, and its train-split stats before the query's cutoff)."""
+    """Query and item text of the configured tables. An item's text is rendered once per
+    distinct context (its attributes, and its train-split stats before the query's cutoff),
+    or once per query when the item template reads the member or their ``past`` (a hint such
+    as the member's like rate in the candidate's genres)."""
 
     def __init__(self, cfg: RenderConfig, tables: Tables, tpl: Templating, stats: ItemStats):
         self.cfg, self.t, self.tpl, self.stats = cfg, tables, tpl, stats
         self._items: dict[tuple, str] = {}
+        self.per_query = bool({"member", "past"} & tpl.names["item"])
+        self._reads_past = "past" in tpl.names["query"] | tpl.names["item"]
+        self._member: tuple[str, dict] | None = None  # (query_id, its member context)
 
     def item_context(self, item: str, cutoff: int) -> dict:
         attrs = self.t.items.values.get(item, {}) if self.t.items else {}
         return {"item": {**attrs, "id": item, "stats": self.stats.before(item, cutoff)}}
 
-    def item(self, item: str, cutoff: int) -> str:
+    def member_context(self, q: Query) -> dict:
+        """``member`` and, for templates that read it, ``past``: built once per query."""
+        if self._member is not None and self._member[0] == q.query_id:
+            return self._member[1]
+        members = self.t.members
+        attrs = members.values.get(q.member, {}) if members else {}
+        context: dict = {"member": {**attrs, "id": q.member}}
+        if self._reads_past:  # built only for templates that read it
+            items = self.t.items.values if self.t.items else {}
+            context["past"] = [
+                {**x.row, "item": {**items.get(x.item, {}), "id": x.item}, "label": x.label}
+                for x in q.past
+            ]
+        self._member = (q.query_id, context)
+        return context
+
+    def item(self, item: str, cutoff: int, q: Query) -> str:
         context = self.item_context(item, cutoff)
+        items = self.t.items
+
+        def where() -> str:
+            return (
+                f"item {item!r}"
+                + (f", {items.where(item)}" if items else "")
+                + (f", query {q.query_id}" if self.per_query else "")
+            )
+
+        if self.per_query:
+            return self.tpl.render("item", {**context, **self.member_context(q)}, where)
         key = (item, context["item"]["stats"]["count"])
         if key not in self._items:
-            items = self.t.items
-
-            def where() -> str:
-                return f"item {item!r}" + (f", {items.where(item)}" if items else "")
-
             self._items[key] = self.tpl.render("item", context, where)
         return self._items[key]
 
@@ -548,20 +605,13 @@ class Renderer:
             {
                 **x.row,
                 "item": self.item_context(x.item, q.cutoff)["item"],
-                "text": self.item(x.item, q.cutoff),
+                "text": self.item(x.item, q.cutoff, q),
                 "label": x.label,
             }  # fmt: skip
             for x in q.history
         ]
         members = self.t.members
-        attrs = members.values.get(q.member, {}) if members else {}
-        context = {"member": {**attrs, "id": q.member}, "history": history, "cutoff": q.cutoff}
-        if "past" in self.tpl.names["query"]:  # built only for a template that reads it
-            items = self.t.items.values if self.t.items else {}
-            context["past"] = [
-                {**x.row, "item": {**items.get(x.item, {}), "id": x.item}, "label": x.label}
-                for x in q.past
-            ]
+        context = {**self.member_context(q), "history": history, "cutoff": q.cutoff}
 
         def where() -> str:
             return f"query {q.query_id}" + (f", member at {members.where(q.member)}" if members
@@ -578,7 +628,7 @@ def query_rows(q: Query, r: Renderer, member_column: str) -> list[dict]:
         {
             "query_id": q.query_id,
             "query": text,
-            "item": r.item(x.item, q.cutoff),
+            "item": r.item(x.item, q.cutoff, q),
             "label": x.label,
             "item_id": x.item,
             "ts": x.ts,
@@ -620,7 +670,7 @@ def render_folder(
     for split in ("train", "validation", "test"):
         if not queries[split]:
             raise DataError(f"the {split} split is empty: {_empty_hint(cfg, split)}")
-    renderer = Renderer(cfg, tables, tpl, ItemStats(queries["train"]))
+    renderer = Renderer(cfg, tables, tpl, ItemStats(queries["train"], skip=(c.time,)))
     splits = {}
     total = sum(len(qs) for qs in queries.values())
     with (
