@@ -123,8 +123,10 @@ def test_engine_fault(short_cfg):
 @pytest.mark.slow
 def test_slow_clients(short_cfg):
     rep = _run("slow-clients", short_cfg)
-    t = rep["requests"]["normal"]
+    t, alone = rep["requests"]["normal"], rep["requests"]["alone"]
     assert t["sent"] > 0 and set(t["by_status"]) == {"200"}, t
+    # the control: the same arrivals, with no slow connection
+    assert alone["sent"] == t["sent"] and set(alone["by_status"]) == {"200"}, alone
     assert t["5xx"] == 0 and t["connection_errors"] == 0 and t["lost"] == 0, t
     assert not math.isnan(t["admitted_p50_ms"])
     assert not rep["slow_connect_errors"], rep["slow_connect_errors"]
