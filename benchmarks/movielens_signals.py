@@ -128,7 +128,7 @@ def ensemble(runs: list[Path]) -> dict:
         scores[run.name] = dict(zip(k, s, strict=True))
         if keys is None:
             keys, labels = k, np.array([r["label"] for r in rows])
-            queries = np.array([hash(r["query_id"]) for r in rows])
+            queries = np.unique([r["query_id"] for r in rows], return_inverse=True)[1]
         elif set(k) != set(keys):
             raise SystemExit(f"{run}: its test rows are not the first run's")
 
