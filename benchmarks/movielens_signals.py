@@ -50,6 +50,7 @@ FEATURE_SETS = [
 
 def _numbers(data: Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
     from compression.data.movielens import load_raw
+    from compression.data.render import history_before
 
     meta = read_meta(data)
     source = meta.get("source_folder")
@@ -63,6 +64,7 @@ def _numbers(data: Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
         by_item[r["item_id"]].append((r["ts"], rating[(r["user_id"], r["item_id"])]))
     for v in by_item.values():
         v.sort()
+    item_times = {item: [t for t, _ in v] for item, v in by_item.items()}
 
     def share(xs) -> float:
         return float(np.mean([x >= 4 for x in xs])) if len(xs) else np.nan
@@ -75,8 +77,9 @@ def _numbers(data: Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
         cols: dict[str, list[float]] = defaultdict(list)
         for r in rs:
             seen = by_item.get(r["item_id"], [])
-            item = [x for _, x in seen[: bisect_left([t for t, _ in seen], r["cutoff"])]]
-            hist = [h for h in raw.ratings[r["user_id"]] if h.ts < r["cutoff"]]
+            n = bisect_left(item_times.get(r["item_id"], []), r["cutoff"])
+            item = [x for _, x in seen[:n]]
+            hist = history_before(raw.ratings[r["user_id"]], r["cutoff"])
             genres = set(raw.movies[r["item_id"]].genres)
             mine = [h.rating for h in hist if genres & set(raw.movies[h.item].genres)]
             past = [h.rating for h in hist]
