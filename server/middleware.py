@@ -19,6 +19,7 @@ from typing import TypeVar
 from fastapi import Request
 from starlette.routing import Match
 
+from server.arrival import reset_arrival, set_arrival
 from server.errors import ApiError, error_response
 from server.metrics import ServerMetrics
 from server.request_ids import RequestIds, from_headers, reset, set_current
@@ -201,12 +202,14 @@ class RequestAccounting:
         if self.log_text:
             receive = _logging_receive(receive, path)
         token = _access_fields.set(fields)
+        arrived = set_arrival(t0)
         m = self.metrics
         m.in_flight.inc()
         try:
             await self.app(scope, receive, _with_headers(send_and_note, headers))
         finally:
             _access_fields.reset(token)
+            reset_arrival(arrived)
             dt = time.perf_counter() - t0
             m.in_flight.dec()
             mv = (fields.get("model", ""), fields.get("version", ""))

@@ -1,17 +1,20 @@
 """Admission control and dynamic batching in front of an engine.
 
-- Admission by expected latency: a request is admitted only if its scores are expected within
-  ``max_latency``, at the measured service rate (computed tokens per second, a moving average
-  over batches, so it includes what batching gains): the rest of the running batch, the queued
-  work ahead of it and its own. On a CPU a batch's time grows with its tokens, so work that
-  shares its batch counts too. A request the server could only answer late is refused at once
+- Admission by planned completion: a request is admitted only if its scores are expected within
+  ``max_latency`` of its arrival at the server (``server.arrival``: reading, parsing and
+  tokenizing count), at the measured service rate (computed tokens per second, a moving
+  average over batches, so it includes what batching gains). The plan is the worker's own
+  packing of the queue into batches: on a CPU a batch's time grows with its tokens and every
+  request in it gets its scores when the whole batch ends, so a request may join the last
+  planned batch only if that batch still ends in time for everyone in it; otherwise it starts
+  the next batch (a barrier the worker keeps), or, if that too ends late, it is refused at once
   (``Overloaded`` -> HTTP 429 with Retry-After): overload costs the client a retry, not every
   admitted client a growing latency, and the admitted ones stay within the SLO. An item count
   is the hard cap (alone until a rate is measured), and a request finding nothing queued is
   always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
-  reach ``max_batch_tokens``, waiting at most ``max_wait`` (default 0) for company after the
-  first arrives.
+  reach ``max_batch_tokens`` or a request admission placed in a new batch, waiting at most
+  ``max_wait`` (default 0) for company after the first arrives.
 - Deadlines and disconnects: a request whose deadline passed or whose client went away is
   dropped before its batch starts, so it stops costing compute.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ranking.request import EncodedRequest
+from server.arrival import arrival
 from server.engines.base import Engine
 from server.metrics import VersionMetrics
 from server.request_ids import current_exemplar
@@ -55,6 +59,8 @@ class _Entry:
     abandoned: bool = False
     started: float | None = field(default=None)
     exemplar: dict[str, str] | None = None  # the request's ids, for the latency histograms
+    due: float = math.inf  # arrival + max_latency: when admission promised its scores
+    new_batch: bool = False  # admission placed it first in a batch: the worker starts one here
 
 
 class Scheduler:
@@ -91,7 +97,8 @@ class Scheduler:
         """Scores one request; returns (scores, timings). Raises Overloaded / DeadlineExceeded."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
-        self._admit(request)
+        due = arrival() + self.max_latency_s
+        new_batch = self._admit(request, due)
         now = time.perf_counter()
         entry = _Entry(
             request,
@@ -99,6 +106,8 @@ class Scheduler:
             now,
             now + timeout_s,
             exemplar=current_exemplar(),
+            due=due,
+            new_batch=new_batch,
         )
         self._queue.append(entry)
         self._queued_items += request.n_items
@@ -116,24 +125,57 @@ class Scheduler:
             self._abandon(entry)
             raise
 
-    def expected_latency_s(self, tokens: int = 0) -> float:
-        """Seconds until a request of ``tokens`` computed tokens, queued now, has its scores, at
-        the measured rate: the rest of the running batch, then the queued tokens (the batches
-        run in arrival order) and its own (a fluid estimate). 0 before any rate is measured."""
-        if not self.tokens_per_s:
-            return 0.0
-        running_left = 0.0
+    def _last_batch(self) -> tuple[float, int, float]:
+        """The queue as the worker will batch it (``_pop_batch``'s packing, at the measured
+        rate): (seconds from now until the last planned batch starts, its tokens, the earliest
+        ``due`` in it). (engine free, 0, inf) when nothing is queued."""
+        rate = self.tokens_per_s
+        start = 0.0
         if self._running_tokens:
             elapsed = time.perf_counter() - self._running_since
-            running_left = max(0.0, self._running_tokens / self.tokens_per_s - elapsed)
-        return running_left + (self._queued_tokens + tokens) / self.tokens_per_s
+            start = max(0.0, self._running_tokens / rate - elapsed)
+        tokens, due, members = 0, math.inf, False
+        for e in self._queue:
+            if members and (
+                e.new_batch or tokens + e.request.computed_tokens > self.max_batch_tokens
+            ):
+                start += tokens / rate
+                tokens, due, members = 0, math.inf, False
+            if e.abandoned:
+                continue
+            tokens += e.request.computed_tokens
+            due = min(due, e.due)
+            members = True
+        return start, tokens, due
+
+    def _placement(self, tokens: int, due: float) -> tuple[float, bool]:
+        """Where admission would put a request of ``tokens`` computed tokens whose scores are due
+        at ``due``: (seconds from now until its batch ends, whether it starts a new batch). It
+        joins the last planned batch when that batch, grown by it, still ends before every
+        member's due time and its own; else it starts the next batch."""
+        start, last_tokens, last_due = self._last_batch()
+        now = time.perf_counter()
+        if last_tokens and last_tokens + tokens <= self.max_batch_tokens:
+            joined = start + (last_tokens + tokens) / self.tokens_per_s
+            if now + joined <= min(last_due, due):
+                return joined, False
+        return start + (last_tokens + tokens) / self.tokens_per_s, last_tokens > 0
+
+    def expected_latency_s(self, tokens: int = 0) -> float:
+        """Seconds until a request of ``tokens`` computed tokens, queued now, has its scores, at
+        the measured rate: the rest of the running batch, the planned batches ahead of it and
+        its own (which ends when the whole batch does). 0 before any rate is measured."""
+        if not self.tokens_per_s:
+            return 0.0
+        return self._placement(tokens, time.perf_counter() + self.max_latency_s)[0]
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no batch on the engine."""
         return not self._queue and self._idle.is_set()
 
-    def _admit(self, request: EncodedRequest) -> None:
+    def _admit(self, request: EncodedRequest, due: float) -> bool:
+        """Raises ``Overloaded`` or returns whether the request starts a new batch."""
         n = request.n_items
         if self._queued_items + n > self.max_queue_items:
             retry = max(1, math.ceil(self._queued_items / max(self._items_per_s, 1e-3)))
@@ -141,15 +183,18 @@ class Scheduler:
                 retry,
                 f"server overloaded: {self._queued_items} items queued, limit {self.max_queue_items}",
             )
-        if not self._queue:
-            return  # nothing waits ahead: always admitted, or a large request never would be
-        expected = self.expected_latency_s(request.computed_tokens)
-        if expected > self.max_latency_s:
+        if not self._queue or not self.tokens_per_s:
+            return False  # nothing waits ahead: always admitted, or a large one never would be
+        ends_in, new_batch = self._placement(request.computed_tokens, due)
+        late = time.perf_counter() + ends_in - due
+        if late > 0:
+            expected = self.max_latency_s + late
             raise Overloaded(
-                max(1, math.ceil(expected - self.max_latency_s)),
+                max(1, math.ceil(late)),
                 f"server overloaded: expected latency {expected * 1000:.0f} ms exceeds "
                 f"max_expected_latency_ms={self.max_latency_s * 1000:g}",
             )
+        return new_batch
 
     def _abandon(self, entry: _Entry) -> None:
         """The waiter is gone: free its queue capacity now; the worker skips it when popped."""
@@ -196,7 +241,7 @@ class Scheduler:
         while self._queue:
             e = self._queue[0]
             cost = e.request.computed_tokens
-            if batch and tokens + cost > self.max_batch_tokens:
+            if batch and (e.new_batch or tokens + cost > self.max_batch_tokens):
                 break
             self._queue.popleft()
             if e.abandoned:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 from ranking.request import EncodedRequest
+from server.arrival import arrival, reset_arrival, set_arrival
 from server.engines.faults import FaultyEngine
 from server.metrics import ServerMetrics
-from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown
+from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown, _Entry
 from tests.fake_engine import FakeEngine, item_score
 
 
@@ -171,19 +173,81 @@ async def test_admission_refuses_when_the_expected_latency_exceeds_the_budget():
     await s.drain()
 
 
-async def test_expected_latency_counts_the_running_batch_the_queue_and_its_own_work():
+def planned(max_batch_tokens: int = 100, max_latency_s: float = 1.0) -> Scheduler:
+    """A scheduler whose worker is not running, at a measured rate of 100 tokens/s."""
     s = Scheduler(
-        FakeEngine(), ServerMetrics().for_version("m", "1"), 100, 10.0, 100, max_latency_s=1.0
+        FakeEngine(),
+        ServerMetrics().for_version("m", "1"),
+        max_batch_tokens,
+        0.0,
+        100,
+        max_latency_s=max_latency_s,
     )
     s.tokens_per_s = 100.0
-    assert s.expected_latency_s(50) == pytest.approx(0.5)  # nothing queued: its own work
-    s._queued_tokens = 50
-    # 50 queued + its own 50 share one batch of 100, which takes their sum on a CPU
-    assert s.expected_latency_s(50) == pytest.approx(1.0)
-    s._queued_tokens = 250
-    assert s.expected_latency_s(50) == pytest.approx(3.0)
-    s._running_tokens, s._running_since = 100, __import__("time").perf_counter()
-    assert s.expected_latency_s(50) == pytest.approx(4.0, abs=0.05)  # + the running batch
+    return s
+
+
+def enqueue(s: Scheduler, tokens: int, due_in_s: float = 60.0, new_batch: bool = False):
+    """A queued request of ``tokens`` computed tokens (one item), due ``due_in_s`` from now."""
+    now = time.perf_counter()
+    r = EncodedRequest([1] * (tokens - 1), [[7]])
+    assert r.computed_tokens == tokens
+    fut = asyncio.get_running_loop().create_future()
+    s._queue.append(_Entry(r, fut, now, now + 60, due=now + due_in_s, new_batch=new_batch))
+    s._queued_items += 1
+    s._queued_tokens += tokens
+
+
+async def test_expected_latency_counts_the_running_batch_the_planned_batches_and_its_own():
+    s = planned()
+    assert s.expected_latency_s(50) == pytest.approx(0.5, abs=0.01)  # nothing queued: its own
+    enqueue(s, 50)
+    # joins the queued 50: one batch of 100 tokens, whose end is when both get their scores
+    assert s.expected_latency_s(50) == pytest.approx(1.0, abs=0.01)
+    # 60 more do not fit the batch of 100: they wait for it, then run alone
+    assert s.expected_latency_s(60) == pytest.approx(1.1, abs=0.01)
+    enqueue(s, 100)  # a second planned batch
+    assert s.expected_latency_s(50) == pytest.approx(2.0, abs=0.01)
+    s._running_tokens, s._running_since = 100, time.perf_counter()
+    assert s.expected_latency_s(50) == pytest.approx(3.0, abs=0.05)  # + the running batch
+
+
+async def test_a_request_joins_a_batch_only_if_everyone_in_it_still_ends_in_time():
+    s = planned()
+    enqueue(s, 50, due_in_s=0.75)
+    # joining would end the batch at 0.9 s, past the queued request's due time: a new batch
+    ends_in, new_batch = s._placement(40, time.perf_counter() + 5)
+    assert new_batch and ends_in == pytest.approx(0.9, abs=0.01)
+    # a smaller one joins: the batch, grown by it, still ends (0.7 s) before 0.75 s
+    ends_in, new_batch = s._placement(20, time.perf_counter() + 5)
+    assert not new_batch and ends_in == pytest.approx(0.7, abs=0.01)
+
+
+async def test_the_worker_starts_a_batch_where_admission_placed_one():
+    s = planned()
+    enqueue(s, 10)
+    enqueue(s, 10, new_batch=True)
+    enqueue(s, 10)
+    assert [len(s._pop_batch()), len(s._pop_batch())] == [1, 2]
+    # a barrier whose request went away still ends the batch before it: the plan holds
+    enqueue(s, 10)
+    enqueue(s, 10, new_batch=True)
+    enqueue(s, 10)
+    s._abandon(s._queue[1])
+    assert s._last_batch()[1] == 10
+    assert [len(s._pop_batch()), len(s._pop_batch())] == [1, 1]
+
+
+async def test_admission_counts_the_time_since_the_request_reached_the_server():
+    s = planned(max_latency_s=0.35)
+    enqueue(s, 10)  # 0.1 s queued ahead, its own 0.1 s more: 0.2 s from now
+    token = set_arrival(time.perf_counter() - 0.2)  # parsing and tokenizing took 0.2 s
+    try:
+        with pytest.raises(Overloaded, match="expected latency 4[0-9][0-9] ms"):
+            s._admit(EncodedRequest([1] * 9, [[7]]), arrival() + s.max_latency_s)
+    finally:
+        reset_arrival(token)
+    assert s._admit(EncodedRequest([1] * 9, [[7]]), arrival() + s.max_latency_s) is not None
 
 
 async def test_admitted_requests_finish_within_the_budget_and_the_rest_are_refused_at_once():

@@ -116,6 +116,37 @@ def tally(outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
+# the server's per-request timing headers (ms), as TEI names them
+TIMING_HEADERS = ("x-queue-time", "x-inference-time", "x-total-time")
+
+
+def latency_parts(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:
+    """Where admitted requests' time went, from the timing headers kept on each outcome (ms,
+    p50 / p99 / max of each part): ``queue`` (waiting for a batch), ``inference`` (the batch
+    on the engine), ``server_other`` (in the server outside both: reading, parsing,
+    tokenizing, the event loop, the response) and ``outside_server`` (the client's side: the
+    load generator's event loop and the connection). Requests missing a header are skipped."""
+    parts: dict[str, list[float]] = {
+        "latency": [],
+        "queue": [],
+        "inference": [],
+        "server_other": [],
+        "outside_server": [],
+    }
+    for o in outcomes:
+        h = o.headers or {}
+        if o.status != 200 or o.latency_s is None or not all(k in h for k in TIMING_HEADERS):
+            continue
+        queue, inference, total = (float(h[k]) for k in TIMING_HEADERS)
+        latency = o.latency_s * 1000
+        parts["latency"].append(latency)
+        parts["queue"].append(queue)
+        parts["inference"].append(inference)
+        parts["server_other"].append(total - queue - inference)
+        parts["outside_server"].append(latency - total)
+    return {k: percentiles(v, (50, 99)) for k, v in parts.items()}
+
+
 # ---- the server -----------------------------------------------------------------------------------
 
 

@@ -17,8 +17,10 @@ import httpx
 from loadtest.chaos.harness import (
     AUTH,
     REQUEST_TIMEOUT_S,
+    TIMING_HEADERS,
     ChaosConfig,
     Report,
+    latency_parts,
     measure_capacity,
     request_pool,
     run_config,
@@ -81,7 +83,7 @@ def overload(cfg: ChaosConfig) -> Report:
 
         async def both():
             return await asyncio.gather(
-                open_loop(rc, pool, keep_headers=("retry-after",)),
+                open_loop(rc, pool, keep_headers=("retry-after", *TIMING_HEADERS)),
                 _probe(srv.url, pool.workload.path, body, duration, recovery_window, 0.25),
             )
 
@@ -96,6 +98,7 @@ def overload(cfg: ChaosConfig) -> Report:
         burst_rate=rate,
         burst_seconds=duration,
         recovery={"limit_ms": limit, "seconds": rec, "probes": probes},
+        admitted_parts_ms=latency_parts(result.outcomes),
     )
     refused = [o for o in result.outcomes if o.status is not None and o.status != 200]
     not_429 = Counter(o.status for o in refused if o.status != 429)
