@@ -84,9 +84,10 @@ class ServerSettings(BaseSettings):
     max_expected_latency_ms: float = Field(
         default=400.0,
         gt=0,
-        description="admit a request only if its scores are expected within this (the running "
-        "batch's rest, the queued work and its own, at the measured token rate); beyond -> 429. "
-        "Default: a 500 ms p99 SLO less 100 ms for HTTP, JSON and tokenization",
+        description="admit a request only if its scores are expected within this of its "
+        "arrival (the running batch's rest, the batches planned ahead and its own, at the "
+        "measured token rate); beyond -> 429. Default: a 500 ms p99 SLO less 100 ms for the "
+        "client and the response",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline -> 504")
 
