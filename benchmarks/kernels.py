@@ -9,7 +9,8 @@ query and 50 items of ~30 tokens: ~1,750 tokens):
   ``int8 fbgemm per-token`` (fbgemm's int8 product, activations scaled per token, 7-bit on
   CPUs without VNNI), ``int8 vLLM oneDNN W8A8`` (the kernel vLLM-CPU runs for compressed-
   tensors W8A8, per-token int8 activations), ``int4 torch int4pack`` (W4A16, groups of 64);
-  each includes its activation quantization.
+  each includes its activation quantization and takes activations in the machine's compute
+  dtype (bf16 where it is native: torch's int4pack kernel is vectorized only for bf16 ones).
 Each row: GFLOP/s (2 m k n / time, median of repeats), its ratio to fp32, and its error against
 the exact product of the same quantized operands (max and mean |diff| relative to the mean
 |output|): a fast kernel that saturates (AVX2's 16-bit int8 multiply-add) shows here.
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ranking.precision import machine
+from ranking.precision import compute_dtype, machine
 from ranking.quant_kernels import KERNELS, median_seconds
 
 # (tokens, in, out) of the demo teacher's and the bf16 student's largest products
@@ -73,7 +74,9 @@ def kernels(m: int, k: int, n: int) -> dict[str, tuple[Callable, Callable | None
         lambda: _error(torch._int_mm(ai8, wi8).double(), a_q.double() @ w_q.double().t()),
     )
 
-    # the torch engine's own kernel modules (ranking.quant_kernels), built from the same ints
+    # the torch engine's own kernel modules (ranking.quant_kernels), built from the same ints,
+    # fed activations in the dtype the engine computes in here
+    act = a.to(compute_dtype())
     engine_rows = {
         "int8 fbgemm per-token": ("fbgemm", w_q.to(torch.int8), w_scale, exact_w8a8),
         "int8 vLLM oneDNN W8A8": ("onednn", w_q.to(torch.int8), w_scale, exact_w8a8),
@@ -95,8 +98,8 @@ def kernels(m: int, k: int, n: int) -> dict[str, tuple[Callable, Callable | None
             out[row] = (None, lambda exc=exc: {"error": repr(exc)[:160]})
             continue
         out[row] = (
-            lambda layer=layer: layer(a),
-            lambda layer=layer, exact=exact: _error(layer(a), exact),
+            lambda layer=layer: layer(act),
+            lambda layer=layer, exact=exact: _error(layer(act), exact),
         )
     return out
 

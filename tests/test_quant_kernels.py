@@ -17,6 +17,7 @@ from ranking.quant_kernels import (
     _exact,
     choose,
     convert_quantized,
+    load_for_scoring,
     measure,
 )
 from ranking.scorer import TorchScorer
@@ -110,11 +111,26 @@ def test_an_unknown_kernel_for_the_format_is_refused(tiny_quantized):
         convert_quantized(model, "int4", "fbgemm")
 
 
+@pytest.mark.slow
+def test_integers_are_read_exactly_when_the_model_computes_in_bf16(tiny_quantized):
+    """Dequantized to bf16, an int8 weight is q * scale rounded to 8 significant bits, which
+    can lose q by up to half a step: the integers are read in fp32, then the model is cast."""
+
+    def integers(dtype):
+        loaded = load_for_scoring(tiny_quantized["int8"], dtype, kernel="fbgemm")
+        assert loaded.kernel == "int8 fbgemm"
+        assert {p.dtype for p in loaded.model.parameters()} <= {dtype}
+        mods = [m for m in loaded.model.modules() if isinstance(m, KERNELS["fbgemm"])]
+        return [torch.ops.quantized.linear_unpack(m._packed)[0].int_repr() for m in mods]
+
+    in_bf16, in_fp32 = integers(torch.bfloat16), integers(torch.float32)
+    assert in_bf16 and all(torch.equal(a, b) for a, b in zip(in_bf16, in_fp32, strict=True))
+
+
 def _scores(path, requests, kernel: str) -> tuple[list[np.ndarray], object]:
-    model, tok, task, info = load_checkpoint(path, compute=True)
-    choice = convert_quantized(model, info.format, kernel)
-    scorer = TorchScorer(model, tok, task)
-    return [scorer.score(q, items) for q, items in requests], choice
+    loaded = load_for_scoring(path, kernel=kernel)
+    scorer = TorchScorer(loaded.model, loaded.tokenizer, loaded.task)
+    return [scorer.score(q, items) for q, items in requests], loaded.choice
 
 
 @pytest.mark.slow
@@ -129,8 +145,7 @@ def test_integer_kernels_score_like_the_dequantized_path(tiny_quantized, tiny_de
 
     requests = [(q, (i * 2)[:12]) for q, i in requests_from_split(tiny_demo / "data", "test", 3)]
     ref, _ = _scores(tiny_quantized[fmt], requests, FALLBACK)
-    model, _, _, info = load_checkpoint(tiny_quantized[fmt], compute=True)
-    probe = convert_quantized(model, fmt, "auto")
+    probe = load_for_scoring(tiny_quantized[fmt]).choice
     row = probe.measured.get(kernel, {})
     if "error" in row:
         pytest.skip(f"{kernel} does not run here: {row['error']}")
