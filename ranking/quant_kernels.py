@@ -132,19 +132,30 @@ class Int8OnednnLinear(nn.Module):
         current_platform.import_kernels()
         self._ops = ops
         self.in_features, self.out_features = q.shape[1], q.shape[0]
-        # the handler keeps pointers into these tensors: they live as long as the module
+        # the handlers keep pointers into these tensors: they live as long as the module
         self._q, self._scale = q.contiguous(), scale.float().reshape(-1, 1).contiguous()
-        self._bias = None if bias is None else bias.detach().float().contiguous()
-        self._handler = ops.create_onednn_scaled_mm(
-            self._q.t(), self._scale, torch.float32, True, False, 32
-        )
+        self._bias_f32 = None if bias is None else bias.detach().float().contiguous()
+        self._handlers: dict[torch.dtype, tuple] = {}
+
+    def _handler(self, dtype: torch.dtype) -> tuple:
+        """(handler, bias) writing ``dtype`` outputs: as vLLM runs it, activations are quantized
+        from and products written in the model's dtype (fp32 or bf16), with no casts around."""
+        if dtype not in self._handlers:
+            bias = None if self._bias_f32 is None else self._bias_f32.to(dtype)
+            handler = self._ops.create_onednn_scaled_mm(
+                self._q.t(), self._scale, dtype, True, False, 32
+            )
+            self._handlers[dtype] = (handler, bias)
+        return self._handlers[dtype]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
-        x = x.reshape(-1, self.in_features).float().contiguous()
+        run = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
+        x = x.reshape(-1, self.in_features).to(run).contiguous()
+        handler, bias = self._handler(run)
         xq, xs, _ = self._ops.onednn_scaled_int8_quant(x, None, None, True)
-        y = torch.empty((x.shape[0], self.out_features), dtype=torch.float32)
-        self._ops.onednn_scaled_mm(self._handler, xq, y, xs, None, None, self._bias)
+        y = torch.empty((x.shape[0], self.out_features), dtype=run)
+        self._ops.onednn_scaled_mm(handler, xq, y, xs, None, None, bias)
         return y.reshape(*lead, self.out_features).to(dtype)
 
 
