@@ -109,6 +109,13 @@ class ServerMetrics:
         self.queued_items = Gauge(
             "slimrank_queue_items", "Items waiting for a batch.", VERSION, registry=r
         )
+        self.admission_margin = Gauge(
+            "slimrank_admission_margin_seconds",
+            "What admission adds to its plan: the 95th percentile of how late recent admitted "
+            "requests finished against their planned time (0 when they finish on time).",
+            VERSION,
+            registry=r,
+        )
         self.ready = Gauge(
             "slimrank_ready", "1 once the models of the models file are loaded and warmed.",
             registry=r,
@@ -172,8 +179,8 @@ class ServerMetrics:
         """An unloaded version's gauges and score histogram go (its counters stay: rates over
         them stay right)."""
         self._drift.pop((model, version), None)
-        for g in (self.queued_requests, self.queued_items, self.model_parameters,
-                  self.model_memory, self.model_info):  # fmt: skip
+        for g in (self.queued_requests, self.queued_items, self.admission_margin,
+                  self.model_parameters, self.model_memory, self.model_info):  # fmt: skip
             try:
                 g.remove(model, version)
             except KeyError:
@@ -206,6 +213,7 @@ class VersionMetrics:
         self.batch_requests = m.batch_requests.labels(*lv)
         self.queued_requests = m.queued_requests.labels(*lv)
         self.queued_items = m.queued_items.labels(*lv)
+        self.admission_margin = m.admission_margin.labels(*lv)
         self._m = m
 
     def set_state(self, state: str) -> None:

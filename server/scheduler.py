@@ -9,7 +9,10 @@
   planned batch only if that batch still ends in time for everyone in it; otherwise it starts
   the next batch (a barrier the worker keeps), or, if that too ends late, it is refused at once
   (``Overloaded`` -> HTTP 429 with Retry-After): overload costs the client a retry, not every
-  admitted client a growing latency, and the admitted ones stay within the SLO. An item count
+  admitted client a growing latency, and the admitted ones stay within the SLO. The plan is
+  checked against what happens: each admitted request's lateness against its planned end is
+  kept (the last ``MARGIN_WINDOW``), and their 95th percentile is added to every plan (the
+  rate moves with load, batch times vary, other work shares the cores). An item count
   is the hard cap (alone until a rate is measured), and a request finding nothing queued is
   always admitted (progress).
 - Batches: the worker takes queued requests in arrival order until the batch's computed tokens
@@ -34,6 +37,12 @@ from server.arrival import arrival
 from server.engines.base import Engine
 from server.metrics import VersionMetrics
 from server.request_ids import current_exemplar
+
+# admitted requests whose lateness against the plan sets the admission margin, and how many
+# must have finished before it applies
+MARGIN_WINDOW = 256
+MARGIN_MIN_SAMPLES = 20
+MARGIN_QUANTILE = 95
 
 
 class Overloaded(Exception):
@@ -60,6 +69,7 @@ class _Entry:
     started: float | None = field(default=None)
     exemplar: dict[str, str] | None = None  # the request's ids, for the latency histograms
     due: float = math.inf  # arrival + max_latency: when admission promised its scores
+    planned_end: float | None = None  # when admission's plan had its batch end
     new_batch: bool = False  # admission placed it first in a batch: the worker starts one here
 
 
@@ -91,6 +101,8 @@ class Scheduler:
         self._closing = False
         self._items_per_s = 100.0  # updated from measured batches; Retry-After of the item cap
         self.tokens_per_s: float | None = None  # measured service rate (None: no batch yet)
+        self._lateness: deque[float] = deque(maxlen=MARGIN_WINDOW)  # s past planned_end
+        self.margin_s = 0.0  # added to every plan (MARGIN_QUANTILE of the lateness)
 
     # ---- client side ------------------------------------------------------------------------
     async def submit(self, request: EncodedRequest, timeout_s: float) -> tuple[np.ndarray, dict]:
@@ -98,7 +110,7 @@ class Scheduler:
         if self._closing:
             raise ShuttingDown("server is shutting down")
         due = arrival() + self.max_latency_s
-        new_batch = self._admit(request, due)
+        new_batch, planned_end = self._admit(request, due)
         now = time.perf_counter()
         entry = _Entry(
             request,
@@ -108,6 +120,7 @@ class Scheduler:
             exemplar=current_exemplar(),
             due=due,
             new_batch=new_batch,
+            planned_end=planned_end,
         )
         self._queue.append(entry)
         self._queued_items += request.n_items
@@ -125,41 +138,40 @@ class Scheduler:
             self._abandon(entry)
             raise
 
-    def _last_batch(self) -> tuple[float, int, float]:
+    def _last_batch(self) -> tuple[float, int, float, list[_Entry]]:
         """The queue as the worker will batch it (``_pop_batch``'s packing, at the measured
         rate): (seconds from now until the last planned batch starts, its tokens, the earliest
-        ``due`` in it). (engine free, 0, inf) when nothing is queued."""
+        ``due`` in it, its requests). (engine free, 0, inf, []) when nothing is queued."""
         rate = self.tokens_per_s
         start = 0.0
         if self._running_tokens:
             elapsed = time.perf_counter() - self._running_since
             start = max(0.0, self._running_tokens / rate - elapsed)
-        tokens, due, members = 0, math.inf, False
+        tokens, due, members = 0, math.inf, []
         for e in self._queue:
-            if members and (
-                e.new_batch or tokens + e.request.computed_tokens > self.max_batch_tokens
-            ):
+            cost = e.request.computed_tokens
+            if members and (e.new_batch or tokens + cost > self.max_batch_tokens):
                 start += tokens / rate
-                tokens, due, members = 0, math.inf, False
+                tokens, due, members = 0, math.inf, []
             if e.abandoned:
                 continue
-            tokens += e.request.computed_tokens
+            tokens += cost
             due = min(due, e.due)
-            members = True
-        return start, tokens, due
+            members.append(e)
+        return start, tokens, due, members
 
-    def _placement(self, tokens: int, due: float) -> tuple[float, bool]:
+    def _placement(self, tokens: int, due: float) -> tuple[float, bool, list[_Entry]]:
         """Where admission would put a request of ``tokens`` computed tokens whose scores are due
-        at ``due``: (seconds from now until its batch ends, whether it starts a new batch). It
-        joins the last planned batch when that batch, grown by it, still ends before every
-        member's due time and its own; else it starts the next batch."""
-        start, last_tokens, last_due = self._last_batch()
-        now = time.perf_counter()
-        if last_tokens and last_tokens + tokens <= self.max_batch_tokens:
-            joined = start + (last_tokens + tokens) / self.tokens_per_s
-            if now + joined <= min(last_due, due):
-                return joined, False
-        return start + (last_tokens + tokens) / self.tokens_per_s, last_tokens > 0
+        at ``due``: (seconds from now until its batch ends, the margin included; whether it
+        starts a new batch; the requests already in the batch it joins). It joins the last
+        planned batch when that batch, grown by it, still ends before every member's due time
+        and its own; else it starts the next one."""
+        start, last_tokens, last_due, members = self._last_batch()
+        ends_in = start + self.margin_s + (last_tokens + tokens) / self.tokens_per_s
+        if members and last_tokens + tokens <= self.max_batch_tokens:
+            if time.perf_counter() + ends_in <= min(last_due, due):
+                return ends_in, False, members
+        return ends_in, bool(members), []
 
     def expected_latency_s(self, tokens: int = 0) -> float:
         """Seconds until a request of ``tokens`` computed tokens, queued now, has its scores, at
@@ -174,8 +186,9 @@ class Scheduler:
         """Nothing queued and no batch on the engine."""
         return not self._queue and self._idle.is_set()
 
-    def _admit(self, request: EncodedRequest, due: float) -> bool:
-        """Raises ``Overloaded`` or returns whether the request starts a new batch."""
+    def _admit(self, request: EncodedRequest, due: float) -> tuple[bool, float | None]:
+        """Raises ``Overloaded`` or returns (whether the request starts a new batch, when its
+        batch is planned to end; None before a rate is measured)."""
         n = request.n_items
         if self._queued_items + n > self.max_queue_items:
             retry = max(1, math.ceil(self._queued_items / max(self._items_per_s, 1e-3)))
@@ -183,10 +196,14 @@ class Scheduler:
                 retry,
                 f"server overloaded: {self._queued_items} items queued, limit {self.max_queue_items}",
             )
-        if not self._queue or not self.tokens_per_s:
-            return False  # nothing waits ahead: always admitted, or a large one never would be
-        ends_in, new_batch = self._placement(request.computed_tokens, due)
-        late = time.perf_counter() + ends_in - due
+        if not self.tokens_per_s:
+            return False, None
+        now = time.perf_counter()
+        ends_in, new_batch, joined = self._placement(request.computed_tokens, due)
+        planned_end = now + ends_in - self.margin_s
+        if not self._queue:  # nothing waits ahead: always admitted, or a large one never would be
+            return False, planned_end
+        late = now + ends_in - due
         if late > 0:
             expected = self.max_latency_s + late
             raise Overloaded(
@@ -194,7 +211,19 @@ class Scheduler:
                 f"server overloaded: expected latency {expected * 1000:.0f} ms exceeds "
                 f"max_expected_latency_ms={self.max_latency_s * 1000:g}",
             )
-        return new_batch
+        for e in joined:  # their batch now ends later, by plan: not lateness
+            e.planned_end = planned_end
+        return new_batch, planned_end
+
+    def _note_lateness(self, batch: list[_Entry], end: float) -> None:
+        """Keeps how late each request's batch ended against admission's plan (early counts as
+        0) and updates the margin from them."""
+        for e in batch:
+            if e.planned_end is not None:
+                self._lateness.append(max(0.0, end - e.planned_end))
+        if len(self._lateness) >= MARGIN_MIN_SAMPLES:
+            self.margin_s = float(np.percentile(self._lateness, MARGIN_QUANTILE))
+            self.metrics.admission_margin.set(self.margin_s)
 
     def _abandon(self, entry: _Entry) -> None:
         """The waiter is gone: free its queue capacity now; the worker skips it when popped."""
@@ -310,6 +339,7 @@ class Scheduler:
             self.tokens_per_s = (
                 rate if self.tokens_per_s is None else (0.8 * self.tokens_per_s + 0.2 * rate)
             )
+        self._note_lateness(batch, start + elapsed)
         for e, scores in zip(batch, results, strict=True):
             m.request_prefill.observe(elapsed, exemplar=e.exemplar)
             m.items.inc(e.request.n_items)

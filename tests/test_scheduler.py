@@ -216,10 +216,10 @@ async def test_a_request_joins_a_batch_only_if_everyone_in_it_still_ends_in_time
     s = planned()
     enqueue(s, 50, due_in_s=0.75)
     # joining would end the batch at 0.9 s, past the queued request's due time: a new batch
-    ends_in, new_batch = s._placement(40, time.perf_counter() + 5)
+    ends_in, new_batch, _ = s._placement(40, time.perf_counter() + 5)
     assert new_batch and ends_in == pytest.approx(0.9, abs=0.01)
     # a smaller one joins: the batch, grown by it, still ends (0.7 s) before 0.75 s
-    ends_in, new_batch = s._placement(20, time.perf_counter() + 5)
+    ends_in, new_batch, _ = s._placement(20, time.perf_counter() + 5)
     assert not new_batch and ends_in == pytest.approx(0.7, abs=0.01)
 
 
@@ -279,3 +279,34 @@ async def test_injected_fault_fails_only_its_batch():
             out.append(type(exc).__name__)
     assert out == ["ok", "EngineFault", "ok"]
     await s.drain()
+
+
+async def test_the_plan_adds_how_late_recent_batches_ended():
+    """Admitted requests that finish later than planned (the rate moved, other work took the
+    cores) raise the margin every plan adds: the 95th percentile of their lateness."""
+    s = planned()
+    assert s.margin_s == 0.0 and s.expected_latency_s(50) == pytest.approx(0.5, abs=0.01)
+    end = time.perf_counter()
+    batch = []
+    for i in range(40):
+        enqueue(s, 10)
+        e = s._queue.pop()
+        e.planned_end = end - 0.1 if i % 4 else end + 0.2  # 30 late by 0.1 s, 10 early
+        batch.append(e)
+    s._note_lateness(batch[:10], end)
+    assert s.margin_s == 0.0  # too few finished yet
+    s._note_lateness(batch[10:], end)
+    assert s.margin_s == pytest.approx(0.1)
+    assert s.metrics.admission_margin._value.get() == s.margin_s
+    assert s.expected_latency_s(50) == pytest.approx(0.6, abs=0.01)
+
+
+async def test_a_request_joining_a_batch_moves_its_planned_end():
+    s = planned()
+    s._admit(EncodedRequest([1] * 9, [[7]]), time.perf_counter() + 5)  # nothing queued
+    enqueue(s, 50)
+    first = s._queue[0]
+    first.planned_end = time.perf_counter() + 0.5
+    new_batch, planned_end = s._admit(EncodedRequest([1] * 49, [[7]]), time.perf_counter() + 5)
+    assert not new_batch and first.planned_end == planned_end  # the batch of 100 ends at 1 s
+    assert planned_end - time.perf_counter() == pytest.approx(1.0, abs=0.01)
