@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ranking.atomic import atomic_write_text
 from ranking.flops import matmul_peak_gflops
 from ranking.precision import compute_dtype, machine
 from ranking.quant_kernels import load_for_scoring
@@ -102,9 +103,9 @@ def main() -> None:
     for r in rows:
         extra = f" | {r['vs_reference']:.2f}x" if ref is not None else ""
         print(f"| {r['model']} | {r['kernel']} | {r['ms_per_request']} | {r['items_per_s']} | {r['vs_first']:.2f}x{extra} |")  # fmt: skip
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "peak": peak, "rows": rows}, indent=2) + "\n")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    result = {"machine": info, "peak": peak, "rounds": args.rounds, "rows": rows}
+    out = atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(f"-> {out}")
 
 
