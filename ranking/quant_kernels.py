@@ -316,25 +316,23 @@ def convert_quantized(
     So load the model in fp32 and pass the dtype it computes in as ``dtype``: the model is cast
     after the integers are read, before the kernels are timed against its float layers."""
     targets = quantized_linears(model)
-    if not targets:
-        if dtype is not None:
-            model.to(dtype)
-        return None
-    bits = targets[0][3]
+    bits = targets[0][3] if targets else 0
     candidates = INT8_KERNELS if bits == 8 else INT4_KERNELS
-    if kernel not in ("auto", FALLBACK, *candidates):
+    if targets and kernel not in ("auto", FALLBACK, *candidates):
         raise ValueError(
             f"kernel {kernel!r} cannot run {fmt} weights (choose auto, {FALLBACK}"
             + "".join(f", {c}" for c in candidates)
             + ")"
         )
-    if next(model.parameters()).device.type != "cpu":
-        if dtype is not None:
-            model.to(dtype)
-        return KernelChoice(fmt, FALLBACK, len(targets), "integer kernels here are CPU kernels")
-    integers = [_integers(child, b) for _, _, child, b in targets]  # before any cast: exact
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    # before the cast, while they are exact
+    integers = [_integers(child, b) for _, _, child, b in targets] if on_cpu else []
     if dtype is not None:
         model.to(dtype)
+    if not targets:
+        return None
+    if not on_cpu:
+        return KernelChoice(fmt, FALLBACK, len(targets), "integer kernels here are CPU kernels")
     i = max(range(len(targets)), key=lambda j: targets[j][2].weight.numel())
     largest, (q, scale) = targets[i][2], integers[i]
     probe = f"{PROBE_TOKENS}x{largest.in_features}x{largest.out_features}"
