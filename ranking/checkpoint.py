@@ -116,6 +116,8 @@ def load_checkpoint(
         dtype = compute_dtype(device)
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model = model.to(dtype)
+    if "quantization_config" in kwargs:
+        _unwrap_compressed_tensors(model)
     if not emulate_activation_quant and "quantization_config" in kwargs:
         from compressed_tensors.quantization.lifecycle.helpers import disable_quantization
 
@@ -123,6 +125,30 @@ def load_checkpoint(
     task.label_token_ids(tokenizer)  # fail now, not on the first request
     params = sum(p.numel() for p in model.parameters())
     return model, tokenizer, task, CheckpointInfo(info.path, info.format, info.architecture, params)
+
+
+def _unwrap_compressed_tensors(model: torch.nn.Module) -> None:
+    """Drops what compressed-tensors wraps around a decompressed model's modules that does
+    nothing for a model resident on one device: its offload hooks (every module's call moves
+    its tensors to where they already are) and, on weight-only layers, the forward that
+    quantizes the weight again on every call (a no-op on weights dequantized at load: int8 and
+    int4 products round back to their integers even in bf16). Each costs Python time per call
+    and stops torch.compile at every layer (``ranking.compiled``). Layers that quantize
+    activations keep their forward: it emulates what the checkpoint says."""
+    from compressed_tensors.offload.dispatch import remove_dispatch
+
+    remove_dispatch(model, onload_tensors=True)
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        own = module.__dict__.get("forward")
+        if (
+            scheme is not None
+            and own is not None
+            and hasattr(own, "__wrapped__")
+            and scheme.input_activations is None
+            and scheme.output_activations is None
+        ):
+            del module.forward
 
 
 def save_checkpoint(

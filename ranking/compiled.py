@@ -1,36 +1,78 @@
-"""torch.compile for the scoring forward's per-layer elementwise work.
+"""torch.compile for the scoring forward's per-layer tensor work.
 
 A small student spends a good part of its time outside matrix products: RMSNorm is six
-operators, SwiGLU three, each a separate pass over the activations and a separate launch.
-Compiling each layer's norms and MLP in place (inductor, dynamic shapes, so one graph serves
-every request size without bucketing) fuses them; attention and the packed layout stay eager.
-Opt-in (``--torch-compile``): on an AVX2-only CPU it measured 0.98-1.00x the eager scorer on
-the demo's student and teacher, side by side in one process (``benchmarks/torch_compile.py``,
-docs/results.md), with scores within 2e-7. Quantized linears (fbgemm, int4pack) are left
-eager: ``compile_scoring`` does not touch a model that has them.
+operators, rotary five, SwiGLU two, the merge of two attention blocks eight, each a separate
+pass over the activations. On the one-pass multi-item path (``ranking.multi_item``) the
+layer's work around its per-request attention loop is three functions of tensors
+(``LayerSteps``); compiling each once (inductor, dynamic shapes, so one graph serves every layer
+and request size without bucketing) fuses that work, and the integer kernels of INT8 / INT4
+checkpoints enter the graphs as one opaque operator each
+(``ranking.quant_kernels.integer_linear``). Measured side by side in one process
+(``benchmarks/side_by_side.py --torch-compile``, docs/results.md). Layers that emulate
+activation quantization in Python are left eager.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
+from ranking.multi_item import EAGER_STEPS, LayerSteps
+from ranking.quant_kernels import IntegerLinear
+from ranking.support import MULTI_ITEM_MODEL_TYPES
 
-def compilable(model) -> bool:
-    """Whether every linear layer of the decoder is a plain ``nn.Linear`` (float weights)."""
-    layers = model.get_decoder().layers
-    return all(
-        type(m) is torch.nn.Linear
-        for layer in layers
-        for m in layer.modules()
-        if "Linear" in type(m).__name__
+
+def _leftover_forward(linear: torch.nn.Module) -> bool:
+    """Whether ``linear`` carries an instance ``forward`` that is only its class's own, bound.
+    compressed-tensors leaves one on each layer it decompressed; dynamo would compile such a
+    layer apart (a graph break at every linear) instead of inlining it."""
+    own = linear.__dict__.get("forward")
+    return own is not None and getattr(own, "__func__", None) is type(linear).forward
+
+
+def _plain(linear: torch.nn.Module) -> bool:
+    """A float ``nn.Linear`` computing as its class does (not, say, behind compressed-tensors'
+    wrapper that emulates activation quantization)."""
+    return type(linear) is torch.nn.Linear and (
+        "forward" not in linear.__dict__ or _leftover_forward(linear)
     )
 
 
+def compilable(model) -> bool:
+    """Whether every linear layer of the decoder is a plain ``nn.Linear`` (float weights) or
+    runs an integer kernel (``ranking.quant_kernels.IntegerLinear``: one opaque operator)."""
+    linears = [
+        m
+        for layer in model.get_decoder().layers
+        for m in layer.modules()
+        if "Linear" in type(m).__name__
+    ]
+    return all(isinstance(m, IntegerLinear) or _plain(m) for m in linears)
+
+
 def compile_scoring(model) -> bool:
-    """Compiles in place each decoder layer's two norms and MLP and the final norm; returns
-    False (and changes nothing) for a model with quantized linear layers."""
+    """Compiles the scoring forward's per-layer tensor work; returns False (and changes
+    nothing) for a model whose linear layers emulate activation quantization.
+
+    On the one-pass multi-item path (``ranking.multi_item``) each of its ``LayerSteps`` (norm,
+    projections and rotary; the items' own-key attention and its merge; the output projection,
+    residuals and MLP) is compiled once, into ``model.scoring_steps``; only the per-request
+    loop of fused attention calls stays eager. Elsewhere each layer's norms and MLP and the
+    final norm are compiled in place."""
     if not compilable(model):
         return False
+    for module in model.modules():
+        if _leftover_forward(module):
+            del module.forward
+    if model.config.model_type in MULTI_ITEM_MODEL_TYPES:
+        model.scoring_steps = LayerSteps(
+            **{
+                f.name: torch.compile(getattr(EAGER_STEPS, f.name), dynamic=True)
+                for f in fields(LayerSteps)
+            }
+        )
+        return True
     base = model.get_decoder()
     for layer in base.layers:
         for module in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):

@@ -28,12 +28,11 @@ run unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ranking.support import MULTI_ITEM_MODEL_TYPES
 
@@ -79,18 +78,18 @@ def _sliding_window(config) -> int | None:
 
 @dataclass
 class _Layout:
-    """Where every token of a batch sits in the packed sequence: all queries (request order),
-    then all items (request order, then item order). Requests without items are left out."""
+    """Where every token of a batch sits in the packed sequence: request after request, each
+    its query then its items (item order). Requests without items are left out."""
 
     ids: torch.Tensor  # (T,)
     positions: torch.Tensor  # (T,)
-    query_spans: list[tuple[int, int]]  # per request: [start, stop) in packed tokens
-    item_spans: list[tuple[int, int]]  # per request: its items' tokens, [start, stop)
+    request_spans: list[tuple[int, int, int]]  # per request: [start, stop) and its query length
     answer_spans: list[tuple[int, int]]  # per request: its items, [start, stop) in item order
-    item_start: int  # first item token in packed tokens
     pad_index: torch.Tensor  # (N, Li) packed index of item token t (clamped on padding)
     pad_valid: torch.Tensor  # (N, Li) bool
     answer_index: torch.Tensor  # (N,) packed index of each item's last token
+    item_rows: torch.Tensor  # packed index of every item token, (N, Li) order without padding
+    item_slots: torch.Tensor  # where each of them sits in the flattened (N, Li)
 
 
 def _layout(requests: Sequence[RequestIds], device) -> _Layout:
@@ -101,37 +100,35 @@ def _layout(requests: Sequence[RequestIds], device) -> _Layout:
         raise ValueError("multi-item scoring needs non-empty items")
     ids: list[int] = []
     positions: list[int] = []
-    query_spans = []
-    for r in requests:
-        query_spans.append((len(ids), len(ids) + len(r.query_ids)))
-        ids.extend(r.query_ids)
-        positions.extend(range(len(r.query_ids)))
-    item_start = len(ids)
     starts: list[int] = []
     lengths: list[int] = []
-    item_spans, answer_spans = [], []
+    request_spans, answer_spans = [], []
     for r in requests:
         first_token, first_item, lq = len(ids), len(starts), len(r.query_ids)
+        ids.extend(r.query_ids)
+        positions.extend(range(lq))
         for item in r.item_ids:
             starts.append(len(ids))
             lengths.append(len(item))
             ids.extend(item)
             positions.extend(range(lq, lq + len(item)))
-        item_spans.append((first_token, len(ids)))
+        request_spans.append((first_token, len(ids), lq))
         answer_spans.append((first_item, len(starts)))
     start_t = torch.as_tensor(starts, dtype=torch.long, device=device)
     len_t = torch.as_tensor(lengths, dtype=torch.long, device=device)
     t = torch.arange(int(len_t.max()), device=device)
+    pad_index = start_t[:, None] + torch.minimum(t[None, :], len_t[:, None] - 1)
+    pad_valid = t[None, :] < len_t[:, None]
     return _Layout(
         ids=torch.as_tensor(ids, dtype=torch.long, device=device),
         positions=torch.as_tensor(positions, dtype=torch.long, device=device),
-        query_spans=query_spans,
-        item_spans=item_spans,
+        request_spans=request_spans,
         answer_spans=answer_spans,
-        item_start=item_start,
-        pad_index=start_t[:, None] + torch.minimum(t[None, :], len_t[:, None] - 1),
-        pad_valid=t[None, :] < len_t[:, None],
+        pad_index=pad_index,
+        pad_valid=pad_valid,
         answer_index=start_t + len_t - 1,
+        item_rows=pad_index[pad_valid],
+        item_slots=pad_valid.flatten().nonzero()[:, 0],
     )
 
 
@@ -167,9 +164,10 @@ def attention_with_lse(
 
     ``q`` (B, H, Lr, d); ``k``/``v`` (B, Hkv, Lk, d) with H a multiple of Hkv (grouped-query
     attention: query head ``h`` reads key head ``h // (H // Hkv)``); ``mask`` additive,
-    broadcastable to (B, 1, Lr, Lk); ``causal`` aligns row 0 with key 0. With ``fused`` the CPU
-    flash kernel runs (on CPU tensors); otherwise explicit matrix products, which are faster
-    for many short items (the flash kernel's per-block overhead dominates there).
+    broadcastable to (B, 1, Lr, Lk); ``causal`` aligns row 0 with key 0 (top left: rows past
+    the last key see every key). With ``fused`` the CPU flash kernel runs (on CPU tensors);
+    otherwise explicit matrix products, which are faster for many short items (the flash
+    kernel's per-block overhead dominates there).
     """
     if fused and q.device.type == "cpu" and _CPU_FLASH is not None:
         return _CPU_FLASH(q, k, v, is_causal=causal, attn_mask=mask, scale=scale)
@@ -188,108 +186,125 @@ def attention_with_lse(
     return (p @ v).view(b, h, lr, d), lse.view(b, h, lr)
 
 
-def _merge(o1, lse1, o2, lse2) -> torch.Tensor:
-    """Attention over the union of two key sets from each set's normalised output and
-    log-sum-exp: o (R, H, d), lse (R, H)."""
-    lse = torch.logaddexp(lse1, lse2)
-    w1, w2 = torch.exp(lse1 - lse)[..., None], torch.exp(lse2 - lse)[..., None]
-    return (o1.float() * w1 + o2.float() * w2).to(o1.dtype)
+def _query_block(q, k, v, scale: float, spans: list[tuple[int, int, int, int]], causal: bool):
+    """Every row against its request's query keys: (R, H, d) output and (R, H) log-sum-exp.
 
-
-def _item_rows_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    lay: _Layout,
-    row_spans: list[tuple[int, int]],
-    row_pad: torch.Tensor,
-    row_valid: torch.Tensor,
-    causal: bool,
-) -> torch.Tensor:
-    """Attention output (R, H, d) for item rows ``q`` (R, H, d).
-
-    Rows are grouped by request (``row_spans``: rows of request r are ``q[r0:r1]``);
-    ``row_pad`` (N, Lr) places them in a per-item padded layout and ``row_valid`` (N, Lr) marks
-    the slots that hold a row. ``causal``: the rows are all of each item's tokens (row t sees
-    its item's keys 0..t); otherwise each item's single row sees all of its item's keys.
-    ``k``/``v`` (T, Hkv, d) hold the keys/values of all packed tokens.
+    ``spans``: per request, its rows ``[r0, r1)`` of ``q`` and its query's keys ``[k0, k1)``
+    of ``k``/``v`` (T, Hkv, d), read in place. ``causal``: the rows are the request's tokens,
+    causal from the top left (the query's own rows, first, see the keys up to their own, the
+    item rows after them see all); otherwise every row sees every key.
     """
-    n_rows, heads, d = q.shape
-    # Block 1: a request's rows against its query's keys: one product, K/V read in place.
-    o_q = torch.empty_like(q)
-    lse_q = q.new_empty((n_rows, heads), dtype=torch.float32)
-    for (r0, r1), (s0, s1) in zip(row_spans, lay.query_spans, strict=True):
-        if r1 > r0:
-            out, lse = attention_with_lse(
-                q[r0:r1].transpose(0, 1)[None],
-                k[s0:s1].transpose(0, 1)[None],
-                v[s0:s1].transpose(0, 1)[None],
-                scale,
-            )
-            o_q[r0:r1] = out[0].transpose(0, 1)
-            lse_q[r0:r1] = lse[0].transpose(0, 1)
-    # Block 2: each item's rows against its own keys, batched over items.
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:2], dtype=torch.float32)
+    for r0, r1, k0, k1 in spans:
+        o, s = attention_with_lse(
+            q[r0:r1].transpose(0, 1)[None],
+            k[k0:k1].transpose(0, 1)[None],
+            v[k0:k1].transpose(0, 1)[None],
+            scale,
+            causal=causal,
+        )
+        out[r0:r1], lse[r0:r1] = o[0].transpose(0, 1), s[0].transpose(0, 1)
+    return out, lse
+
+
+def _qkv(layer, x: torch.Tensor, cos, sin, rows: torch.Tensor | None):
+    """The layer's input norm, then keys and values (T, Hkv, d) of every token and queries
+    (T or len(rows), H, d), projected, per-head normalised (Qwen3) and rotated."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+
+    def heads(h, proj, norm_name, cos, sin):
+        y = proj(h).view(h.shape[0], -1, attn.head_dim)
+        norm = getattr(attn, norm_name, None)
+        return _rotate(y if norm is None else norm(y), cos, sin)
+
+    k = heads(h, attn.k_proj, "k_norm", cos, sin)
+    v = attn.v_proj(h).view(h.shape[0], -1, attn.head_dim)
+    if rows is not None:
+        h, cos, sin = h[rows], cos[rows], sin[rows]
+    return heads(h, attn.q_proj, "q_norm", cos, sin), k, v
+
+
+def _own_block(q, k, v, out, lse, q_index, rows, slots, pad_index, pad_valid, scale: float):
+    """Merges each item row's attention over its own item's keys into ``out`` (its attention
+    over the query's keys, log-sum-exp ``lse``), in place, through their log-sum-exps; returns
+    ``out``.
+
+    ``q_index`` (N, Lr): the rows of ``q`` of each item (its tokens, causal, when Lr is the
+    item length; its answer row, over all its keys, when Lr is 1); ``rows`` / ``slots``: the
+    real ones as rows of ``q``/``out`` and as positions in the flattened (N, Lr) (index
+    tensors made outside, so the compiled graph has no data-dependent shape).
+    ``pad_index`` / ``pad_valid`` (N, Li): each item's key positions in ``k``/``v`` and which
+    are real.
+    """
+    n, lr = q_index.shape
+    causal = lr > 1
     mask = None
     if not causal:
-        mask = torch.zeros(lay.pad_valid.shape, dtype=q.dtype, device=q.device)
-        mask = mask.masked_fill(~lay.pad_valid, float("-inf"))[:, None, None, :]
+        mask = torch.zeros(pad_valid.shape, dtype=q.dtype, device=q.device)
+        mask = mask.masked_fill(~pad_valid, float("-inf"))[:, None, None, :]
     o_i, lse_i = attention_with_lse(
-        q[row_pad].transpose(1, 2),
-        k[lay.pad_index].transpose(1, 2),
-        v[lay.pad_index].transpose(1, 2),
+        q[q_index].transpose(1, 2),
+        k[pad_index].transpose(1, 2),
+        v[pad_index].transpose(1, 2),
         scale,
         causal=causal,
         mask=mask,
-        fused=lay.pad_valid.shape[1] >= FUSED_MIN_ITEM_TOKENS,
+        fused=pad_valid.shape[1] >= FUSED_MIN_ITEM_TOKENS,
     )
-    o_i, lse_i = o_i.transpose(1, 2)[row_valid], lse_i.transpose(1, 2)[row_valid]
-    return _merge(o_q, lse_q, o_i, lse_i)
+    heads, d = q.shape[1], q.shape[2]
+    o_i = o_i.transpose(1, 2).reshape(n * lr, heads, d)[slots]
+    lse_i = lse_i.transpose(1, 2).reshape(n * lr, heads)[slots]
+    lse_q = lse[rows]
+    both = torch.logaddexp(lse_q, lse_i)
+    w_q, w_i = torch.exp(lse_q - both)[..., None], torch.exp(lse_i - both)[..., None]
+    out[rows] = (out[rows].float() * w_q + o_i.float() * w_i).to(out.dtype)
+    return out
 
 
-def _project_heads(attn, h: torch.Tensor, proj, norm_name: str, cos, sin) -> torch.Tensor:
-    """(T, heads, d) projected, per-head normalised (Qwen3) and rotated."""
-    x = proj(h).view(h.shape[0], -1, attn.head_dim)
-    norm = getattr(attn, norm_name, None)
-    if norm is not None:
-        x = norm(x)
-    return _rotate(x, cos, sin)
+def _residual_mlp(layer, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The attention output projected and added, then the layer's MLP block."""
+    x = x + layer.self_attn.o_proj(out.reshape(x.shape[0], -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
-def _layer(layer, x: torch.Tensor, cos, sin, lay: _Layout, last: bool) -> torch.Tensor:
+@dataclass(frozen=True)
+class LayerSteps:
+    """A layer's tensor work around the per-request attention loop, as functions of tensors
+    and modules only: ``ranking.compiled`` compiles each once (one graph serves every layer and
+    request size) and sets them on the model as ``scoring_steps``."""
+
+    qkv: Callable = _qkv
+    own_block: Callable = _own_block
+    residual_mlp: Callable = _residual_mlp
+
+
+EAGER_STEPS = LayerSteps()
+
+
+def _layer(layer, x: torch.Tensor, cos, sin, lay: _Layout, last: bool, steps: LayerSteps):
     """One decoder layer on the packed tokens; in the last layer, on the answer rows only."""
-    attn = layer.self_attn
-    h = layer.input_layernorm(x)
-    k = _project_heads(attn, h, attn.k_proj, "k_norm", cos, sin)
-    v = attn.v_proj(h).view(h.shape[0], -1, attn.head_dim)
+    scale = layer.self_attn.scaling
     if last:
         rows = lay.answer_index
-        q = _project_heads(attn, h[rows], attn.q_proj, "q_norm", cos[rows], sin[rows])
-        row_pad = torch.arange(len(rows), device=x.device)[:, None]
-        row_valid = torch.ones_like(row_pad, dtype=torch.bool)
-        out = _item_rows_attention(
-            q, k, v, attn.scaling, lay, lay.answer_spans, row_pad, row_valid, causal=False
-        )
-        x = x[rows] + attn.o_proj(out.reshape(len(rows), -1))
+        q, k, v = steps.qkv(layer, x, cos, sin, rows)
+        spans = [
+            (n0, n1, a, a + lq)
+            for (a, _, lq), (n0, n1) in zip(lay.request_spans, lay.answer_spans, strict=True)
+        ]
+        q_index = torch.arange(len(rows), device=x.device)[:, None]
+        own_rows = own_slots = q_index[:, 0]
+        x = x[rows]
     else:
-        q = _project_heads(attn, h, attn.q_proj, "q_norm", cos, sin)
-        out = torch.empty_like(q)
-        for s0, s1 in lay.query_spans:  # query tokens: plain causal attention
-            out[s0:s1] = F.scaled_dot_product_attention(
-                q[s0:s1].transpose(0, 1)[None],
-                k[s0:s1].transpose(0, 1)[None],
-                v[s0:s1].transpose(0, 1)[None],
-                is_causal=True,
-                scale=attn.scaling,
-                enable_gqa=True,
-            )[0].transpose(0, 1)
-        i0 = lay.item_start
-        spans = [(a - i0, b - i0) for a, b in lay.item_spans]
-        out[i0:] = _item_rows_attention(
-            q[i0:], k, v, attn.scaling, lay, spans, lay.pad_index - i0, lay.pad_valid, causal=True
-        )
-        x = x + attn.o_proj(out.view(x.shape[0], -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+        q, k, v = steps.qkv(layer, x, cos, sin, None)
+        spans = [(a, b, a, a + lq) for a, b, lq in lay.request_spans]
+        q_index, own_rows, own_slots = lay.pad_index, lay.item_rows, lay.item_slots
+    out, lse = _query_block(q, k, v, scale, spans, causal=not last)
+    out = steps.own_block(
+        q, k, v, out, lse, q_index, own_rows, own_slots, lay.pad_index, lay.pad_valid, scale
+    )
+    return steps.residual_mlp(layer, x, out)
 
 
 def multi_item_answer_hidden(model, requests: Sequence[RequestIds]) -> torch.Tensor:
@@ -309,9 +324,10 @@ def multi_item_answer_hidden(model, requests: Sequence[RequestIds]) -> torch.Ten
     cos, sin = cos[0], sin[0]
     if cos.shape[-1] != base.layers[0].self_attn.head_dim:
         raise ValueError("multi-item scoring needs the rotary embedding over the whole head")
+    steps = getattr(model, "scoring_steps", EAGER_STEPS)
     n_layers = model.config.num_hidden_layers
     for i, layer in enumerate(base.layers[:n_layers]):
-        x = _layer(layer, x, cos, sin, lay, last=i == n_layers - 1)
+        x = _layer(layer, x, cos, sin, lay, i == n_layers - 1, steps)
     return base.norm(x)
 
 

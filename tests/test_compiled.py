@@ -1,42 +1,84 @@
-"""``--torch-compile``: the layers' norms and MLP compiled in place score as the eager model
-does, across request sizes (dynamic shapes), and a quantized model is left as it is."""
+"""``--torch-compile``: the compiled layer steps score as the eager model does, across request
+sizes (dynamic shapes), on float and integer-kernel models; a layer that emulates activation
+quantization in Python keeps the model eager."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ranking.checkpoint import load_checkpoint
 from ranking.compiled import compilable, compile_scoring
+from ranking.multi_item import EAGER_STEPS, LayerSteps
+from ranking.quant_kernels import load_for_scoring
 from ranking.scorer import TorchScorer
 
 
+def _requests(scorer) -> list:
+    """Batches of one and of three requests, items of ragged lengths (one of a single token)."""
+    one = [scorer.encode("member likes things", ["item 1 about topic 1"])]
+    many = [
+        scorer.encode(
+            f"member {j} likes topic {j}",
+            [f"item {i} about topic {i % 5}" * (1 + i % 3) for i in range(n)],
+        )
+        for j, n in enumerate((7, 2, 23))
+    ]
+    return [one, many]
+
+
 def test_compiled_scoring_matches_eager(tiny_demo):
+    """The compiled layer steps score as the eager ones across batch and item sizes, with one
+    graph per step and layer kind (no graph breaks, no recompiles past the specializations)."""
+    from torch._dynamo.utils import counters
+
     eager_model, tok, task, _ = load_checkpoint(tiny_demo / "teacher", dtype=torch.float32)
     eager = TorchScorer(eager_model, tok, task)
     model = load_checkpoint(tiny_demo / "teacher", dtype=torch.float32)[0]
     assert compile_scoring(model)
+    assert isinstance(model.scoring_steps, LayerSteps) and model.scoring_steps != EAGER_STEPS
     compiled = TorchScorer(model, tok, task)
-    for n_items in (1, 7, 23):  # one symbolic graph serves every size
-        items = [f"item {i} about topic {i % 5}" for i in range(n_items)]
-        req = [eager.encode("member likes things", items)]
-        want, got = eager.score_ids(req)[0], compiled.score_ids(req)[0]
-        assert np.abs(want - got).max() < 1e-5
-    layer = model.get_decoder().layers[0]
-    assert hasattr(layer.mlp, "_compiled_call_impl") and layer.mlp._compiled_call_impl
+    counters.clear()
+    for _ in range(2):
+        for req in _requests(eager):
+            want, got = eager.score_ids(req), compiled.score_ids(req)
+            for a, b in zip(want, got, strict=True):
+                assert np.abs(a - b).max() < 1e-5
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["frames"]["ok"] == counters["frames"]["total"]
 
 
-def test_a_quantized_model_is_left_eager(tiny_demo):
-    from ranking.quant_kernels import Int8FbgemmLinear
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fmt, kernel",
+    [("int8", "fbgemm"), ("int8", "onednn"), ("int4", "int4pack"), ("int4", "dequantized")],
+)
+def test_a_quantized_model_compiles_around_its_integer_kernels(tiny_quantized, fmt, kernel):
+    """INT8 / INT4 checkpoints on an integer kernel or dequantized: compressed-tensors' hooks
+    are gone at load, the integer kernels enter the graph as one operator, and the compiled
+    model scores as the eager one."""
+    from torch._dynamo.utils import counters
 
+    eager = load_for_scoring(tiny_quantized[fmt], dtype=torch.float32, kernel=kernel)
+    loaded = load_for_scoring(tiny_quantized[fmt], dtype=torch.float32, kernel=kernel)
+    assert compile_scoring(loaded.model)
+    a = TorchScorer(eager.model, eager.tokenizer, eager.task)
+    b = TorchScorer(loaded.model, loaded.tokenizer, loaded.task)
+    counters.clear()
+    for req in _requests(a):
+        for x, y in zip(a.score_ids(req), b.score_ids(req), strict=True):
+            assert np.abs(x - y).max() < 1e-5
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_a_layer_that_emulates_activation_quantization_is_left_eager(tiny_demo):
     model = load_checkpoint(tiny_demo / "teacher", dtype=torch.float32)[0]
-    mlp = model.get_decoder().layers[0].mlp
-    lin = mlp.down_proj
-    mlp.down_proj = Int8FbgemmLinear.__new__(Int8FbgemmLinear)
-    torch.nn.Module.__init__(mlp.down_proj)
+    lin = model.get_decoder().layers[0].mlp.down_proj
+    lin.forward = lambda x: torch.nn.Linear.forward(lin, x)  # as compressed-tensors' wrapper
     assert not compilable(model) and not compile_scoring(model)
-    assert not getattr(mlp, "_compiled_call_impl", None)
-    mlp.down_proj = lin
+    assert not hasattr(model, "scoring_steps")
+    del lin.forward
     assert compilable(model)
 
 
@@ -59,6 +101,6 @@ def test_the_engine_compiles_at_load_and_says_so(tiny_demo):
         assert (
             loaded.kernel.endswith("+ torch.compile") and "--torch-compile" in loaded.kernel_reason
         )
-        assert engine.scorer.model.get_decoder().layers[0].mlp._compiled_call_impl
+        assert engine.scorer.model.scoring_steps != EAGER_STEPS
     finally:
         asyncio.run(engine.stop())

@@ -37,8 +37,8 @@ class TorchOptions:
     # INT8/INT4 checkpoints on CPU: the integer kernel (ranking.quant_kernels); auto: the
     # fastest measured at load that passes the accuracy gate
     kernel: Literal["auto", "dequantized", "fbgemm", "onednn", "int4pack"] = "auto"
-    # float checkpoints: torch.compile the layers' norms and MLP at load (ranking.compiled)
-    compile: bool = False
+    # torch.compile the scoring forward's per-layer steps at load (ranking.compiled)
+    compile: bool = True
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class TorchEngine(Engine):
                 reason = "; ".join(filter(None, [reason, "--torch-compile"]))
             else:
                 reason = "; ".join(
-                    filter(None, [reason, "--torch-compile skipped: quantized linear layers"])
+                    filter(None, [reason, "--torch-compile skipped: layers emulate activation quantization"])
                 )
         return LoadedModel(
             info=info,
