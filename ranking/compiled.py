@@ -22,6 +22,12 @@ from ranking.multi_item import EAGER_STEPS, LayerSteps
 from ranking.quant_kernels import IntegerLinear
 from ranking.support import MULTI_ITEM_MODEL_TYPES
 
+# The steps' compiled graphs live on their functions' code objects, shared by every model
+# compiled in the process (a server's model set): each model adds its own entries (parameter
+# shapes are static) and each step has up to two variants per model. Past dynamo's default of 8
+# entries a step would silently run eager.
+RECOMPILE_LIMIT = 128
+
 
 def _leftover_forward(linear: torch.nn.Module) -> bool:
     """Whether ``linear`` carries an instance ``forward`` that is only its class's own, bound.
@@ -66,6 +72,8 @@ def compile_scoring(model) -> bool:
         if _leftover_forward(module):
             del module.forward
     if model.config.model_type in MULTI_ITEM_MODEL_TYPES:
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         model.scoring_steps = LayerSteps(
             **{
                 f.name: torch.compile(getattr(EAGER_STEPS, f.name), dynamic=True)
@@ -79,3 +87,12 @@ def compile_scoring(model) -> bool:
             module.compile(dynamic=True)
     base.norm.compile(dynamic=True)
     return True
+
+
+def uncompile_scoring(model) -> None:
+    """Undoes ``compile_scoring``: the model scores eagerly again (for a machine where
+    compiling fails, e.g. one without a C++ compiler for inductor's CPU code)."""
+    model.__dict__.pop("scoring_steps", None)
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None

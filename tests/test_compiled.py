@@ -49,6 +49,29 @@ def test_compiled_scoring_matches_eager(tiny_demo):
     assert counters["frames"]["ok"] == counters["frames"]["total"]
 
 
+def test_many_models_compile_in_one_process(monkeypatch):
+    """A model set: models of every family and of several sizes compiled in one process share
+    the steps' code objects; each still scores as its eager self, none runs eager because a
+    step ran out of cache entries."""
+    from tests.random_models import random_model
+    from tests.test_multi_item import multi_item, ragged_requests
+
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    kinds = ["llama", "qwen2", "qwen3", "mistral"] + ["llama"] * 5
+    models = [
+        random_model(kind, num_hidden_layers=2 + i % 3, intermediate_size=64 + 16 * i)
+        for i, kind in enumerate(kinds)
+    ]
+    requests = ragged_requests()
+    with torch.inference_mode():
+        want = [multi_item(m, requests) for m in models]
+        for m in models:
+            assert compile_scoring(m)
+        for _ in range(2):  # the second round runs what the first compiled
+            for m, w in zip(models, want, strict=True):
+                torch.testing.assert_close(multi_item(m, requests), w, atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt, kernel",
@@ -102,5 +125,36 @@ def test_the_engine_compiles_at_load_and_says_so(tiny_demo):
             loaded.kernel.endswith("+ torch.compile") and "--torch-compile" in loaded.kernel_reason
         )
         assert engine.scorer.model.scoring_steps != EAGER_STEPS
+    finally:
+        asyncio.run(engine.stop())
+
+
+def test_the_engine_serves_eager_where_compiling_fails(tiny_demo, monkeypatch):
+    """A machine where inductor cannot build its code (no C++ compiler, say): the engine
+    scores eagerly and its kernel reason says why."""
+    import asyncio
+    import dataclasses
+
+    import ranking.compiled as compiled
+    from server.engines.base import ModelSpec, TorchOptions
+    from server.engines.torch_engine import TorchEngine
+
+    def broken(model) -> bool:
+        def fail(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        model.scoring_steps = dataclasses.replace(EAGER_STEPS, qkv=fail)
+        return True
+
+    monkeypatch.setattr(compiled, "compile_scoring", broken)
+    spec = ModelSpec(path=str(tiny_demo / "teacher"), name="t", torch=TorchOptions(compile=True))
+    engine = TorchEngine(spec)
+    loaded = asyncio.run(engine.start())
+    try:
+        assert not loaded.kernel.endswith("torch.compile")
+        assert "--torch-compile failed (RuntimeError: InvalidCxxCompiler" in loaded.kernel_reason
+        assert not hasattr(engine.scorer.model, "scoring_steps")
+        req = [engine.scorer.encode("member likes things", ["item 1", "item 2"])]
+        assert np.isfinite(asyncio.run(engine.score(req))[0]).all()
     finally:
         asyncio.run(engine.stop())

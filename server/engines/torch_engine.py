@@ -48,20 +48,10 @@ class TorchEngine(Engine):
             convert_to_fp8(model)  # a clear error on a non-CUDA device
             kernel, reason = "fp8 _scaled_mm", "--torch-fp8"
         self.scorer = TorchScorer(model, tok, task, max_chunk_tokens=opts.chunk_tokens)
-        if opts.compile:
-            from ranking.compiled import compile_scoring
-
-            if compile_scoring(model):
-                # compiled now, at load, so that no request pays for it: dynamic shapes still
-                # specialize a size of 1, so one request with a single item and one with two
-                for items in (["a"], ["a", "b c"]):
-                    self.scorer.score_ids([self.scorer.encode("warm up", items)])
-                kernel = f"{kernel} + torch.compile"
-                reason = "; ".join(filter(None, [reason, "--torch-compile"]))
-            else:
-                reason = "; ".join(
-                    filter(None, [reason, "--torch-compile skipped: layers emulate activation quantization"])
-                )
+        if opts.compile and device == "cpu":
+            kernel, reason = self._compile(model, kernel, reason)
+        elif opts.compile:  # compiled steps are measured on CPU only (the multi-item path)
+            reason = "; ".join(filter(None, [reason, "--torch-compile: CPU only"]))
         return LoadedModel(
             info=info,
             tokenizer=tok,
@@ -71,6 +61,30 @@ class TorchEngine(Engine):
             kernel=kernel,
             kernel_reason=reason,
         )
+
+    def _compile(self, model, kernel: str, reason: str) -> tuple[str, str]:
+        """Compiles the scoring steps now, at load, so that no request pays for it; serves eager
+        (and says why) where the model cannot be compiled or compiling fails."""
+        from ranking.compiled import compile_scoring, uncompile_scoring
+
+        def said(why: str) -> str:
+            return "; ".join(filter(None, [reason, why]))
+
+        if not compile_scoring(model):
+            return kernel, said(
+                "--torch-compile skipped: linear layers that emulate activation quantization"
+            )
+        try:
+            # dynamic shapes still specialize a size of 1: one request with a single item
+            # and one with two
+            for items in (["a"], ["a", "b c"]):
+                self.scorer.score_ids([self.scorer.encode("warm up", items)])
+        except Exception as exc:  # noqa: BLE001 - no C++ compiler, an inductor error: serve eager
+            uncompile_scoring(model)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            why = f"--torch-compile failed ({type(exc).__name__}: {first}); serving eager"
+            return kernel, said(why)  # the ready line and /v1/models carry it
+        return f"{kernel} + torch.compile", said("--torch-compile")
 
     async def start(self) -> LoadedModel:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
