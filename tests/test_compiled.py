@@ -49,6 +49,7 @@ def test_compiled_scoring_matches_eager(tiny_demo):
     assert counters["frames"]["ok"] == counters["frames"]["total"]
 
 
+@pytest.mark.slow
 def test_many_models_compile_in_one_process(monkeypatch):
     """A model set: models of every family and of several sizes compiled in one process share
     the steps' code objects; each still scores as its eager self, none runs eager because a
