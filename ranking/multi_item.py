@@ -1,18 +1,24 @@
 """Multi-item scoring in one pass: every item of a request attends to its query's keys and
 values in place, never to a per-item copy of them.
 
-The batch (queries and all their items) is packed into one token sequence, so every linear
-layer (projections, MLP) is one matrix product over all tokens without padding. Attention is
-the only part that sees the structure:
+The batch is packed into one token sequence, request after request (its query, then its
+items), so every linear layer (projections, MLP) is one matrix product over all tokens without
+padding. Attention is the only part that sees the structure:
 
 - query tokens: ordinary causal attention within their query;
 - item tokens: attention over [their query's keys] + [their own item's keys, causal], computed
-  as two blocks: all of a request's item rows against the query's keys in one call (the
-  query's K/V are read once, shared by all items, not copied), and each item's rows against
-  its own keys, batched over items. The two partial softmaxes are merged with their
-  log-sum-exp, so no (item, query) block is ever concatenated with anything. On CPU the
-  query block runs in torch's fused flash-attention kernel (which returns the log-sum-exp);
-  elsewhere, and for short items' own block, explicit matrix products.
+  as two blocks. The query block is one call per request: its query's rows and all its
+  items' rows against the query's keys, causal from the top left (so the query's rows are
+  causal and the item rows, after them, see every query key; the query's K/V are read once,
+  in place, not copied per item). The own block takes each item's rows against its own keys,
+  batched over items. The two partial softmaxes are merged with their log-sum-exp, so no
+  (item, query) block is ever concatenated with anything. On CPU the query block runs in
+  torch's fused flash-attention kernel (which returns the log-sum-exp); elsewhere, and for
+  short items' own block, explicit matrix products.
+
+The rest of a layer (norm, projections and rotary; the own block and the merge; output
+projection, residuals and MLP) is three functions of tensors, ``LayerSteps``, which
+``ranking.compiled`` compiles (the torch engine's default on CPU).
 
 Item positions restart after the query (``len(query) + t``), exactly as if each item were
 appended to its query alone, so the scores equal the naive full forward of each prompt.
