@@ -131,8 +131,9 @@ def _unwrap_compressed_tensors(model: torch.nn.Module) -> None:
     """Drops what compressed-tensors wraps around a decompressed model's modules that does
     nothing for a model resident on one device: its offload hooks (every module's call moves
     its tensors to where they already are) and, on weight-only layers, the forward that
-    quantizes the weight again on every call (a no-op on weights dequantized at load: int8 and
-    int4 products round back to their integers even in bf16). Each costs Python time per call
+    quantizes the weight again on every call (a no-op on weights dequantized at load: q x scale
+    rounds back to q even in bf16, |q| <= 127 moving by under half a step). Each costs Python
+    time per call
     and stops torch.compile at every layer (``ranking.compiled``). Layers that quantize
     activations keep their forward: it emulates what the checkpoint says."""
     from compressed_tensors.offload.dispatch import remove_dispatch

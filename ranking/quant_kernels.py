@@ -188,11 +188,11 @@ class Int8OnednnLinear(IntegerLinear):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
-        run = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
-        x = x.reshape(-1, self.in_features).to(run).contiguous()
-        handler, bias = self._handler(run)
+        compute = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
+        x = x.reshape(-1, self.in_features).to(compute).contiguous()
+        handler, bias = self._handler(compute)
         xq, xs, _ = self._ops.onednn_scaled_int8_quant(x, None, None, True)
-        y = torch.empty((x.shape[0], self.out_features), dtype=run)
+        y = torch.empty((x.shape[0], self.out_features), dtype=compute)
         self._ops.onednn_scaled_mm(handler, xq, y, xs, None, None, bias)
         return y.reshape(*lead, self.out_features).to(dtype)
 
@@ -219,9 +219,11 @@ class Int4PackLinear(IntegerLinear):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         lead, dtype = x.shape[:-1], x.dtype
-        run = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-        x = x.reshape(-1, self.in_features).to(run).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self._packed, self.group, self._sz[run])
+        compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        x = x.reshape(-1, self.in_features).to(compute).contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self._packed, self.group, self._sz[compute]
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features).to(dtype)
