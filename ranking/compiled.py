@@ -29,20 +29,10 @@ from ranking.support import MULTI_ITEM_MODEL_TYPES
 RECOMPILE_LIMIT = 128
 
 
-def _leftover_forward(linear: torch.nn.Module) -> bool:
-    """Whether ``linear`` carries an instance ``forward`` that is only its class's own, bound.
-    compressed-tensors leaves one on each layer it decompressed; dynamo would compile such a
-    layer apart (a graph break at every linear) instead of inlining it."""
-    own = linear.__dict__.get("forward")
-    return own is not None and getattr(own, "__func__", None) is type(linear).forward
-
-
 def _plain(linear: torch.nn.Module) -> bool:
-    """A float ``nn.Linear`` computing as its class does (not, say, behind compressed-tensors'
-    wrapper that emulates activation quantization)."""
-    return type(linear) is torch.nn.Linear and (
-        "forward" not in linear.__dict__ or _leftover_forward(linear)
-    )
+    """A float ``nn.Linear`` computing as its class does (not behind a per-instance forward,
+    such as compressed-tensors' wrapper that emulates activation quantization)."""
+    return type(linear) is torch.nn.Linear and "forward" not in linear.__dict__
 
 
 def compilable(model) -> bool:
@@ -68,9 +58,6 @@ def compile_scoring(model) -> bool:
     final norm are compiled in place."""
     if not compilable(model):
         return False
-    for module in model.modules():
-        if _leftover_forward(module):
-            del module.forward
     if model.config.model_type in MULTI_ITEM_MODEL_TYPES:
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
