@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -339,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     add_data_commands(sub)
     add_profile_parser(sub)
     args = p.parse_args(argv)
-    return args.fn(args)
+    rc = args.fn(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: no rank exits before the others
+        from compression import distributed
+
+        distributed.finish()
+    return rc
 
 
 if __name__ == "__main__":
