@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import numpy as np
 from tqdm import tqdm
 
@@ -130,13 +130,34 @@ class Outcome:
         return None if self.done_s is None else self.done_s - self.scheduled_s
 
 
-def classify(response: httpx.Response) -> str:
+def classify_body(status: int, body: bytes) -> str:
     """``http_<status>:<type>`` using the server's ``{"error": {"type"}}`` body when present."""
     try:
-        kind = response.json()["error"]["type"]
-        return f"http_{response.status_code}:{kind}"
+        kind = json.loads(body)["error"]["type"]
+        return f"http_{status}:{kind}"
     except (ValueError, KeyError, TypeError):
-        return f"http_{response.status_code}"
+        return f"http_{status}"
+
+
+def classify(response) -> str:
+    """``classify_body`` of a response object with ``status_code`` and ``content`` (httpx,
+    requests, locust)."""
+    return classify_body(response.status_code, response.content)
+
+
+def _session(url: str, connections: int, timeout_s: float, headers: dict) -> aiohttp.ClientSession:
+    """The generators' HTTP client. aiohttp, not httpx: on a 2-core machine the client shares
+    the CPU with the server it measures, and aiohttp's round trip costs about 1 ms less than
+    httpx's AsyncClient (measured against our server on the standard request: 1.1 ms against
+    2.3 ms over the server's own time); that CPU would otherwise count as the server's.
+    ``connections``: the in-flight cap is the caller's, so the pool never makes a request wait.
+    """
+    return aiohttp.ClientSession(
+        base_url=url,
+        connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
+        headers=headers,
+    )
 
 
 @dataclass
@@ -164,19 +185,11 @@ async def open_loop(
 
     before = promscrape.scrape(cfg.url, api_key=cfg.api_key) if cfg.scrape_metrics else None
     slots = asyncio.Semaphore(cfg.max_in_flight)
-    limits = httpx.Limits(
-        max_connections=cfg.max_in_flight, max_keepalive_connections=cfg.max_in_flight
-    )
-    timeout = httpx.Timeout(cfg.timeout_s, pool=None)  # the in-flight cap is ours, not httpx's
     bar = tqdm(total=len(times), unit="req", disable=not cfg.progress, leave=False)
     errors: Counter[str] = Counter()
+    headers = {"content-type": "application/json", **promscrape.auth_headers(cfg.api_key)}
 
-    async with httpx.AsyncClient(
-        base_url=cfg.url,
-        limits=limits,
-        timeout=timeout,
-        headers={"content-type": "application/json", **promscrape.auth_headers(cfg.api_key)},
-    ) as client:
+    async with _session(cfg.url, cfg.max_in_flight, cfg.timeout_s, headers) as client:
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -185,17 +198,18 @@ async def open_loop(
                 async with slots:
                     o.sent_s = time.perf_counter() - t0
                     try:
-                        r = await client.post(cfg.path, content=requests[i].body)
-                        o.status = r.status_code
+                        async with client.post(cfg.path, data=requests[i].body) as r:
+                            body = await r.read()
+                        o.status = r.status
                         if keep_headers:
                             o.headers = {h: r.headers[h] for h in keep_headers if h in r.headers}
-                        if r.status_code != 200:
-                            o.error = classify(r)
-                    except httpx.TimeoutException:
+                        if r.status != 200:
+                            o.error = classify_body(r.status, body)
+                    except TimeoutError:
                         o.error = "timeout"
-                    except httpx.ConnectError:
+                    except aiohttp.ClientConnectorError:
                         o.error = "connect_error"
-                    except httpx.HTTPError as exc:
+                    except aiohttp.ClientError as exc:
                         o.error = f"transport_error:{type(exc).__name__}"
                     o.done_s = time.perf_counter() - t0
             finally:
@@ -333,8 +347,9 @@ async def closed_loop(
     bodies = body if isinstance(body, list) else [body]
     lat: list[float] = []
     items = 0
-    headers = promscrape.auth_headers(api_key)
-    async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers) as c:
+    encoded = [json.dumps(b).encode() for b in bodies]  # serialized once, as open_loop's are
+    headers = {"content-type": "application/json", **promscrape.auth_headers(api_key)}
+    async with _session(url, concurrency, 300, headers) as c:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
@@ -342,8 +357,10 @@ async def closed_loop(
             b = bodies[i % len(bodies)]
             async with sem:
                 t = time.perf_counter()
-                r = await c.post(path, json=b)
-                r.raise_for_status()
+                async with c.post(path, data=encoded[i % len(bodies)]) as r:
+                    body = await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"{path} answered {classify_body(r.status, body)}")
                 lat.append(time.perf_counter() - t)
                 items += len(b.get("items") or b.get("documents") or [])
 
