@@ -51,6 +51,18 @@ SAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
 )
 
 
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=False)["input_ids"]``, through the Rust backend's
+    ``encode_batch_fast`` where the tokenizer has one and no truncation or padding is set on it:
+    the same ids without the character offsets the Python call asks for, about 1.5x faster on
+    a request's 50 items (serving tokenizes every new request's items on the event loop)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is None or backend.truncation is not None or backend.padding is not None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [e.ids for e in fast(texts, add_special_tokens=False)]
+
+
 class TaskConfigError(ValueError):
     """The task config is missing, malformed, or does not fit the tokenizer."""
 
@@ -226,8 +238,7 @@ class RankingTask:
         if not items:
             return []
         lay = self.layout(tokenizer)
-        texts = [f"{lay.mid}{it}{lay.tail}" for it in items]
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_batch(tokenizer, [f"{lay.mid}{it}{lay.tail}" for it in items])
 
     def check_prompts(self, tokenizer, samples: Iterable[tuple[str, str]] = SAMPLE_PROMPTS) -> None:
         """The shared-prefix contract on sample prompts: the piecewise ids equal the tokenizer

@@ -43,3 +43,28 @@ def test_prompt_is_query_prefix_plus_item_suffix(tiny_teacher):
     assert q_ids + i_ids == whole
     assert q_ids[0] == tok.bos_token_id
     assert task.encode_items(tok, [item, item]) == [i_ids, i_ids]
+
+
+@pytest.mark.parametrize("which", ["demo", "chat"])
+def test_encode_batch_equals_the_tokenizer_call(tiny_teacher, which):
+    """The Rust fast path gives the ids of ``tokenizer(texts)``, special tokens, odd spacing
+    and unicode included. Truncation set on the backend would cut the fast path's ids; the
+    Python call resets it to its own arguments (none), so such a tokenizer takes that call."""
+    from ranking.task import encode_batch
+    from tests.chat_tokenizer import chat_tokenizer
+
+    tok = tiny_teacher[1] if which == "demo" else chat_tokenizer()
+    texts = [
+        "item: jazz guitar tips. good expert video about music.",
+        "  two  spaces\tand a tab\n",
+        "émoji 🙂 and <|im_start|> or <pad> inside",
+        "",
+        "musician " * 40,
+    ]
+    expected = tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_batch(tok, texts) == expected
+    tok.backend_tokenizer.enable_truncation(max_length=4)
+    try:
+        assert encode_batch(tok, texts) == expected
+    finally:
+        tok.backend_tokenizer.no_truncation()
