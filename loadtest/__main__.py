@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--requests", type=_positive(int), default=12, help="measured per engine")
     cmp_.add_argument("--concurrency", type=_positive(int), default=1)
     cmp_.add_argument("--warmup", type=int, default=2)
+    cmp_.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=4,
+        help="server-torch and torch-inprocess rows: measured in turns over this many rounds",
+    )
     cmp_.add_argument("--log-dir", help="server and baseline logs [a temp folder]")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.add_argument("--json", help="write the report here")
@@ -338,6 +344,7 @@ def _compare(args: argparse.Namespace) -> int:
             args.log_dir,
             not args.no_progress,
             spec,
+            args.rounds,
         )
     except (WorkloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from loadtest import promscrape
-from loadtest.stats import fmt, percentiles, table, throughput_summary
+from loadtest.stats import Timings, fmt, percentiles, table
 from loadtest.workload import RequestPool
 
 MAX_SCHEDULE = 5_000_000  # arrival times held in memory at once (40 MB)
@@ -334,6 +334,41 @@ def format_report(s: dict[str, Any]) -> str:
 
 
 # ---- closed loop: fixed concurrency, for benchmarks --------------------------------------------
+async def closed_loop_timings(
+    url: str,
+    body: dict | list[dict],
+    n: int,
+    concurrency: int,
+    path: str = "/v1/rank",
+    api_key: str | None = None,
+    start: int = 0,
+) -> Timings:
+    """``n`` requests (bodies cycled from index ``start``) with ``concurrency`` in flight, each
+    sent when a slot frees."""
+    bodies = body if isinstance(body, list) else [body]
+    out = Timings(n=n)
+    encoded = [json.dumps(b).encode() for b in bodies]  # serialized once, as open_loop's are
+    headers = {"content-type": "application/json", **promscrape.auth_headers(api_key)}
+    async with _session(url, concurrency, 300, headers) as c:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            k = (start + i) % len(bodies)
+            async with sem:
+                t = time.perf_counter()
+                async with c.post(path, data=encoded[k]) as r:
+                    body = await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"{path} answered {classify_body(r.status, body)}")
+                out.lat_ms.append((time.perf_counter() - t) * 1000)
+                out.items += len(bodies[k].get("items") or bodies[k].get("documents") or [])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        out.wall_s = time.perf_counter() - t0
+    return out
+
+
 async def closed_loop(
     url: str,
     body: dict | list[dict],
@@ -342,29 +377,7 @@ async def closed_loop(
     path: str = "/v1/rank",
     api_key: str | None = None,
 ) -> dict[str, Any]:
-    """``n`` requests (bodies cycled) with ``concurrency`` in flight, each sent when a slot
-    frees: the throughput and latency of the server at that concurrency (not a rate test)."""
-    bodies = body if isinstance(body, list) else [body]
-    lat: list[float] = []
-    items = 0
-    encoded = [json.dumps(b).encode() for b in bodies]  # serialized once, as open_loop's are
-    headers = {"content-type": "application/json", **promscrape.auth_headers(api_key)}
-    async with _session(url, concurrency, 300, headers) as c:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            nonlocal items
-            b = bodies[i % len(bodies)]
-            async with sem:
-                t = time.perf_counter()
-                async with c.post(path, data=encoded[i % len(bodies)]) as r:
-                    body = await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"{path} answered {classify_body(r.status, body)}")
-                lat.append(time.perf_counter() - t)
-                items += len(b.get("items") or b.get("documents") or [])
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - t0
-    return throughput_summary(n, concurrency, items, wall, np.array(lat) * 1000)
+    """The throughput and latency of the server at ``concurrency`` (not a rate test): ``n``
+    requests, bodies cycled, each sent when a slot frees."""
+    t = await closed_loop_timings(url, body, n, concurrency, path, api_key)
+    return t.summary(concurrency)

@@ -12,8 +12,12 @@ Engines (``--engines``, any subset, in this order):
 
 Every engine sees the same requests (one workload definition, the text built once with the
 first model's tokenizer) at the same concurrency: a closed loop for the servers, groups of
-``concurrency`` requests per call for the offline ones. Servers and baselines run one at a
-time, each in its own process. ``--model`` may be repeated (e.g. teacher and compressed INT8
+``concurrency`` requests per call for the offline ones. Each engine runs in its own process.
+The host's speed drifts (minute to minute, 2x on a shared machine), so ``server-torch`` and
+``torch-inprocess`` of every model are started together and measured in turns, ``--rounds``
+rounds of a few requests each: their ratios (a student against the teacher through the
+server, the server against the engine in-process) come from one stretch of time. The vLLM
+rows, each with an engine-core process and a KV cache, run one at a time. ``--model`` may be repeated (e.g. teacher and compressed INT8
 student): each row carries its model, and the table shows each model against the first.
 An engine that cannot run a model (FP8 on a CPU with vLLM) gets a row with its error.
 
@@ -26,6 +30,7 @@ holds p99 <= SLO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import secrets
@@ -40,8 +45,8 @@ import httpx
 from tqdm import tqdm
 
 from loadtest import promscrape
-from loadtest.client import RunConfig, closed_loop
-from loadtest.offline import OFFLINE_ENGINES
+from loadtest.client import RunConfig, closed_loop, closed_loop_timings
+from loadtest.offline import OFFLINE_ENGINES, TURN_PREFIX
 from loadtest.peer import (
     PEER_ENGINE,
     PEER_PATH,
@@ -52,7 +57,7 @@ from loadtest.peer import (
     response_scores,
     scoring_bodies,
 )
-from loadtest.stats import fmt, table
+from loadtest.stats import Timings, fmt, table
 from loadtest.sweep import sweep
 from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
@@ -70,6 +75,11 @@ ENGINES = (
 )
 BASELINE = "transformers"
 OURS = ("server-torch", "server-vllm")
+# Light processes: all of them (every model) are started together and measured in turns, round
+# after round, so the host's drift falls on every row alike and their ratios (student against
+# teacher, server against in-process) come from one stretch of time. The vLLM rows each hold
+# an engine-core process and a KV cache: measured one at a time.
+IN_TURNS = ("server-torch", "torch-inprocess")
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,12 @@ def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics, key
     if warmup:
         asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path, key))
     row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path, key))
+    return _server_checks(srv, path, bodies, pool, row, spec, metrics, key)
+
+
+def _server_checks(srv, path, bodies, pool, row: dict, spec, metrics, key=None) -> dict:
+    """After a server row's closed loop: its scores on the distinct requests and, with a
+    ``spec``, its sweep from the row's own concurrency-c rate."""
     row["_scores"] = _scores(srv.url, path, bodies, key)
     rate_1 = row["items_per_s"] / pool.workload.items  # requests/s at this concurrency
     if spec is not None and rate_1 > 0:
@@ -151,15 +167,26 @@ def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics, key
     return row
 
 
+def _our_server(model: str, engine: str, logs: Path) -> tuple[ServerProcess, str]:
+    key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
+    srv = ServerProcess(
+        Path(model), engine.removeprefix("server-"), logs, {"SLIMRANK_API_KEYS": key}
+    )
+    return srv, key
+
+
+def _kernel(srv: ServerProcess, key: str) -> str:
+    card = httpx.get(f"{srv.url}/v1/models", headers=promscrape.auth_headers(key)).json()
+    return card["data"][0].get("kernel", "")
+
+
 def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
-    key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
-    env = {"SLIMRANK_API_KEYS": key}
-    with ServerProcess(Path(model), engine.removeprefix("server-"), logs, env) as srv:
+    srv, key = _our_server(model, engine, logs)
+    with srv:
         row = _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
-        card = httpx.get(f"{srv.url}/v1/models", headers=promscrape.auth_headers(key)).json()
-        return row | {"kernel": card["data"][0].get("kernel", "")}
+        return row | {"kernel": _kernel(srv, key)}
 
 
 def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
@@ -202,6 +229,154 @@ def _offline(
         return json.loads(out.read_text())
 
 
+class _ServerTurns:
+    """Our server, measured in turns (``closed_loop_timings`` from a request index)."""
+
+    def __init__(self, model: str, engine: str, pool: RequestPool, logs: Path):
+        self.srv, self.key = _our_server(model, engine, logs)
+        w = pool.workload
+        self.path = w.path
+        self.bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
+
+    def __enter__(self):
+        self.srv.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.__exit__(*exc)
+
+    def turn(self, start: int, n: int, conc: int) -> Timings:
+        return asyncio.run(
+            closed_loop_timings(self.srv.url, self.bodies, n, conc, self.path, self.key, start)
+        )
+
+
+class _InprocessTurns:
+    """``python -m loadtest.offline --serve``: the torch engine in its own process, measured in
+    turns over stdin / stdout (``loadtest.offline.serve_turns``)."""
+
+    def __init__(self, model: str, pool: RequestPool, warmup: int, logs: Path):
+        self.dir = tempfile.TemporaryDirectory()
+        req = Path(self.dir.name) / "requests.json"
+        req.write_text(json.dumps(pool.pairs))
+        self.log = logs / f"torch-inprocess-{Path(model).name}.log"
+        self.cmd = [sys.executable, "-m", "loadtest.offline", "--engine", "torch-inprocess"]
+        self.cmd += ["--model", model, "--requests-file", str(req), "--warmup", str(warmup)]
+        self.cmd += ["--serve"]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        self._err = self.log.open("w")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=REPO, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._err,
+        )  # fmt: skip
+        try:
+            self._answer()  # loaded and warmed
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _answer(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(TURN_PREFIX):
+                return json.loads(line[len(TURN_PREFIX) :])
+        self.proc.wait()
+        tail = self.log.read_text()[-1500:]
+        raise RuntimeError(
+            f"torch-inprocess exited with {self.proc.returncode} (log {self.log}):\n{tail}"
+        )
+
+    def turn(self, start: int, n: int, conc: int) -> Timings:
+        self.proc.stdin.write(json.dumps({"start": start, "n": n, "concurrency": conc}) + "\n")
+        self.proc.stdin.flush()
+        return Timings(**self._answer())
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            with contextlib.suppress(BrokenPipeError):  # a worker that died has no stdin
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+        self.dir.cleanup()
+
+
+def turn_sizes(requests: int, rounds: int) -> list[int]:
+    """``requests`` split over at most ``rounds`` rounds, as evenly as they go."""
+    k = max(1, min(rounds, requests))
+    return [requests // k + (1 if r < requests % k else 0) for r in range(k)]
+
+
+def turn_order(keys: list, round_: int) -> list:
+    """Round ``round_``'s order: the list rotated by one each round, so no row always follows
+    the same one (a heavy model leaves the caches cold for whoever comes next)."""
+    if not keys:
+        return []
+    r = round_ % len(keys)
+    return keys[r:] + keys[:r]
+
+
+def _in_turns(models, engines, pool, n, conc, warmup, rounds, logs, spec, progress) -> dict:
+    """The ``IN_TURNS`` rows of every model, all processes alive at once, measured round after
+    round (``turn_sizes``, ``turn_order``); then each server's scores and sweep, one at a time.
+    Returns ``{(model, engine): row}``; a row whose process failed carries its error."""
+    keys = [(m, e) for m in models for e in engines if e in IN_TURNS]
+    rows: dict[tuple[str, str], dict] = {}
+    if not keys:
+        return rows
+    live: dict[tuple[str, str], Any] = {}
+    with contextlib.ExitStack() as stack:
+        for m, e in tqdm(keys, desc="start", unit="process", disable=not progress):
+            try:
+                if e == "torch-inprocess":
+                    live[(m, e)] = stack.enter_context(_InprocessTurns(m, pool, warmup, logs))
+                else:
+                    t = stack.enter_context(_ServerTurns(m, e, pool, logs))
+                    if warmup:
+                        t.turn(0, warmup, 1)
+                    live[(m, e)] = t
+            except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
+                rows[(m, e)] = _failed(m, e, exc)
+        sizes = turn_sizes(n, rounds)
+        acc = {k: Timings() for k in live}
+        start = 0
+        bar = tqdm(total=len(sizes) * len(live), desc="turns", unit="turn", disable=not progress)
+        for r, size in enumerate(sizes):
+            for k in turn_order([k for k in live if k not in rows], r):
+                try:
+                    acc[k].add(live[k].turn(start, size, conc))
+                except Exception as exc:  # noqa: BLE001
+                    rows[k] = _failed(*k, exc)
+                bar.update()
+            start += size
+        bar.close()
+        for k in live:
+            if k in rows:
+                continue
+            rows[k] = {"model": k[0], "engine": k[1], **acc[k].summary(conc)}
+            rows[k]["rounds"] = len(sizes)
+        for k, t in live.items():  # the servers' own checks, one at a time (the rest idle)
+            if isinstance(t, _ServerTurns) and "error" not in rows[k]:
+                try:
+                    _server_checks(t.srv, t.path, t.bodies, pool, rows[k], spec, True, t.key)
+                    rows[k]["kernel"] = _kernel(t.srv, t.key)
+                except Exception as exc:  # noqa: BLE001
+                    rows[k] = _failed(*k, exc)
+    return rows
+
+
+def _failed(model: str, engine: str, exc: Exception) -> dict:
+    # whole: a server's or a run's error already carries just its log's tail
+    print(f"\n{engine} on {model} failed: {exc}", file=sys.stderr, flush=True)
+    return {"model": model, "engine": engine, "items_per_s": None, "p50_ms": None,
+            "p99_ms": None, "error": str(exc)}  # fmt: skip
+
+
 def compare(
     models: list[str],
     engines: list[str],
@@ -212,26 +387,31 @@ def compare(
     log_dir: str | Path | None = None,
     progress: bool = True,
     sweep_spec: SweepSpec | None = None,
+    rounds: int = 4,
 ) -> dict[str, Any]:
     """Runs every (model, engine) and returns ``{"workload", "results": [rows], "peak"}``.
 
-    Server rows (ours and the peer) also get their scores on the distinct requests (compared
-    with the first of our server rows of the same model: ``max_abs_score_diff``) and, with a
-    ``sweep_spec``, the highest rate that holds the SLO. Every row gets its useful GFLOP/s next
-    to the matrix-product peak at the model's shapes (``peak``)."""
+    The ``IN_TURNS`` rows of all models are measured first, together, in ``rounds`` rounds of
+    turns; the others one at a time. Server rows (ours and the peer) also get their scores on
+    the distinct requests (compared with the first of our server rows of the same model:
+    ``max_abs_score_diff``) and, with a ``sweep_spec``, the highest rate that holds the SLO.
+    Every row gets its useful GFLOP/s next to the matrix-product peak at the model's shapes
+    (``peak``)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     for m in models:
         if not Path(m).is_dir():
             raise ValueError(f"model folder not found: {m}")
-    if requests < 1 or concurrency < 1 or warmup < 0:
-        raise ValueError("need --requests >= 1, --concurrency >= 1, --warmup >= 0")
+    if requests < 1 or concurrency < 1 or warmup < 0 or rounds < 1:
+        raise ValueError("need --requests >= 1, --concurrency >= 1, --warmup >= 0, --rounds >= 1")
     logs = Path(log_dir or tempfile.mkdtemp(prefix="loadtest-compare-"))
     logs.mkdir(parents=True, exist_ok=True)
-    results = []
-    combos = [(m, e) for m in models for e in engines]
-    for model, engine in tqdm(combos, desc="compare", unit="run", disable=not progress):
+    done = _in_turns(
+        models, engines, pool, requests, concurrency, warmup, rounds, logs, sweep_spec, progress
+    )
+    alone = [(m, e) for m in models for e in engines if (m, e) not in done]
+    for model, engine in tqdm(alone, desc="compare", unit="run", disable=not progress):
         row: dict[str, Any] = {"model": model, "engine": engine}
         try:
             if engine in OFFLINE_ENGINES:
@@ -241,10 +421,9 @@ def compare(
             else:
                 row |= _server(model, engine, pool, requests, concurrency, warmup, logs, sweep_spec)
         except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
-            row |= {"items_per_s": None, "p50_ms": None, "p99_ms": None, "error": str(exc)}
-            # whole: a server's or a run's error already carries just its log's tail
-            print(f"\n{engine} on {model} failed: {exc}", file=sys.stderr, flush=True)
-        results.append(row)
+            row = _failed(model, engine, exc)
+        done[(model, engine)] = row
+    results = [done[(m, e)] for m in models for e in engines]
     _score_diffs(results)
     work = {m: useful_work(m, pool.pairs) for m in models}
     for r in results:
@@ -254,6 +433,8 @@ def compare(
         "workload": {**pool.workload.describe(), "measured": pool.lengths},
         "requests": requests,
         "concurrency": concurrency,
+        "rounds": len(turn_sizes(requests, rounds)),
+        "in_turns": [e for e in engines if e in IN_TURNS],
         "logs": str(logs),
         "useful_work": work,
         "machine": machine(),
@@ -344,6 +525,11 @@ def format_compare(rep: dict[str, Any]) -> str:
     out.append(table(rows, head))
     slo = next((r["sweep"]["slo_ms"] for r in rows_ if r.get("sweep")), None)
     notes = [f"concurrency {rep['concurrency']}, {rep['requests']} requests per row"]
+    if rep.get("in_turns"):
+        notes.append(
+            f"{', '.join(rep['in_turns'])} of every model: measured together, in turns over "
+            f"{rep['rounds']} rounds; the other rows one at a time"
+        )
     if slo is not None:
         notes.append(f"@SLO: highest offered rate of a short sweep holding p99 <= {slo:g} ms")
     for m in models:

@@ -13,7 +13,8 @@
 
 Why a subprocess: vLLM starts an engine-core process and holds memory until exit; each
 baseline gets a clean process, like the servers do. Requests arrive as a JSON file of
-``[query, items]`` pairs (the compare workload); the result is written as JSON.
+``[query, items]`` pairs (the compare workload); the result is written as JSON. With
+``--serve`` the process stays loaded and measures in turns asked on stdin (``serve_turns``).
 
     python -m loadtest.offline --engine vllm-offline --model DIR --requests-file R.json \
         --n 12 --concurrency 1 --warmup 2 --out result.json
@@ -22,18 +23,19 @@ baseline gets a clean process, like the servers do. Requests arrive as a JSON fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from loadtest.stats import throughput_summary
+from loadtest.stats import Timings
 from ranking.request import EncodedRequest
 
 OFFLINE_ENGINES = ("torch-inprocess", "vllm-offline", "transformers")
+TURN_PREFIX = "@turn "  # marks --serve's answers on stdout
 
 
 def _encode(
@@ -108,6 +110,28 @@ def transformers_scorer(model: str, label_ids: tuple[int, int], pad_id: int):
     return score
 
 
+def run_requests(
+    score: Callable[[list[EncodedRequest]], None],
+    requests: list[EncodedRequest],
+    n: int,
+    concurrency: int,
+    start: int = 0,
+) -> Timings:
+    """``n`` requests (cycled from index ``start``), ``concurrency`` of them per call: the
+    offline counterpart of a closed loop at that concurrency. Each request's latency is its
+    call's time."""
+    out = Timings(n=n)
+    t0 = time.perf_counter()
+    for s in range(start, start + n, concurrency):
+        group = [requests[i % len(requests)] for i in range(s, min(start + n, s + concurrency))]
+        t = time.perf_counter()
+        score(group)
+        out.lat_ms += [(time.perf_counter() - t) * 1000] * len(group)
+        out.items += sum(r.n_items for r in group)
+    out.wall_s = time.perf_counter() - t0
+    return out
+
+
 def measure(
     score: Callable[[list[EncodedRequest]], None],
     requests: list[EncodedRequest],
@@ -115,21 +139,21 @@ def measure(
     concurrency: int,
     warmup: int,
 ) -> dict:
-    """``n`` requests (cycled), ``concurrency`` of them per call: the offline counterpart of a
-    closed loop at that concurrency. Each request's latency is its call's time."""
-    for k in range(warmup):
-        score([requests[k % len(requests)]])
-    lat: list[float] = []
-    items = 0
-    t0 = time.perf_counter()
-    for s in range(0, n, concurrency):
-        group = [requests[i % len(requests)] for i in range(s, min(n, s + concurrency))]
-        t = time.perf_counter()
-        score(group)
-        lat += [time.perf_counter() - t] * len(group)
-        items += sum(r.n_items for r in group)
-    wall = time.perf_counter() - t0
-    return throughput_summary(n, concurrency, items, wall, np.array(lat) * 1000)
+    """``warmup`` requests one by one, then ``n`` measured (``run_requests``)."""
+    run_requests(score, requests, warmup, 1)
+    return run_requests(score, requests, n, concurrency).summary(concurrency)
+
+
+def serve_turns(score: Callable[[list[EncodedRequest]], None], requests: list[EncodedRequest]):
+    """``--serve``: stays loaded and measures on demand, so ``loadtest compare`` can give it
+    turns between other engines (all alive at once, the host's drift shared by all). Each stdin
+    line ``{"start", "n", "concurrency"}`` is answered with one stdout line, ``TURN_PREFIX`` +
+    the ``Timings`` as JSON; libraries may print other lines, which the reader skips."""
+    print(TURN_PREFIX + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        t = run_requests(score, requests, cmd["n"], cmd["concurrency"], cmd.get("start", 0))
+        print(TURN_PREFIX + json.dumps(dataclasses.asdict(t)), flush=True)
 
 
 def main() -> None:
@@ -140,8 +164,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="write the measurement here (JSON)")
+    ap.add_argument("--serve", action="store_true", help="measure in turns asked on stdin")
     args = ap.parse_args()
+    if not args.serve and not args.out:
+        ap.error("give --out, or --serve")
 
     pairs = [(q, list(items)) for q, items in json.loads(Path(args.requests_file).read_text())]
     requests, tok, label_ids = _encode(args.model, pairs)
@@ -152,6 +179,10 @@ def main() -> None:
     else:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         score = transformers_scorer(args.model, label_ids, pad)
+    if args.serve:
+        run_requests(score, requests, args.warmup, 1)
+        serve_turns(score, requests)
+        return
     result = measure(score, requests, args.n, args.concurrency, args.warmup)
     Path(args.out).write_text(json.dumps(result))
 

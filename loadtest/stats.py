@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,22 @@ def throughput_summary(n: int, concurrency: int, items: int, wall_s: float, lat_
         "p99_ms": p["p99"],
         "mean_ms": float(ms.mean()),
     }
+
+
+@dataclass
+class Timings:
+    """Raw closed-loop timings, to be summed over several turns (``loadtest.compare``)."""
+
+    lat_ms: list[float] = field(default_factory=list)
+    items: int = 0
+    wall_s: float = 0.0
+    n: int = 0
+
+    def add(self, other: Timings) -> None:
+        self.lat_ms += other.lat_ms
+        self.items += other.items
+        self.wall_s += other.wall_s
+        self.n += other.n
+
+    def summary(self, concurrency: int) -> dict[str, Any]:
+        return throughput_summary(self.n, concurrency, self.items, self.wall_s, self.lat_ms)

@@ -151,6 +151,36 @@ def test_cli_bad_input(capsys, tmp_path):
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_compare_turns_share_the_requests_and_rotate():
+    """Rows measured in turns: every request index once per row, in rounds as even as they
+    go, and no row always after the same one."""
+    from loadtest.compare import turn_order, turn_sizes
+
+    assert turn_sizes(12, 4) == [3, 3, 3, 3]
+    assert turn_sizes(10, 4) == [3, 3, 2, 2]
+    assert turn_sizes(3, 4) == [1, 1, 1]  # never an empty turn
+    assert turn_sizes(5, 1) == [5]
+    keys = ["a", "b", "c"]
+    orders = [turn_order(keys, r) for r in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert {o[0] for o in orders} == set(keys)  # each row leads one round
+    assert turn_order([], 2) == []
+    with pytest.raises(SystemExit):
+        cli(["compare", "--model", "x", "--rounds", "0"])
+
+
+def test_offline_turns_cycle_from_their_start():
+    """``run_requests`` from an index: the same request sequence as the servers' turns."""
+    from loadtest.offline import run_requests
+    from ranking.request import EncodedRequest
+
+    reqs = [EncodedRequest([1], [[2]] * k) for k in (1, 2, 3)]
+    seen: list[int] = []
+    t = run_requests(lambda group: seen.extend(r.n_items for r in group), reqs, 4, 2, start=2)
+    assert seen == [3, 1, 2, 3] and t.n == 4 and t.items == 9 and len(t.lat_ms) == 4
+    assert t.summary(2)["items_per_s"] > 0
+
+
 def test_rate_list():
     assert rate_list("4,1,2", None, None, None) == [1, 2, 4]
     assert rate_list(None, 1, 2, 0.5) == [1, 1.5, 2]
@@ -328,6 +358,10 @@ def test_compare_all_engines(tiny_demo, tmp_path):
         assert x["model"] == str(tiny_demo / "teacher") and "error" not in x
         assert x["useful_gflops"] > 0
     by = {x["engine"]: x for x in rows}
+    # the light rows were measured together in turns: 3 requests, one per round
+    assert rep["in_turns"] == ["server-torch", "torch-inprocess"] and rep["rounds"] == 3
+    assert by["server-torch"]["rounds"] == by["torch-inprocess"]["rounds"] == 3
+    assert "rounds" not in by["vllm-serve"] and by["server-torch"]["kernel"]
     for e in ("server-torch", "server-vllm", "vllm-serve"):  # every server row was swept
         assert by[e]["sweep"]["rates"] and by[e]["sweep"]["points"], e
     # the peer scored the same token sequences: same scores up to bf16 kernel differences
@@ -339,6 +373,7 @@ def test_compare_all_engines(tiny_demo, tmp_path):
     assert work["peak_gflops"] > 0 and work["gflop_per_request"] > 0
     assert "vs naive" in r.stdout and "vllm-serve flags:" in r.stdout
     assert "our best (" in r.stdout and "GFLOP/s" in r.stdout
+    assert "measured together, in turns over 3 rounds" in r.stdout
     assert "the server path (HTTP, JSON, tokenization, scheduling) costs" in r.stdout
 
 
