@@ -73,6 +73,17 @@ class _Entry:
     new_batch: bool = False  # admission placed it first in a batch: the worker starts one here
 
 
+def quantile(values, q: float) -> float:
+    """``np.percentile(values, 100 * q)`` (linear), in plain Python: on a window of 256 floats
+    it costs ~2 us against numpy's ~40 (converting the deque and its many Python frames), and it
+    runs after every batch."""
+    s = sorted(values)
+    pos = (len(s) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -222,7 +233,7 @@ class Scheduler:
             if e.planned_end is not None:
                 self._lateness.append(max(0.0, end - e.planned_end))
         if len(self._lateness) >= MARGIN_MIN_SAMPLES:
-            self.margin_s = float(np.percentile(self._lateness, MARGIN_QUANTILE))
+            self.margin_s = quantile(self._lateness, MARGIN_QUANTILE / 100)
             self.metrics.admission_margin.set(self.margin_s)
 
     def _abandon(self, entry: _Entry) -> None:
@@ -328,6 +339,16 @@ class Scheduler:
         finally:
             self._running_tokens = 0
         elapsed = time.perf_counter() - start
+        for e, scores in zip(batch, results, strict=True):
+            if not e.future.done():
+                e.future.set_result(
+                    (
+                        scores,
+                        {"queue_s": start - e.enqueued, "prefill_s": elapsed, "batch": len(batch)},
+                    )
+                )
+        # The waiters answer their clients first; the bookkeeping is off their path.
+        await asyncio.sleep(0)
         items = sum(e.request.n_items for e in batch)
         m = self.metrics
         m.batch_prefill.observe(elapsed)
@@ -340,16 +361,9 @@ class Scheduler:
                 rate if self.tokens_per_s is None else (0.8 * self.tokens_per_s + 0.2 * rate)
             )
         self._note_lateness(batch, start + elapsed)
-        for e, scores in zip(batch, results, strict=True):
+        for e in batch:
             m.request_prefill.observe(elapsed, exemplar=e.exemplar)
             m.items.inc(e.request.n_items)
             m.prompt_tokens.inc(e.request.prompt_tokens)
             m.computed_tokens.inc(e.request.computed_tokens)
             m.reused_tokens.inc(e.request.prompt_tokens - e.request.computed_tokens)
-            if not e.future.done():
-                e.future.set_result(
-                    (
-                        scores,
-                        {"queue_s": start - e.enqueued, "prefill_s": elapsed, "batch": len(batch)},
-                    )
-                )

@@ -12,7 +12,14 @@ from ranking.request import EncodedRequest
 from server.arrival import arrival, reset_arrival, set_arrival
 from server.engines.faults import FaultyEngine
 from server.metrics import ServerMetrics
-from server.scheduler import DeadlineExceeded, Overloaded, Scheduler, ShuttingDown, _Entry
+from server.scheduler import (
+    DeadlineExceeded,
+    Overloaded,
+    Scheduler,
+    ShuttingDown,
+    _Entry,
+    quantile,
+)
 from tests.fake_engine import FakeEngine, item_score
 
 
@@ -310,3 +317,11 @@ async def test_a_request_joining_a_batch_moves_its_planned_end():
     new_batch, planned_end = s._admit(EncodedRequest([1] * 49, [[7]]), time.perf_counter() + 5)
     assert not new_batch and first.planned_end == planned_end  # the batch of 100 ends at 1 s
     assert planned_end - time.perf_counter() == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("n", [1, 2, 20, 256])
+def test_margin_quantile_matches_numpy(n):
+    """The admission margin's quantile is numpy's linear percentile, computed without numpy."""
+    x = np.random.default_rng(n).exponential(0.01, n).tolist()
+    for q in (0.0, 0.5, 0.95, 1.0):
+        assert quantile(x, q) == pytest.approx(float(np.percentile(x, 100 * q)), abs=1e-15)
