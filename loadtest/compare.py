@@ -17,13 +17,18 @@ The host's speed drifts (minute to minute, 2x on a shared machine), so ``server-
 ``torch-inprocess`` of every model are started together and measured in turns, ``--rounds``
 rounds of a few requests each: their ratios (a student against the teacher through the
 server, the server against the engine in-process) come from one stretch of time. The vLLM
-rows, each with an engine-core process and a KV cache, run one at a time. ``--model`` may be repeated (e.g. teacher and compressed INT8
-student): each row carries its model, and the table shows each model against the first.
-An engine that cannot run a model (FP8 on a CPU with vLLM) gets a row with its error.
+rows, each with an engine-core process and a KV cache, are measured one at a time, model by
+model; then that model's servers, all still up, are swept in turns (every server's first rate,
+then every server's second, ...), so the peer and ours meet the same stretch of drift too.
+
+``--model`` may be repeated (e.g. teacher and compressed INT8 student): each row carries its
+model, and the table shows each model against the first. An engine that cannot run a model
+(FP8 on a CPU with vLLM) gets a row with its error.
 
 Each row also carries its useful GFLOP/s against the matrix-product peak (in the machine's
-compute dtype, ``ranking.precision``, whose facts the table prints) at the model's shapes (``loadtest.usefulwork``); each server row its scores' largest difference from our
-first server row and, unless ``--no-sweep``, a short open-loop sweep: the highest rate that
+compute dtype, ``ranking.precision``, whose facts the table prints) at the model's shapes
+(``loadtest.usefulwork``); each server row its scores' largest difference from our first
+server row and, unless ``--no-sweep``, a short open-loop sweep: the highest rate that
 holds p99 <= SLO.
 """
 
@@ -37,7 +42,8 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,7 @@ import httpx
 from tqdm import tqdm
 
 from loadtest import promscrape
-from loadtest.client import RunConfig, closed_loop, closed_loop_timings
+from loadtest.client import RunConfig, closed_loop_timings
 from loadtest.offline import OFFLINE_ENGINES, TURN_PREFIX
 from loadtest.peer import (
     PEER_ENGINE,
@@ -58,7 +64,7 @@ from loadtest.peer import (
     scoring_bodies,
 )
 from loadtest.stats import Timings, fmt, table
-from loadtest.sweep import sweep
+from loadtest.sweep import SweepSteps
 from loadtest.usefulwork import useful_work
 from loadtest.workload import RequestPool, request_body
 from ranking.precision import machine
@@ -107,27 +113,30 @@ def _scores(
     return out
 
 
-def _sweep(
-    url: str, path: str, pool, rate_1: float, spec: SweepSpec, metrics: bool, api_key=None
-) -> dict:
+def _sweep_steps(h: _Served, rate_1: float, spec: SweepSpec) -> SweepSteps:
+    """A server's sweep: ``spec.factors`` times its own concurrency-c request rate."""
     base = RunConfig(
-        url=url,
+        url=h.srv.url,
         rate=rate_1,
         duration_s=spec.duration_s,
         slo_ms=spec.slo_ms,
         timeout_s=max(10.0, spec.slo_ms / 1000 * 10),
         grace_s=max(5.0, spec.slo_ms / 1000 * 4),
-        path=path,
+        path=h.path,
         progress=False,
-        scrape_metrics=metrics,
-        api_key=api_key,
+        scrape_metrics=h.ours,
+        api_key=h.key,
     )
     rates = sorted({round(rate_1 * f, 3) for f in spec.factors if rate_1 * f > 0})
-    rep = sweep(base, pool, rates, verbose=False, settle_s=0.5)
+    return SweepSteps(base, h.pool, rates, verbose=False)
+
+
+def _sweep_row(steps: SweepSteps) -> dict:
+    rep = steps.report()
     passing = [p for p in rep["points"] if p["slo"]["meets_slo"]]
     return {
-        "slo_ms": spec.slo_ms,
-        "rates": rates,
+        "slo_ms": rep["slo_ms"],
+        "rates": rep["rates"],
         "max_rate_meeting_slo": rep["max_rate_meeting_slo"],
         "items_per_s_meeting_slo": max((p["items_per_s"] for p in passing), default=None),
         "points": [
@@ -144,52 +153,75 @@ def _sweep(
     }
 
 
+def _sweeps(served: dict[str, _Served], rows: dict[str, dict], spec: SweepSpec) -> None:
+    """The sweeps of one model's servers, all alive, in turns: every server's first rate, then
+    every server's second, ... (``turn_order``), so the peer and ours meet the same stretch of
+    the host's drift. Each row gets its ``sweep``."""
+    steps = {}
+    for e, h in served.items():
+        rate_1 = rows[e]["items_per_s"] / h.pool.workload.items  # requests/s at concurrency c
+        if rate_1 > 0:
+            steps[e] = _sweep_steps(h, rate_1, spec)
+    r = 0
+    while any(not st.done for st in steps.values()):
+        for e in turn_order([e for e, st in steps.items() if not st.done], r):
+            try:
+                steps[e].step()
+            except Exception as exc:  # noqa: BLE001 - a server that died ends its own sweep
+                steps[e].stopped_early = f"failed: {exc}"
+            time.sleep(0.5)  # let the server drain before the next run
+        r += 1
+    for e, st in steps.items():
+        rows[e]["sweep"] = _sweep_row(st)
+
+
 def _refused(point: dict) -> float:
     """Share of a sweep point's requests refused with 429 (admission control)."""
     refused = sum(n for kind, n in point["errors"].items() if kind.startswith("http_429"))
     return refused / max(1, point["requests"]["scheduled"])
 
 
-def _measure_server(srv, path, bodies, pool, n, conc, warmup, spec, metrics, key=None) -> dict:
-    if warmup:
-        asyncio.run(closed_loop(srv.url, bodies, warmup, 1, path, key))
-    row = asyncio.run(closed_loop(srv.url, bodies, n, conc, path, key))
-    return _server_checks(srv, path, bodies, pool, row, spec, metrics, key)
+@dataclass
+class _Served:
+    """One running server of a compare run: where to send, what (its bodies: the peer gets our
+    token ids), how it is swept (its request pool), whether it has our /metrics, its key."""
+
+    srv: ServerProcess
+    path: str
+    bodies: list[dict]
+    pool: Any
+    ours: bool  # our server: /metrics scraped in sweeps, its kernel read from /v1/models
+    key: str | None = None
+    flags: list[str] = field(default_factory=list)  # the peer's tuned flags
+
+    def turn(self, start: int, n: int, conc: int) -> Timings:
+        t = closed_loop_timings(self.srv.url, self.bodies, n, conc, self.path, self.key, start)
+        return asyncio.run(t)
+
+    def measure(self, n: int, conc: int, warmup: int) -> dict:
+        if warmup:
+            self.turn(0, warmup, 1)
+        return self.turn(0, n, conc).summary(conc)
+
+    def scores(self) -> list[list[float]]:
+        return _scores(self.srv.url, self.path, self.bodies, self.key)
+
+    def kernel(self) -> str:
+        h = promscrape.auth_headers(self.key)
+        card = httpx.get(f"{self.srv.url}/v1/models", headers=h).json()
+        return card["data"][0].get("kernel", "")
 
 
-def _server_checks(srv, path, bodies, pool, row: dict, spec, metrics, key=None) -> dict:
-    """After a server row's closed loop: its scores on the distinct requests and, with a
-    ``spec``, its sweep from the row's own concurrency-c rate."""
-    row["_scores"] = _scores(srv.url, path, bodies, key)
-    rate_1 = row["items_per_s"] / pool.workload.items  # requests/s at this concurrency
-    if spec is not None and rate_1 > 0:
-        row["sweep"] = _sweep(srv.url, path, pool, rate_1, spec, metrics, key)
-    return row
-
-
-def _our_server(model: str, engine: str, logs: Path) -> tuple[ServerProcess, str]:
+def _start_ours(model: str, engine: str, pool: RequestPool, logs: Path, stack) -> _Served:
     key = secrets.token_urlsafe(24)  # its own server: a fresh key, sent with every request
-    srv = ServerProcess(
-        Path(model), engine.removeprefix("server-"), logs, {"SLIMRANK_API_KEYS": key}
-    )
-    return srv, key
-
-
-def _kernel(srv: ServerProcess, key: str) -> str:
-    card = httpx.get(f"{srv.url}/v1/models", headers=promscrape.auth_headers(key)).json()
-    return card["data"][0].get("kernel", "")
-
-
-def _server(model: str, engine: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
+    env = {"SLIMRANK_API_KEYS": key}
+    srv = stack.enter_context(ServerProcess(Path(model), engine.removeprefix("server-"), logs, env))
     w = pool.workload
     bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
-    srv, key = _our_server(model, engine, logs)
-    with srv:
-        row = _measure_server(srv, w.path, bodies, pool, n, conc, warmup, spec, True, key)
-        return row | {"kernel": _kernel(srv, key)}
+    return _Served(srv, w.path, bodies, pool, True, key)
 
 
-def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
+def _start_peer(model: str, pool: RequestPool, conc: int, logs: Path, stack) -> _Served:
     from server.engines import check_supported
 
     check_supported(model, "vllm")  # INT4 on AVX2, FP8 on a CPU: an error row, not a hang
@@ -198,11 +230,9 @@ def _peer(model: str, pool: RequestPool, n, conc, warmup, logs, spec) -> dict:
     longest_i = max(len(x) for b in bodies for x in b["items"])
     flags = peer_flags(longest_q, longest_i, pool.workload.items, conc, _has_cuda())
     env = peer_env()
-    with PeerServer(Path(model), flags, env, logs) as srv:
-        row = _measure_server(
-            srv, PEER_PATH, bodies, BodyPool(pool, bodies), n, conc, warmup, spec, False
-        )
-    return row | {"flags": [f"{k}={v}" for k, v in env.items()] + flags}
+    srv = stack.enter_context(PeerServer(Path(model), flags, env, logs))
+    flags = [f"{k}={v}" for k, v in env.items()] + flags
+    return _Served(srv, PEER_PATH, bodies, BodyPool(pool, bodies), False, flags=flags)
 
 
 def _has_cuda() -> bool:
@@ -227,28 +257,6 @@ def _offline(
             tail = log.read_text()[-1500:]
             raise RuntimeError(f"{engine} exited with {rc.returncode} (log {log}):\n{tail}")
         return json.loads(out.read_text())
-
-
-class _ServerTurns:
-    """Our server, measured in turns (``closed_loop_timings`` from a request index)."""
-
-    def __init__(self, model: str, engine: str, pool: RequestPool, logs: Path):
-        self.srv, self.key = _our_server(model, engine, logs)
-        w = pool.workload
-        self.path = w.path
-        self.bodies = [request_body(w.endpoint, q, items) for q, items in pool.pairs]
-
-    def __enter__(self):
-        self.srv.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.srv.__exit__(*exc)
-
-    def turn(self, start: int, n: int, conc: int) -> Timings:
-        return asyncio.run(
-            closed_loop_timings(self.srv.url, self.bodies, n, conc, self.path, self.key, start)
-        )
 
 
 class _InprocessTurns:
@@ -321,25 +329,26 @@ def turn_order(keys: list, round_: int) -> list:
     return keys[r:] + keys[:r]
 
 
-def _in_turns(models, engines, pool, n, conc, warmup, rounds, logs, spec, progress) -> dict:
+def _in_turns(models, engines, pool, n, conc, warmup, rounds, logs, progress, servers) -> tuple:
     """The ``IN_TURNS`` rows of every model, all processes alive at once, measured round after
-    round (``turn_sizes``, ``turn_order``); then each server's scores and sweep, one at a time.
-    Returns ``{(model, engine): row}``; a row whose process failed carries its error."""
+    round (``turn_sizes``, ``turn_order``). Returns ``({(model, engine): row}, {(model,
+    engine): _Served})``: the servers stay up (on the ``servers`` exit stack) for their model's
+    checks and sweeps; the in-process workers end here. A row whose process failed carries its
+    error."""
     keys = [(m, e) for m in models for e in engines if e in IN_TURNS]
     rows: dict[tuple[str, str], dict] = {}
-    if not keys:
-        return rows
+    served: dict[tuple[str, str], _Served] = {}
     live: dict[tuple[str, str], Any] = {}
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as workers:
         for m, e in tqdm(keys, desc="start", unit="process", disable=not progress):
             try:
                 if e == "torch-inprocess":
-                    live[(m, e)] = stack.enter_context(_InprocessTurns(m, pool, warmup, logs))
+                    live[(m, e)] = workers.enter_context(_InprocessTurns(m, pool, warmup, logs))
                 else:
-                    t = stack.enter_context(_ServerTurns(m, e, pool, logs))
+                    h = _start_ours(m, e, pool, logs, servers)
                     if warmup:
-                        t.turn(0, warmup, 1)
-                    live[(m, e)] = t
+                        h.turn(0, warmup, 1)
+                    live[(m, e)] = served[(m, e)] = h
             except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
                 rows[(m, e)] = _failed(m, e, exc)
         sizes = turn_sizes(n, rounds)
@@ -355,19 +364,27 @@ def _in_turns(models, engines, pool, n, conc, warmup, rounds, logs, spec, progre
                 bar.update()
             start += size
         bar.close()
-        for k in live:
-            if k in rows:
-                continue
+    for k in live:
+        if k not in rows:
             rows[k] = {"model": k[0], "engine": k[1], **acc[k].summary(conc)}
             rows[k]["rounds"] = len(sizes)
-        for k, t in live.items():  # the servers' own checks, one at a time (the rest idle)
-            if isinstance(t, _ServerTurns) and "error" not in rows[k]:
-                try:
-                    _server_checks(t.srv, t.path, t.bodies, pool, rows[k], spec, True, t.key)
-                    rows[k]["kernel"] = _kernel(t.srv, t.key)
-                except Exception as exc:  # noqa: BLE001
-                    rows[k] = _failed(*k, exc)
-    return rows
+    return rows, {k: h for k, h in served.items() if "error" not in rows[k]}
+
+
+def _server_checks(model: str, here: dict[str, _Served], done: dict, spec) -> None:
+    """One model's servers, all up: each one's scores on the distinct requests (and our
+    kernel), then their sweeps in turns (``_sweeps``)."""
+    ok = {}
+    for e, h in here.items():
+        try:
+            done[(model, e)]["_scores"] = h.scores()
+            if h.ours:
+                done[(model, e)]["kernel"] = h.kernel()
+            ok[e] = h
+        except Exception as exc:  # noqa: BLE001
+            done[(model, e)] = _failed(model, e, exc)
+    if spec is not None:
+        _sweeps(ok, {e: done[(model, e)] for e in ok}, spec)
 
 
 def _failed(model: str, engine: str, exc: Exception) -> dict:
@@ -392,11 +409,11 @@ def compare(
     """Runs every (model, engine) and returns ``{"workload", "results": [rows], "peak"}``.
 
     The ``IN_TURNS`` rows of all models are measured first, together, in ``rounds`` rounds of
-    turns; the others one at a time. Server rows (ours and the peer) also get their scores on
-    the distinct requests (compared with the first of our server rows of the same model:
-    ``max_abs_score_diff``) and, with a ``sweep_spec``, the highest rate that holds the SLO.
-    Every row gets its useful GFLOP/s next to the matrix-product peak at the model's shapes
-    (``peak``)."""
+    turns. Then model by model, its other rows one at a time; its servers (ours and the peer)
+    stay up, get their scores on the distinct requests (compared with the first of our server
+    rows of the same model: ``max_abs_score_diff``) and, with a ``sweep_spec``, are swept in
+    turns for the highest rate that holds the SLO. Every row gets its useful GFLOP/s next to
+    the matrix-product peak at the model's shapes (``peak``)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
@@ -407,22 +424,39 @@ def compare(
         raise ValueError("need --requests >= 1, --concurrency >= 1, --warmup >= 0, --rounds >= 1")
     logs = Path(log_dir or tempfile.mkdtemp(prefix="loadtest-compare-"))
     logs.mkdir(parents=True, exist_ok=True)
-    done = _in_turns(
-        models, engines, pool, requests, concurrency, warmup, rounds, logs, sweep_spec, progress
-    )
-    alone = [(m, e) for m in models for e in engines if (m, e) not in done]
-    for model, engine in tqdm(alone, desc="compare", unit="run", disable=not progress):
-        row: dict[str, Any] = {"model": model, "engine": engine}
-        try:
-            if engine in OFFLINE_ENGINES:
-                row |= _offline(model, engine, pool, requests, concurrency, warmup, logs)
-            elif engine == PEER_ENGINE:
-                row |= _peer(model, pool, requests, concurrency, warmup, logs, sweep_spec)
-            else:
-                row |= _server(model, engine, pool, requests, concurrency, warmup, logs, sweep_spec)
-        except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
-            row = _failed(model, engine, exc)
-        done[(model, engine)] = row
+    with contextlib.ExitStack() as light:
+        done, served = _in_turns(
+            models, engines, pool, requests, concurrency, warmup, rounds, logs, progress, light
+        )
+        alone = [(m, e) for m in models for e in engines if (m, e) not in done]
+        bar = tqdm(total=len(alone), desc="compare", unit="run", disable=not progress)
+        for model in models:
+            with contextlib.ExitStack() as mine:
+                here = {e: h for (m, e), h in served.items() if m == model}
+                for engine in (e for m, e in alone if m == model):
+                    row: dict[str, Any] = {"model": model, "engine": engine}
+                    try:
+                        if engine in OFFLINE_ENGINES:
+                            row |= _offline(
+                                model, engine, pool, requests, concurrency, warmup, logs
+                            )
+                        else:
+                            if engine == PEER_ENGINE:
+                                h = _start_peer(model, pool, concurrency, logs, mine)
+                            else:
+                                h = _start_ours(model, engine, pool, logs, mine)
+                            row |= h.measure(requests, concurrency, warmup)
+                            if h.flags:
+                                row["flags"] = h.flags
+                            here[engine] = h
+                    except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
+                        row = _failed(model, engine, exc)
+                    done[(model, engine)] = row
+                    bar.update()
+                _server_checks(model, here, done, sweep_spec)
+                for h in here.values():  # done with this model: the machine quiet for the next
+                    h.srv.stop()
+        bar.close()
     results = [done[(m, e)] for m in models for e in engines]
     _score_diffs(results)
     work = {m: useful_work(m, pool.pairs) for m in models}

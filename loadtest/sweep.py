@@ -42,6 +42,62 @@ def rate_list(
     return sorted(out)
 
 
+class SweepSteps:
+    """A sweep taken one rate at a time (same workload and seed each), lowest rate first, so a
+    caller can interleave several servers' sweeps (``loadtest compare``). It stops when the SLO
+    is clearly broken: goodput under ``broken_goodput``, or ``patience`` misses in a row."""
+
+    def __init__(
+        self,
+        base: RunConfig,
+        pool: RequestPool,
+        rates: list[float],
+        broken_goodput: float = 0.5,
+        patience: int = 2,
+        verbose: bool = True,
+    ):
+        if base.slo_ms is None:
+            raise ValueError("a sweep needs an SLO (--slo-p99-ms)")
+        self.base, self.pool, self.rates = base, pool, list(rates)
+        self.broken_goodput, self.patience, self.verbose = broken_goodput, patience, verbose
+        self.points: list[dict[str, Any]] = []
+        self.misses = 0
+        self.stopped_early: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early is not None or len(self.points) >= len(self.rates)
+
+    def step(self) -> dict[str, Any]:
+        """Runs the next rate and returns its point."""
+        rate = self.rates[len(self.points)]
+        s = run(dataclasses.replace(self.base, rate=rate), self.pool).summary()
+        self.points.append(s)
+        g = s["slo"]
+        if self.verbose:
+            print(f"\n== offered {rate:g} req/s ==\n{format_report(s)}", flush=True)
+        self.misses = 0 if g["meets_slo"] else self.misses + 1
+        if not g["meets_slo"] and (
+            g["goodput"] < self.broken_goodput or self.misses >= self.patience
+        ):
+            self.stopped_early = (
+                f"SLO clearly broken at {rate:g} req/s (goodput {g['goodput']:.1%}, "
+                f"{self.misses} miss(es) in a row)"
+            )
+        return s
+
+    def report(self) -> dict[str, Any]:
+        passing = [p["offered_rate"] for p in self.points if p["slo"]["meets_slo"]]
+        return {
+            "slo_ms": self.base.slo_ms,
+            "slo_rule": "goodput >= 0.99 (p99 within the SLO, failures count as misses)",
+            "rates": self.rates,
+            "max_rate_meeting_slo": max(passing) if passing else None,
+            "stopped_early": self.stopped_early,
+            "points": self.points,
+        }
+
+
 def sweep(
     base: RunConfig,
     pool: RequestPool,
@@ -51,36 +107,13 @@ def sweep(
     settle_s: float = 1.0,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """One open-loop run per rate (same workload and seed); returns the JSON report."""
-    if base.slo_ms is None:
-        raise ValueError("a sweep needs an SLO (--slo-p99-ms)")
-    points: list[dict[str, Any]] = []
-    misses = 0
-    stopped_early = None
-    for rate in rates:
-        cfg = dataclasses.replace(base, rate=rate)
-        s = run(cfg, pool).summary()
-        points.append(s)
-        g = s["slo"]
-        if verbose:
-            print(f"\n== offered {rate:g} req/s ==\n{format_report(s)}", flush=True)
-        misses = 0 if g["meets_slo"] else misses + 1
-        if not g["meets_slo"] and (g["goodput"] < broken_goodput or misses >= patience):
-            stopped_early = (
-                f"SLO clearly broken at {rate:g} req/s (goodput {g['goodput']:.1%}, "
-                f"{misses} miss(es) in a row)"
-            )
-            break
-        time.sleep(settle_s)  # let the server drain before the next rate
-    passing = [p["offered_rate"] for p in points if p["slo"]["meets_slo"]]
-    return {
-        "slo_ms": base.slo_ms,
-        "slo_rule": "goodput >= 0.99 (p99 within the SLO, failures count as misses)",
-        "rates": rates,
-        "max_rate_meeting_slo": max(passing) if passing else None,
-        "stopped_early": stopped_early,
-        "points": points,
-    }
+    """One open-loop run per rate (``SweepSteps``); returns the JSON report."""
+    steps = SweepSteps(base, pool, rates, broken_goodput, patience, verbose)
+    while not steps.done:
+        steps.step()
+        if not steps.done:
+            time.sleep(settle_s)  # let the server drain before the next rate
+    return steps.report()
 
 
 def format_sweep(rep: dict[str, Any]) -> str:
