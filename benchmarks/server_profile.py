@@ -147,6 +147,7 @@ def main() -> int:
         )
         time.sleep(1.0)
         load = asyncio.run(closed_loop(url, bodies, args.requests, args.concurrency))
+        load = load.summary(args.concurrency)
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
     finally:

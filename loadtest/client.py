@@ -334,7 +334,7 @@ def format_report(s: dict[str, Any]) -> str:
 
 
 # ---- closed loop: fixed concurrency, for benchmarks --------------------------------------------
-async def closed_loop_timings(
+async def closed_loop(
     url: str,
     body: dict | list[dict],
     n: int,
@@ -343,8 +343,9 @@ async def closed_loop_timings(
     api_key: str | None = None,
     start: int = 0,
 ) -> Timings:
-    """``n`` requests (bodies cycled from index ``start``) with ``concurrency`` in flight, each
-    sent when a slot frees."""
+    """The throughput and latency of the server at ``concurrency`` (not a rate test): ``n``
+    requests (bodies cycled from index ``start``), each sent when a slot frees. Raw timings,
+    so turns can be summed (``Timings.summary`` gives the row)."""
     bodies = body if isinstance(body, list) else [body]
     out = Timings(n=n)
     encoded = [json.dumps(b).encode() for b in bodies]  # serialized once, as open_loop's are
@@ -367,17 +368,3 @@ async def closed_loop_timings(
         await asyncio.gather(*(one(i) for i in range(n)))
         out.wall_s = time.perf_counter() - t0
     return out
-
-
-async def closed_loop(
-    url: str,
-    body: dict | list[dict],
-    n: int,
-    concurrency: int,
-    path: str = "/v1/rank",
-    api_key: str | None = None,
-) -> dict[str, Any]:
-    """The throughput and latency of the server at ``concurrency`` (not a rate test): ``n``
-    requests, bodies cycled, each sent when a slot frees."""
-    t = await closed_loop_timings(url, body, n, concurrency, path, api_key)
-    return t.summary(concurrency)

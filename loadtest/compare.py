@@ -51,7 +51,7 @@ import httpx
 from tqdm import tqdm
 
 from loadtest import promscrape
-from loadtest.client import RunConfig, closed_loop_timings
+from loadtest.client import RunConfig, closed_loop
 from loadtest.offline import OFFLINE_ENGINES, TURN_PREFIX
 from loadtest.peer import (
     PEER_ENGINE,
@@ -195,7 +195,7 @@ class _Served:
     flags: list[str] = field(default_factory=list)  # the peer's tuned flags
 
     def turn(self, start: int, n: int, conc: int) -> Timings:
-        t = closed_loop_timings(self.srv.url, self.bodies, n, conc, self.path, self.key, start)
+        t = closed_loop(self.srv.url, self.bodies, n, conc, self.path, self.key, start)
         return asyncio.run(t)
 
     def measure(self, n: int, conc: int, warmup: int) -> dict:
