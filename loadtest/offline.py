@@ -144,7 +144,9 @@ def measure(
     return run_requests(score, requests, n, concurrency).summary(concurrency)
 
 
-def serve_turns(score: Callable[[list[EncodedRequest]], None], requests: list[EncodedRequest]):
+def serve_turns(
+    score: Callable[[list[EncodedRequest]], None], requests: list[EncodedRequest]
+) -> None:
     """``--serve``: stays loaded and measures on demand, so ``loadtest compare`` can give it
     turns between other engines (all alive at once, the host's drift shared by all). Each stdin
     line ``{"start", "n", "concurrency"}`` is answered with one stdout line, ``TURN_PREFIX`` +
