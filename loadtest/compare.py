@@ -241,16 +241,25 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _offline_cmd(
+    model: str, engine: str, pool: RequestPool, warmup: int, tmp: Path, logs: Path
+) -> tuple[list[str], Path]:
+    """``python -m loadtest.offline`` for ``engine`` on the compare requests (written to
+    ``tmp``), and its log's path."""
+    req = tmp / "requests.json"
+    req.write_text(json.dumps(pool.pairs))
+    cmd = [sys.executable, "-m", "loadtest.offline", "--engine", engine, "--model", model]
+    cmd += ["--requests-file", str(req), "--warmup", str(warmup)]
+    return cmd, logs / f"{engine}-{Path(model).name}.log"
+
+
 def _offline(
     model: str, engine: str, pool: RequestPool, n: int, conc: int, warmup: int, logs: Path
 ):
     with tempfile.TemporaryDirectory() as tmp:
-        req, out = Path(tmp) / "requests.json", Path(tmp) / "result.json"
-        req.write_text(json.dumps(pool.pairs))
-        log = logs / f"{engine}-{Path(model).name}.log"
-        cmd = [sys.executable, "-m", "loadtest.offline", "--engine", engine, "--model", model]
-        cmd += ["--requests-file", str(req), "--n", str(n), "--concurrency", str(conc)]
-        cmd += ["--warmup", str(warmup), "--out", str(out)]
+        out = Path(tmp) / "result.json"
+        cmd, log = _offline_cmd(model, engine, pool, warmup, Path(tmp), logs)
+        cmd += ["--n", str(n), "--concurrency", str(conc), "--out", str(out)]
         with log.open("w") as f:
             rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=1800)
         if rc.returncode != 0 or not out.is_file():
@@ -265,11 +274,8 @@ class _InprocessTurns:
 
     def __init__(self, model: str, pool: RequestPool, warmup: int, logs: Path):
         self.dir = tempfile.TemporaryDirectory()
-        req = Path(self.dir.name) / "requests.json"
-        req.write_text(json.dumps(pool.pairs))
-        self.log = logs / f"torch-inprocess-{Path(model).name}.log"
-        self.cmd = [sys.executable, "-m", "loadtest.offline", "--engine", "torch-inprocess"]
-        self.cmd += ["--model", model, "--requests-file", str(req), "--warmup", str(warmup)]
+        engine, tmp = "torch-inprocess", Path(self.dir.name)
+        self.cmd, self.log = _offline_cmd(model, engine, pool, warmup, tmp, logs)
         self.cmd += ["--serve"]
         self.proc: subprocess.Popen | None = None
 
