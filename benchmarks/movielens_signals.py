@@ -8,7 +8,9 @@ ratings, mean ratings plus the recent mean. Test and validation AUC per set.
 
 ``ensemble``: the test AUC of each teacher and of the averages of their logits (every pair and
 all), on folders of the same split built with different prompts (rows matched by query and
-item), with bootstrap intervals over queries.
+item), with bootstrap intervals over queries. ``--with-baseline`` adds the LightGBM baseline
+(trained on the first run's folder) as one more member, and each teacher's correlation with it
+(of logits): how much a teacher knows that the trees do not.
 
     python benchmarks/movielens_signals.py numbers --data artifacts/movielens-aff/data \\
         --json artifacts/movielens-aff/numbers.json
@@ -119,7 +121,7 @@ def numbers(data: Path) -> dict:
     return {"data": str(data), "model": "LightGBM, 300 trees, 15 leaves", "sets": result}
 
 
-def ensemble(runs: list[Path]) -> dict:
+def ensemble(runs: list[Path], with_baseline: bool = False) -> dict:
     from ranking.evaluation import evaluate_checkpoint
 
     scores, keys, labels, queries = {}, None, None, None
@@ -135,10 +137,25 @@ def ensemble(runs: list[Path]) -> dict:
         elif set(k) != set(keys):
             raise SystemExit(f"{run}: its test rows are not the first run's")
 
+    corr = {}
+    if with_baseline:
+        from compression.baseline import split_predictions
+
+        rows = read_split(runs[0] / "data", "test")
+        p = split_predictions(runs[0] / "data", "test")
+        scores["lightgbm"] = {
+            (r["query_id"], r["item_id"]): q for r, q in zip(rows, p, strict=True)
+        }
+
     def logit(name: str) -> np.ndarray:
         p = np.clip([scores[name][k] for k in keys], 1e-6, 1 - 1e-6)
         return np.log(p / (1 - p))
 
+    if with_baseline:
+        for name in scores:
+            if name != "lightgbm":
+                corr[name] = round(float(np.corrcoef(logit(name), logit("lightgbm"))[0, 1]), 4)
+                print(f"{name}: correlation with lightgbm {corr[name]:.4f}")
     out = {}
     names = list(scores)
     for n in range(1, len(names) + 1):
@@ -148,7 +165,8 @@ def ensemble(runs: list[Path]) -> dict:
             out[" + ".join(combo)] = {"auc": round(auc, 4), "auc_lo": round(lo, 4),
                                       "auc_hi": round(hi, 4)}  # fmt: skip
             print(f"{' + '.join(combo):<50} {auc:.4f} [{lo:.4f}, {hi:.4f}]")
-    return {"runs": [str(r) for r in runs], "test_rows": len(keys), "averages": out}
+    return {"runs": [str(r) for r in runs], "test_rows": len(keys), "averages": out,
+            "correlation_with_lightgbm": corr}  # fmt: skip
 
 
 def main() -> None:
@@ -160,9 +178,14 @@ def main() -> None:
     e = sub.add_parser("ensemble", help="teachers and the averages of their logits")
     e.add_argument("--run", type=Path, action="append", required=True,
                    help="a folder holding data/ and teacher/ (repeat)")  # fmt: skip
+    e.add_argument(
+        "--with-baseline",
+        action="store_true",
+        help="add the LightGBM baseline as a member (trained on the first run's data)",
+    )
     e.add_argument("--json", type=Path)
     args = ap.parse_args()
-    result = numbers(args.data) if args.cmd == "numbers" else ensemble(args.run)
+    result = numbers(args.data) if args.cmd == "numbers" else ensemble(args.run, args.with_baseline)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

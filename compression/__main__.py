@@ -72,13 +72,18 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     from compression.teacher import PRESETS, train_teacher
 
     cfg = PRESETS[args.preset]()
+    weight = cfg.baseline_weight if args.baseline_weight is None else args.baseline_weight
+    if not 0.0 <= weight <= 1.0:
+        print(f"error: --baseline-weight must be in [0, 1], got {weight}", file=sys.stderr)
+        return 2
     train_cfg = replace(
         cfg.train,
         **{k: v for k, v in (("steps", args.steps), ("batch_queries", args.batch_queries),
                              ("eval_every", args.eval_every)) if v is not None},
     )  # fmt: skip
     try:
-        s = train_teacher(args.data, args.out, cfg.model, train_cfg, force=args.force)
+        s = train_teacher(args.data, args.out, cfg.model, train_cfg, force=args.force,
+                          baseline_weight=weight)  # fmt: skip
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -261,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, help="override the preset's training steps")
     t.add_argument("--batch-queries", type=int, help="override the preset's queries per step")
     t.add_argument("--eval-every", type=int, help="validation AUC every N steps (0: never)")
+    t.add_argument("--baseline-weight", type=float, metavar="W",
+                   help="learn from (1-W) x label + W x the LightGBM baseline's out-of-fold "
+                   "probability on each train row (knowledge distillation from the tabular "
+                   "model; 0: labels only; default: the preset's)")  # fmt: skip
     t.add_argument("--force", action="store_true", help="retrain even if a teacher matches")
     t.set_defaults(fn=_cmd_teacher)
 

@@ -25,6 +25,7 @@ The baseline sees the user's whole history; the prompt shows the last ``history`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -245,52 +246,145 @@ def _extra_features(data_dir: str | Path, meta: dict) -> list:
 
 
 # ---- train and evaluate ------------------------------------------------------------------------
-def run_baseline(data_dir: str | Path, seed: int = 0, bootstrap: int = 1000) -> dict:
-    """Trains LightGBM on train, early-stops on validation, scores test; returns the metrics
-    (test AUC with a bootstrap 95% interval over queries)."""
-    import lightgbm as lgb
+@dataclasses.dataclass
+class _Table:
+    """Every split's rows as feature matrices, labels and weights."""
 
+    splits: dict[str, list[dict]]
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    w: dict[str, np.ndarray]
+    names: list[str]
+    categorical: list[str]
+    feature_sets: list[str]
+    seconds: float
+
+
+def _table(data_dir: str | Path) -> _Table:
     t0 = time.time()
     meta = read_meta(data_dir)
     splits = {s: read_split(data_dir, s) for s in ("train", "validation", "test")}
     featurizers = [ContractFeatures(splits["train"]), *_extra_features(data_dir, meta)]
-    names = [n for f in featurizers for n in f.names]
-    categorical = [n for f in featurizers for n in getattr(f, "categorical", [])]
     x = {
         s: np.hstack([f(rows, in_train=s == "train") for f in featurizers])
         for s, rows in splits.items()
     }
-    y = {s: np.array([r["label"] for r in rows], dtype=np.float64) for s, rows in splits.items()}
-    w = {s: np.array([r.get("weight", 1.0) for r in rows]) for s, rows in splits.items()}
-    t_features = time.time() - t0
+    return _Table(
+        splits=splits,
+        x=x,
+        y={s: np.array([r["label"] for r in rows], dtype=np.float64) for s, rows in splits.items()},
+        w={s: np.array([r.get("weight", 1.0) for r in rows]) for s, rows in splits.items()},
+        names=[n for f in featurizers for n in f.names],
+        categorical=[n for f in featurizers for n in getattr(f, "categorical", [])],
+        feature_sets=[type(f).__name__ for f in featurizers],
+        seconds=time.time() - t0,
+    )
 
-    hard_labels = all(np.isin(v, (0.0, 1.0)).all() for v in y.values())
+
+def _is_hard(y: np.ndarray) -> bool:
+    return bool(np.isin(y, (0.0, 1.0)).all())
+
+
+def _fit(t: _Table, seed: int, rows: np.ndarray | None = None):
+    """LightGBM on the train rows (``rows``: a boolean mask of them, default all), early-stopped
+    on validation."""
+    import lightgbm as lgb
+
     # soft labels: the same log loss, which LightGBM calls cross_entropy
-    params = {**PARAMS, "seed": seed, "objective": "binary" if hard_labels else "cross_entropy"}
-    train = lgb.Dataset(x["train"], y["train"], weight=w["train"], feature_name=names,
-                        categorical_feature=categorical, free_raw_data=False)  # fmt: skip
-    valid = lgb.Dataset(x["validation"], y["validation"], weight=w["validation"], reference=train)
-    t1 = time.time()
-    booster = lgb.train(
+    objective = "binary" if _is_hard(t.y["train"]) else "cross_entropy"
+    params = {**PARAMS, "seed": seed, "objective": objective}
+    pick = slice(None) if rows is None else rows
+    train = lgb.Dataset(t.x["train"][pick], t.y["train"][pick], weight=t.w["train"][pick],
+                        feature_name=t.names, categorical_feature=t.categorical,
+                        free_raw_data=False)  # fmt: skip
+    valid = lgb.Dataset(t.x["validation"], t.y["validation"], weight=t.w["validation"],
+                        reference=train)  # fmt: skip
+    return lgb.train(
         params,
         train,
         num_boost_round=3000,
         valid_sets=[valid],
         callbacks=[lgb.early_stopping(100, verbose=False)],
     )
+
+
+def split_predictions(data_dir: str | Path, split: str = "test", seed: int = 0) -> np.ndarray:
+    """The baseline's probabilities for a validation or test split's rows, in file order (what
+    ``run_baseline`` scores), for comparing or averaging other models with it row by row."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be validation or test, got {split!r}")
+    t = _table(data_dir)
+    booster = _fit(t, seed)
+    return booster.predict(t.x[split], num_iteration=booster.best_iteration)
+
+
+def train_predictions(data_dir: str | Path, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """The baseline's out-of-fold probabilities for the train split's rows, in file order, and
+    how they were made: each of ``FOLDS`` query folds is scored by a LightGBM whose rows and
+    label-derived features (the item target encoding, of train and validation rows alike) come
+    from the other folds only, early-stopped on validation. So no train label reaches its own fold's predictions, and a
+    teacher can learn from them as soft targets (``compression.teacher``: distillation from
+    the tabular model) without its labels leaking back through them."""
+    t0 = time.time()
+    t = _table(data_dir)
+    train = t.splits["train"]
+    folds = np.array([_fold(r["query_id"]) for r in train])
+    n_contract = len(ContractFeatures.names)  # the label-derived columns, first in the table
+    out = np.full(len(folds), np.nan)
+    trees = []
+    for f in range(FOLDS):
+        held = folds == f
+        if not held.any():
+            continue
+        rest = [r for r, h in zip(train, held, strict=True) if not h]
+        contract = ContractFeatures(rest)
+        x = t.x["train"].copy()
+        x[~held, :n_contract] = contract(rest, in_train=True)
+        x[held, :n_contract] = contract([r for r, h in zip(train, held, strict=True) if h],
+                                        in_train=False)  # fmt: skip
+        # validation steers early stopping: its target encoding must not see the held fold
+        xv = t.x["validation"].copy()
+        xv[:, :n_contract] = contract(t.splits["validation"], in_train=False)
+        fold_table = dataclasses.replace(t, x={**t.x, "train": x, "validation": xv})
+        booster = _fit(fold_table, seed, rows=~held)
+        out[held] = booster.predict(x[held], num_iteration=booster.best_iteration)
+        trees.append(booster.best_iteration)
+    info = {
+        "model": "lightgbm",
+        "folds": FOLDS,
+        "trees": trees,
+        "features": len(t.names),
+        "seconds": round(time.time() - t0, 1),
+    }
+    if _is_hard(t.y["train"]):
+        info["train_auc_out_of_fold"] = round(roc_auc(t.y["train"], out), 4)
+    return out, info
+
+
+def run_baseline(data_dir: str | Path, seed: int = 0, bootstrap: int = 1000) -> dict:
+    """Trains LightGBM on train, early-stops on validation, scores test; returns the metrics
+    (test AUC with a bootstrap 95% interval over queries)."""
+    import lightgbm as lgb
+
+    t0 = time.time()
+    t = _table(data_dir)
+    splits, x, y, names = t.splits, t.x, t.y, t.names
+    t1 = time.time()
+    booster = _fit(t, seed)
     t_train = time.time() - t1
+    hard_labels = all(_is_hard(v) for v in y.values())
 
     result: dict = {
         "model": "lightgbm",
-        "objective": params["objective"],
+        "objective": "binary" if _is_hard(y["train"]) else "cross_entropy",
         "lightgbm_version": lgb.__version__,
         "data": str(data_dir),
         # what the report checks before showing this result next to the LLM rows
         "data_hash": {s: content_hash(split_path(data_dir, s)) for s in splits},
         "features": names,
-        "feature_sets": [type(f).__name__ for f in featurizers],
+        "feature_sets": t.feature_sets,
         "best_iteration": booster.best_iteration,
-        "feature_seconds": round(t_features, 1),
+        "feature_seconds": round(t.seconds, 1),
         "train_seconds": round(t_train, 1),
     }
     for split in ("validation", "test"):

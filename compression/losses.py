@@ -10,17 +10,20 @@ import torch
 import torch.nn.functional as F
 
 
-def hard_label_loss(
+def label_loss(
     model, hidden: torch.Tensor, labels: torch.Tensor, label_ids: tuple[int, int]
 ) -> torch.Tensor:
-    """Cross-entropy of the full next-token distribution against the " yes"/" no" token.
+    """Cross-entropy of the full next-token distribution against the " yes"/" no" token,
+    weighted by the label: ``label * CE(yes) + (1 - label) * CE(no)``, so a 0/1 label is the
+    usual hard-label loss and a soft label in [0, 1] (the data contract allows them; a
+    teacher's targets mixed with a baseline's, ``compression.teacher``) is trained as given.
 
     Full vocabulary, not just the two labels: the label tokens then also dominate the model's
     next-token distribution, which engines that read log-probabilities rely on.
     """
-    logits = model.get_output_embeddings()(hidden).float()
-    target = torch.where(labels > 0.5, label_ids[0], label_ids[1])
-    return F.cross_entropy(logits, target)
+    logp = F.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
+    y = labels.to(device=logp.device, dtype=logp.dtype)
+    return -(y * logp[:, label_ids[0]] + (1 - y) * logp[:, label_ids[1]]).mean()
 
 
 def answer_kd_loss(

@@ -75,6 +75,9 @@ class DemoConfig:
         )
     )
     vocab_size: int = 1024
+    # > 0: learn from labels mixed with the LightGBM baseline's out-of-fold probabilities
+    # (train_teacher's ``baseline_weight``)
+    baseline_weight: float = 0.0
 
     @classmethod
     def tiny(cls) -> DemoConfig:
@@ -220,10 +223,17 @@ def train_teacher(
     train_cfg: TrainConfig,
     key: dict | None = None,
     force: bool = False,
+    baseline_weight: float = 0.0,
 ) -> dict:
     """Trains a Llama teacher from scratch on any data folder (the contract, with the
     ``tokenizer/`` its builder trained) and saves it to ``teacher_dir``; returns the summary
     (also ``training_summary.json``).
+
+    ``baseline_weight`` w > 0: knowledge distillation from the tabular baseline. Each train
+    row's target becomes ``(1 - w) * label + w * p``, p the LightGBM baseline's out-of-fold
+    probability for it (``compression.baseline.train_predictions``): trees read counts and
+    means that a small transformer trained from scratch learns slowly from text, and a soft
+    target carries that reading to every row. Validation and test keep their labels.
 
     Reused when ``training_summary.json`` records the same ``key`` (default: the shape, the
     training settings and the content of the splits it trains on and of the tokenizer), so a
@@ -236,6 +246,8 @@ def train_teacher(
             f"no tokenizer/ in {data_dir}: run `python -m compression data tokenizer "
             f"{data_dir}` to train one"
         )
+    if not 0.0 <= baseline_weight <= 1.0:
+        raise ValueError(f"baseline_weight must be in [0, 1], got {baseline_weight}")
     if key is None:
         key = {
             "model": asdict(shape),
@@ -243,6 +255,8 @@ def train_teacher(
             "data": {s: content_hash(split_path(data_dir, s)) for s in ("train", "validation")},
             "tokenizer": content_hash(data_dir / "tokenizer"),
         }
+        if baseline_weight:
+            key["baseline_weight"] = baseline_weight
         key = json.loads(json.dumps(key))
     summary_path = teacher_dir / "training_summary.json"
     if not force and summary_path.is_file():
@@ -265,7 +279,11 @@ def train_teacher(
     t0 = time.time()
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     task = RankingTask()
-    train_groups = encode_groups(read_split(data_dir, "train"), tokenizer, task)
+    train_rows = read_split(data_dir, "train")
+    distilled_from = None
+    if baseline_weight:
+        train_rows, distilled_from = _baseline_targets(data_dir, train_rows, baseline_weight)
+    train_groups = encode_groups(train_rows, tokenizer, task)
     val_groups = encode_groups(read_split(data_dir, "validation"), tokenizer, task)
     model = make_teacher_model(shape, tokenizer, train_cfg.seed)
     params = sum(p.numel() for p in model.parameters())
@@ -299,6 +317,8 @@ def train_teacher(
             "curve": curve,
             "reused": False,
         }
+        if distilled_from:
+            summary["baseline_targets"] = distilled_from
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         if curve:
             plot_curve(curve, teacher_dir / "learning_curve.png")
@@ -306,6 +326,25 @@ def train_teacher(
         return summary
 
     return distributed.on_main(finish)
+
+
+def _baseline_targets(data_dir: Path, rows: list[dict], weight: float) -> tuple[list[dict], dict]:
+    """The train rows with ``(1 - weight) * label + weight * p`` as their label, p the
+    baseline's out-of-fold probability (``train_teacher``), and how p was made."""
+    from compression.baseline import train_predictions
+
+    if distributed.is_main():
+        print(f"[teacher] targets: {1 - weight:g} x label + {weight:g} x LightGBM out of fold")
+    p, info = train_predictions(data_dir)
+    if distributed.is_main():
+        auc = info.get("train_auc_out_of_fold")
+        print(f"[teacher]   {info['folds']} folds in {info['seconds']:.0f}s"
+              + (f", train AUC out of fold {auc:.4f}" if auc is not None else ""))  # fmt: skip
+    mixed = [
+        {**r, "label": (1 - weight) * float(r["label"]) + weight * float(q)}
+        for r, q in zip(rows, p, strict=True)
+    ]
+    return mixed, {"weight": weight, **info}
 
 
 def _resume_folder(teacher_dir: Path, key: dict) -> Path:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from compression import distributed
 from compression.losses import (
     answer_kd_loss,
-    hard_label_loss,
+    label_loss,
     lm_loss,
     tap_logits,
     tap_segments,
@@ -134,7 +134,7 @@ class RankingObjective:
         loss = torch.zeros((), device=hidden.device)
         if self.alpha < 1:
             labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
-            loss = loss + (1 - self.alpha) * hard_label_loss(model, hidden, labels, self.label_ids)
+            loss = loss + (1 - self.alpha) * label_loss(model, hidden, labels, self.label_ids)
         if self.lm_weight > 0:
             loss = loss + self.lm_weight * lm_loss(model, taps)
         if self.stored is not None:

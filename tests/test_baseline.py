@@ -83,3 +83,24 @@ def test_baseline_on_any_contract_folder(tmp_path, capsys):
     assert r["feature_sets"] == ["ContractFeatures"]
     assert r["test"]["auc"] > 0.55
     assert "test" in capsys.readouterr().out
+
+
+def test_train_predictions_are_out_of_fold(mini_folder, tmp_path):
+    """Each train row's probability comes from trees that never saw its label: flipping the
+    label leaves the row's own prediction exactly as it was."""
+    import shutil
+
+    from compression.baseline import train_predictions
+
+    p, info = train_predictions(mini_folder)
+    rows = [json.loads(line) for line in (mini_folder / "train.jsonl").read_text().splitlines()]
+    assert p.shape == (len(rows),) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+    assert info["folds"] == 5 and len(info["trees"]) == 5
+    assert info["train_auc_out_of_fold"] > 0.6, info
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(mini_folder, flipped)
+    rows[7]["label"] = 1 - rows[7]["label"]
+    (flipped / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    q, _ = train_predictions(flipped)
+    assert q[7] == p[7]

@@ -13,7 +13,7 @@ import torch
 from compression.distill import make_student
 from compression.generative import OffPolicyObjective, sample_targets, validation_losses
 from compression.generative import Sequence_ as Seq
-from compression.losses import answer_kd_loss, hard_label_loss, lm_loss, token_kd_loss
+from compression.losses import answer_kd_loss, label_loss, lm_loss, token_kd_loss
 from compression.train import RankingObjective
 from ranking.datafolder import read_split
 from ranking.dataset import encode_groups
@@ -59,7 +59,7 @@ def tiny(tiny_demo, tiny_teacher):
     return model, tok, task, groups
 
 
-def test_ranking_objective_hard_only_equals_hard_label_loss(tiny):
+def test_ranking_objective_hard_only_equals_label_loss(tiny):
     model, tok, task, groups = tiny
     ids = task.label_token_ids(tok)
     with torch.no_grad():
@@ -67,8 +67,28 @@ def test_ranking_objective_hard_only_equals_hard_label_loss(tiny):
         taps: list = []
         hidden = answer_hidden(model, groups, tok.pad_token_id, taps=taps)
         labels = torch.as_tensor(np.concatenate([g.labels for g in groups]))
-        want = hard_label_loss(model, hidden, labels, ids) + 0.3 * lm_loss(model, taps)
+        want = label_loss(model, hidden, labels, ids) + 0.3 * lm_loss(model, taps)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_label_loss_is_hard_cross_entropy_on_0_1_and_weighs_soft_labels(tiny):
+    model, tok, task, groups = tiny
+    yes, no = task.label_token_ids(tok)
+    with torch.no_grad():
+        hidden = answer_hidden(model, groups, tok.pad_token_id)
+        logits = model.get_output_embeddings()(hidden).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        hard = torch.as_tensor(np.concatenate([g.labels for g in groups]))
+        want = torch.nn.functional.cross_entropy(logits, torch.where(hard > 0.5, yes, no))
+        assert label_loss(model, hidden, hard, (yes, no)).item() == pytest.approx(want.item())
+        # a soft label is trained as given, not rounded to 0/1
+        soft = torch.full_like(hard, 0.3)
+        want = -(0.3 * logp[:, yes] + 0.7 * logp[:, no]).mean()
+        got = label_loss(model, hidden, soft, (yes, no))
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+        assert got.item() != pytest.approx(
+            label_loss(model, hidden, soft.round(), (yes, no)).item()
+        )
 
 
 def test_ranking_objective_kd_is_zero_for_an_identical_student(tiny):

@@ -85,3 +85,30 @@ def test_the_demo_teacher_starts_tied_with_its_residual_branches_at_zero():
     for preset in ("tiny", "movielens"):
         m = PRESETS[preset]().model
         assert not m.tie_word_embeddings and not m.zero_init_residual
+
+
+def test_a_teacher_learns_from_the_baseline_s_out_of_fold_probabilities(tmp_path, capsys):
+    """``--baseline-weight``: the train targets mix labels with LightGBM's out-of-fold
+    probabilities; the weight is part of what makes a teacher reusable."""
+    from compression.data.movielens import MovieLensConfig, build_movielens
+    from tests.ml_mini import write_mini_movielens
+
+    source = write_mini_movielens(tmp_path / "src", n_users=150, per_user=30)
+    data = tmp_path / "data"
+    cfg = MovieLensConfig(history=5, items_per_query=5, min_history=3, val_share=0.15,
+                          test_share=0.2, vocab_size=300)  # fmt: skip
+    build_movielens(data, cfg, source=source)
+    out = tmp_path / "teacher"
+    args = ["teacher", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "2"]
+    assert main([*args, "--baseline-weight", "0.5"]) == 0
+    assert "0.5 x label + 0.5 x LightGBM out of fold" in capsys.readouterr().out
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["baseline_targets"]["weight"] == 0.5
+    assert summary["baseline_targets"]["folds"] == 5
+    assert summary["config"]["baseline_weight"] == 0.5
+    assert main(args) == 0  # labels only: another teacher
+    assert "[teacher] trained:" in capsys.readouterr().out
+    assert "baseline_targets" not in json.loads((out / "training_summary.json").read_text())
+
+    assert main([*args, "--baseline-weight", "1.5"]) == 2
+    assert "--baseline-weight must be in [0, 1], got 1.5" in capsys.readouterr().err
