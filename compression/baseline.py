@@ -322,9 +322,10 @@ def train_predictions(data_dir: str | Path, seed: int = 0) -> tuple[np.ndarray, 
     """The baseline's out-of-fold probabilities for the train split's rows, in file order, and
     how they were made: each of ``FOLDS`` query folds is scored by a LightGBM whose rows and
     label-derived features (the item target encoding, of train and validation rows alike) come
-    from the other folds only, early-stopped on validation. So no train label reaches its own fold's predictions, and a
-    teacher can learn from them as soft targets (``compression.teacher``: distillation from
-    the tabular model) without its labels leaking back through them."""
+    from the other folds only, early-stopped on validation. So no train label reaches its own
+    fold's predictions, and a teacher can learn from them as soft targets
+    (``compression.teacher``: distillation from the tabular model) without its labels leaking
+    back through them."""
     t0 = time.time()
     t = _table(data_dir)
     train = t.splits["train"]
