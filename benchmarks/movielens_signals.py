@@ -137,25 +137,21 @@ def ensemble(runs: list[Path], with_baseline: bool = False) -> dict:
         elif set(k) != set(keys):
             raise SystemExit(f"{run}: its test rows are not the first run's")
 
-    corr = {}
-    if with_baseline:
-        from compression.baseline import split_predictions
-
-        rows = read_split(runs[0] / "data", "test")
-        p = split_predictions(runs[0] / "data", "test")
-        scores["lightgbm"] = {
-            (r["query_id"], r["item_id"]): q for r, q in zip(rows, p, strict=True)
-        }
-
     def logit(name: str) -> np.ndarray:
         p = np.clip([scores[name][k] for k in keys], 1e-6, 1 - 1e-6)
         return np.log(p / (1 - p))
 
+    corr = {}
     if with_baseline:
-        for name in scores:
-            if name != "lightgbm":
-                corr[name] = round(float(np.corrcoef(logit(name), logit("lightgbm"))[0, 1]), 4)
-                print(f"{name}: correlation with lightgbm {corr[name]:.4f}")
+        from compression.baseline import split_predictions
+
+        teachers = list(scores)
+        # in the first run's file order, as ``keys``
+        p = split_predictions(runs[0] / "data", "test")
+        scores["lightgbm"] = dict(zip(keys, p, strict=True))
+        for name in teachers:
+            corr[name] = round(float(np.corrcoef(logit(name), logit("lightgbm"))[0, 1]), 4)
+            print(f"{name}: correlation with lightgbm {corr[name]:.4f}")
     out = {}
     names = list(scores)
     for n in range(1, len(names) + 1):
