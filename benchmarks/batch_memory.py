@@ -11,6 +11,11 @@ and pairs/s it reports are tabled with the machine's CPU flags, and written as J
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 import subprocess

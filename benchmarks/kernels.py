@@ -20,6 +20,11 @@ the exact product of the same quantized operands (max and mean |diff| relative t
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 from collections.abc import Callable

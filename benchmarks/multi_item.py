@@ -17,6 +17,11 @@ paths over request shapes, the data behind ``ranking.multi_item.prefer_multi_ite
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 import statistics

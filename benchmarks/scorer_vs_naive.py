@@ -8,6 +8,11 @@ tokens), measured alternately in one run. Prints a table and writes JSON.
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 import statistics

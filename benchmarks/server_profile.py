@@ -14,6 +14,11 @@ traffic re-ranks a member within seconds), and prints:
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import asyncio
 import json

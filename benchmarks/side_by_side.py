@@ -17,6 +17,11 @@ matrix-product peak in the compute dtype, and writes JSON.
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 import statistics
@@ -111,7 +116,8 @@ def main() -> None:
     info = machine()
     dt = str(dtype).removeprefix("torch.")
     print(f"machine: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags'])}, "
-          f"torch {info['torch_cpu_capability']}, compute dtype {dt}; {dt} matrix-product peak "
+          f"torch {info['torch_cpu_capability']}, compute dtype {dt}, allocator "
+          f"{info['allocator']}; {dt} matrix-product peak "
           f"{peak['wall']:.0f} GFLOP/s at {'x'.join(map(str, PEAK_SHAPE))}; "
           f"{args.rounds} rounds")  # fmt: skip
     ref_col = f" | x {args.reference}" if args.reference else ""

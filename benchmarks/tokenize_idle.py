@@ -20,6 +20,11 @@ Prints a table beside the machine's flags and writes JSON.
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # measured on the allocator the server runs on, before torch is imported
+
 import argparse
 import json
 import statistics

@@ -19,6 +19,11 @@ Commands:
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # first: this process may run again on tcmalloc, before torch is imported
+
 import argparse
 import json
 import os

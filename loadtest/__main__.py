@@ -12,6 +12,11 @@ fields of ``loadtest.workload.Workload``) and/or the workload flags, which win o
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # first: this process may run again on tcmalloc, before torch is imported
+
 import argparse
 import dataclasses
 import json

@@ -594,7 +594,8 @@ def format_compare(rep: dict[str, Any]) -> str:
         hw = rep["machine"]
         notes.append(
             f"machine: {hw['cpu']}, {hw['cores']} cores, flags {' '.join(hw['flags']) or '-'}, "
-            f"torch {hw['torch_cpu_capability']}, compute dtype {hw['compute_dtype']}"
+            f"torch {hw['torch_cpu_capability']}, compute dtype {hw['compute_dtype']}, "
+            f"allocator {hw.get('allocator', '-')}"
         )
     flags = next((r["flags"] for r in rows_ if r.get("flags")), None)
     if flags:

@@ -47,7 +47,10 @@ KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
 
 def machine() -> dict:
     """The facts a speed table must carry (machines of one kind differ by several times): CPU
-    model, the kernel-deciding flags it has, torch's CPU capability, the compute dtype."""
+    model, the kernel-deciding flags it has, torch's CPU capability, the compute dtype, the memory
+    allocator (``ranking.allocator``)."""
+    from ranking.allocator import loaded
+
     model, flags = platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -67,4 +70,5 @@ def machine() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": bf16_is_native("cpu"),
         "compute_dtype": str(compute_dtype("cpu")).removeprefix("torch."),
+        "allocator": loaded(),
     }

@@ -19,6 +19,18 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   stack=requirements/cpu.txt
 fi
+# tcmalloc: the processes' memory allocator (ranking/allocator.py; glibc's malloc lets a training
+# run's resident memory grow several-fold). A system library, so apt where we may use it.
+if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] tcmalloc (libtcmalloc-minimal4, apt)"
+    apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } \
+      || echo "[install] tcmalloc not installed (apt failed): slimrank runs on the system's malloc"
+  else
+    echo "[install] tcmalloc not found: slimrank runs on the system's malloc (as root: apt-get install libtcmalloc-minimal4)"
+  fi
+fi
 echo "[install] step 1/4: serving stack ($stack)"
 $PIP install -q -r "$stack" -r requirements/dev.txt -r requirements/data.txt
 echo "[install] step 2/4: llmcompressor on top (compressed-tensors 0.19.0; pip warns about vLLM's pin, expected)"

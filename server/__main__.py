@@ -7,6 +7,11 @@ setup fails at once with a clear message; the model then loads behind ``/ready``
 
 from __future__ import annotations
 
+from ranking.allocator import loaded, preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # first: this process may run again on tcmalloc, before torch is imported
+
 import argparse
 import logging
 import sys
@@ -55,6 +60,7 @@ def preflight(settings: ServerSettings) -> None:
         specs.append((entry.key, settings.spec_for(entry)))
     for line in check_fits(specs, settings.max_memory_gb):
         log.info("memory estimate: %s", line)
+    log.info("memory allocator: %s", loaded())
     settings.accepted_keys()  # an unreadable key file fails here
     if settings.fault_batches:
         log.warning("fault injection on: engine batches %s will fail", settings.fault_batches)

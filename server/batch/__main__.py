@@ -14,6 +14,11 @@ input pair exactly once. Engine and limits: the server's flags (``--engine``, ``
 
 from __future__ import annotations
 
+from ranking.allocator import preload
+
+if __name__ == "__main__":  # not when imported (tests import main)
+    preload()  # first: this process may run again on tcmalloc, before torch is imported
+
 import argparse
 import asyncio
 import json
