@@ -3,8 +3,9 @@
 slimrank's entry points run on tcmalloc where it is installed (``ranking.allocator``); this
 measures what that buys against the system's malloc on a real workload. The command runs with
 ``SLIMRANK_ALLOCATOR`` set to each setting in turn (``system``, ``auto``; or library paths),
-round after round; its resident memory is sampled every ``--every`` seconds. Prints a table
-beside the machine's flags and writes JSON.
+round after round; its resident memory is sampled every ``--every`` seconds and its own output
+passes through (a benchmark's table under each allocator). Prints a table beside the machine's
+flags and writes JSON.
 
     python benchmarks/allocator.py --json artifacts/bench/allocator.json -- \\
         .venv/bin/python -m compression teacher --data artifacts/movielens/data \\
@@ -37,16 +38,17 @@ def run_once(command: list[str], setting: str, every: float, clean: list[Path]) 
     env.pop("LD_PRELOAD", None)
     env[ENV] = setting
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env)  # its output shows, e.g. a speed table
     ps = psutil.Process(proc.pid)
     peak = last = 0.0
     while proc.poll() is None:
         try:
             tree = [ps, *ps.children(recursive=True)]
-            last = sum(p.memory_info().rss for p in tree) / 1e9
-        except psutil.Error:
-            pass
-        peak = max(peak, last)
+            rss = sum(p.memory_info().rss for p in tree) / 1e9
+        except psutil.Error:  # exiting
+            rss = 0.0
+        if rss > 0:  # an exited process reads 0
+            last, peak = rss, max(peak, rss)
         time.sleep(every)
     return {
         "allocator": setting,
