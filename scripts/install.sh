@@ -21,11 +21,14 @@ else
 fi
 # tcmalloc: the processes' memory allocator (ranking/allocator.py; glibc's malloc lets a training
 # run's resident memory grow several-fold). A system library, so apt where we may use it.
-if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
+has_tcmalloc() {  # found as ranking/allocator.py finds it
+  "$PY" -c "import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal') or u.find_library('tcmalloc')))"
+}
+if ! has_tcmalloc; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[install] tcmalloc (libtcmalloc-minimal4, apt)"
-    apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } \
       || echo "[install] tcmalloc not installed (apt failed): slimrank runs on the system's malloc"
   else
     echo "[install] tcmalloc not found: slimrank runs on the system's malloc (as root: apt-get install libtcmalloc-minimal4)"
