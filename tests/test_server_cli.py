@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -55,7 +56,9 @@ def test_preflight_verifies_unless_told_not_to(tmp_path, caplog):
     from server.settings import ServerSettings
 
     ck = _checkpoint_folder(tmp_path / "ck")
+    caplog.set_level(logging.INFO, logger="slimrank.server")
     preflight(ServerSettings(model=str(ck)))
+    assert "memory allocator: " in caplog.text  # which one the server runs on, in its log
     (ck / "model.safetensors").write_bytes(b"\1" * 4096)  # same size, other bytes
     with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
         preflight(ServerSettings(model=str(ck)))
