@@ -27,7 +27,6 @@ ENV = "SLIMRANK_ALLOCATOR"
 # set in the re-executed process: one re-execution at most, even if the preload was ignored
 _REEXECUTED = "SLIMRANK_ALLOCATOR_PRELOADED"
 TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # libtcmalloc-minimal4 (Debian, Ubuntu), gperftools
-INSTALL_HINT = "apt-get install libtcmalloc-minimal4"
 
 
 class AllocatorError(ValueError):
