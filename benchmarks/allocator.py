@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from ranking.allocator import ENV, choose
+from ranking.allocator import choose, environment
 from ranking.atomic import atomic_write_text
 from ranking.precision import machine
 
@@ -34,9 +33,7 @@ def run_once(command: list[str], setting: str, every: float, clean: list[Path]) 
     resident GB (the process and its children), and the exit status."""
     for path in clean:  # outputs a command would reuse (a finished training run)
         shutil.rmtree(path, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV)}
-    env.pop("LD_PRELOAD", None)
-    env[ENV] = setting
+    env = environment(setting)
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env)  # its output shows, e.g. a speed table
     ps = psutil.Process(proc.pid)

@@ -19,6 +19,7 @@ malloc), ``system`` (no preload), or the path of an allocator library (jemalloc,
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import os
 import sys
 from pathlib import Path
@@ -58,6 +59,16 @@ def choose(setting: str | None = None) -> str | None:
     return setting
 
 
+def environment(setting: str | None) -> dict[str, str]:
+    """This process's environment for a child that chooses its allocator afresh: no
+    ``LD_PRELOAD`` or allocator variables inherited, ``SLIMRANK_ALLOCATOR=setting`` if given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV) and k != "LD_PRELOAD"}
+    if setting is not None:
+        env[ENV] = setting
+    return env
+
+
+@functools.cache  # fixed for the process's life (a change of allocator replaces the process)
 def loaded() -> str:
     """The allocator this process runs on: the file name of a preloaded tcmalloc, jemalloc or
     mimalloc library, else "system malloc"."""

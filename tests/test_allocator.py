@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,10 +14,7 @@ PROBE = "from ranking.allocator import preload, loaded; preload(); print(loaded(
 
 
 def _probe(setting: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIMRANK_ALLOCATOR")}
-    env.pop("LD_PRELOAD", None)
-    if setting is not None:
-        env[allocator.ENV] = setting
+    env = allocator.environment(setting)
     return subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60
     )
